@@ -1,0 +1,274 @@
+"""The Ollama API: every /api/* route is parsed, sent to the backend, relayed and recorded.
+
+One generic handler serves all routes; what differs between them (does it take
+a model, may it stream) is data in the tables below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .. import keys
+from ..audit.exchange import Exchange
+from ..backends.base import Call, Reply
+from ..config import Config
+from ..console import Console
+from ..errors import BadRequest, PayloadTooLarge, ProxyError
+from ..translate.ndjson import ChunkAssembler
+
+# (method, route) pairs of the Ollama API that clients call.
+ROUTES = (
+    ("POST", "/api/chat"), ("POST", "/api/generate"), ("POST", "/api/show"),
+    ("POST", "/api/embed"), ("POST", "/api/embeddings"), ("POST", "/api/pull"),
+    ("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
+    ("DELETE", "/api/delete"), ("GET", "/api/tags"), ("GET", "/api/ps"),
+    ("GET", "/api/version"), ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"),
+    ("GET", "/"),
+)  # fmt: skip
+
+# Routes whose JSON body names a model (in "model", or the older "name").
+MODEL_ROUTES = frozenset({
+    "/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings",
+    "/api/pull", "/api/push", "/api/create", "/api/delete",
+})  # fmt: skip
+# Routes where a missing model is filled from models.default.
+DEFAULT_MODEL_ROUTES = frozenset(
+    {"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings"}
+)
+# Routes that stream NDJSON unless the request says "stream": false.
+STREAM_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/pull", "/api/push", "/api/create"})
+# Routes whose body is not JSON.
+RAW_ROUTES = frozenset({"/api/blobs/{digest}"})
+
+CLIENT_GONE = 499  # nginx's and Ollama's status for "the client closed the request"
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every Ollama route on ``app``."""
+    for method, path in ROUTES:
+        app.router.add_route(method, path, handle)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Parse, forward, relay and record one Ollama API request."""
+    app = request.app
+    config, backend, recorder, console = (
+        app[keys.CONFIG], app[keys.BACKEND], app[keys.RECORDER], app[keys.CONSOLE]
+    )  # fmt: skip
+    await recorder.admit()
+    exchange = Exchange(
+        endpoint=request.match_info.route.resource.canonical if request.match_info.route.resource else request.path,
+        method=request.method,
+        backend_type=backend.type,
+        request_id=request.get(keys.REQUEST_ID),
+        client_addr=request.remote,
+        user_agent=request.headers.get("User-Agent"),
+    )
+    try:
+        call = await _parse(request, exchange, config)
+        if console.raw_requests and call.body is not None:
+            console.request(exchange, call.body)
+        reply = await backend.call(call)
+        if reply.lines is not None:
+            return await _relay_stream(request, reply, exchange, console)
+        return _relay_body(reply, exchange, console)
+    except ProxyError as exc:
+        exchange.status_code, exchange.error = exc.status, exc.message
+        raise
+    except asyncio.CancelledError:
+        exchange.status_code = CLIENT_GONE
+        exchange.error = "interrupted: the request was cancelled (client gone or proxy shutting down)"
+        raise
+    except Exception as exc:
+        exchange.status_code, exchange.error = 500, f"internal error: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        exchange.finish()
+        recorder.submit(exchange)
+        console.summary(exchange)
+
+
+async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Call:
+    """Read and check the request; map the model name."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body is larger than the limit of {request.client_max_size} bytes"
+        ) from None
+    endpoint = exchange.endpoint
+    exchange.request_body = raw or None
+    body: dict[str, Any] | None = None
+    if request.method in ("POST", "DELETE") and endpoint not in RAW_ROUTES:
+        body = _json_object(raw)
+    model = backend_model = None
+    if body is not None and endpoint in MODEL_ROUTES:
+        model, backend_model, body = _map_model(endpoint, body, config)
+    stream = endpoint in STREAM_ROUTES and _stream_flag(body)
+    exchange.model, exchange.backend_model, exchange.stream = model, backend_model, stream
+    exchange.prompt = _prompt(endpoint, body)
+    return Call(
+        endpoint=endpoint,
+        method=request.method,
+        path=request.path,
+        body=body,
+        raw=raw,
+        query=request.query_string,
+        model=model,
+        backend_model=backend_model,
+        exchange=exchange,
+        stream=stream,
+    )
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise BadRequest("missing request body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON in request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _map_model(
+    endpoint: str, body: dict[str, Any], config: Config
+) -> tuple[str, str, dict[str, Any]]:
+    """The client's model name, the backend's, and the body with the backend's name in it."""
+    key = "model" if body.get("model") is not None or "name" not in body else "name"
+    model = body.get(key)
+    if model is None or model == "":
+        model = config.models.default if endpoint in DEFAULT_MODEL_ROUTES else ""
+    if not isinstance(model, str):
+        raise BadRequest(f"'{key}' must be a string")
+    if not model:
+        raise BadRequest("model is required")
+    backend_model = config.models.backend_name(model)
+    if backend_model != body.get(key):
+        body = {**body, key: backend_model}
+    return model, backend_model, body
+
+
+def _stream_flag(body: dict[str, Any] | None) -> bool:
+    value = True if body is None else body.get("stream", True)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise BadRequest("'stream' must be true or false")
+    return value
+
+
+def _prompt(endpoint: str, body: dict[str, Any] | None) -> str | None:
+    """The request's prompt as plain text: what a person reading the log wants to see."""
+    if body is None:
+        return None
+    if endpoint == "/api/generate" or endpoint == "/api/embeddings":
+        prompt = body.get("prompt")
+        return prompt if isinstance(prompt, str) else None
+    if endpoint == "/api/chat":
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            for message in reversed(messages):
+                if isinstance(message, dict) and message.get("role") == "user":
+                    content = message.get("content")
+                    return content if isinstance(content, str) else None
+        return None
+    if endpoint == "/api/embed":
+        given = body.get("input")
+        if isinstance(given, str):
+            return given
+        if isinstance(given, list):
+            return "\n".join(item for item in given if isinstance(item, str))
+    return None
+
+
+async def _relay_stream(
+    request: web.Request, reply: Reply, exchange: Exchange, console: Console
+) -> web.StreamResponse:
+    """Send each NDJSON line as it arrives; a failure after the start ends with an error line."""
+    assert reply.lines is not None
+    lines = reply.lines
+    response = web.StreamResponse(status=reply.status, headers={"Content-Type": "application/x-ndjson"})
+    assembler = ChunkAssembler()
+    exchange.status_code = reply.status
+    try:
+        await response.prepare(request)
+        async for line, obj in lines:
+            token = assembler.feed(obj)
+            await response.write(line + b"\n")
+            exchange.mark_first_byte()
+            if token:
+                exchange.mark_first_token()
+            if console.raw_responses:
+                console.response(exchange, line)
+        await response.write_eof()
+    except ProxyError as exc:
+        exchange.status_code, exchange.error = exc.status, exc.message
+        with suppress(ConnectionError):
+            await response.write(orjson.dumps({"error": exc.message}) + b"\n")
+            await response.write_eof()
+    except ConnectionError:
+        exchange.status_code, exchange.error = CLIENT_GONE, "client disconnected"
+    finally:
+        await lines.aclose()
+        _record_answer(exchange, assembler)
+    return response
+
+
+def _relay_body(reply: Reply, exchange: Exchange, console: Console) -> web.Response:
+    """Send a whole answer, recording what it says."""
+    body = reply.body or b""
+    exchange.status_code = reply.status
+    exchange.mark_first_byte()
+    if reply.content_type.startswith("application/json") and body:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            assembler = ChunkAssembler()
+            if assembler.feed(obj):
+                exchange.mark_first_token()
+            _record_answer(exchange, assembler)
+    if exchange.response_body is None and body:
+        exchange.response_body = body
+    if reply.status >= 400 and exchange.error is None:
+        exchange.error = body.decode("utf-8", errors="replace")[:2000] or f"HTTP {reply.status}"
+    if console.raw_responses:
+        console.response(exchange, body)
+    return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
+
+
+def _record_answer(exchange: Exchange, assembler: ChunkAssembler) -> None:
+    """Copy what the assembled answer says into the exchange record."""
+    if assembler.last is None:
+        return
+    result = assembler.result()
+    exchange.response_body = result
+    if assembler.kind is not None:
+        exchange.response = assembler.text
+        exchange.thinking = assembler.thought or None
+    elif isinstance(result.get("status"), str):
+        exchange.response = result["status"]  # pull/push/create progress: the last status
+    exchange.tool_calls = assembler.tool_calls or None
+    final = assembler.final or {}
+    exchange.done_reason = _str(final.get("done_reason"))
+    exchange.prompt_tokens = _int(final.get("prompt_eval_count"))
+    exchange.completion_tokens = _int(final.get("eval_count"))
+    if assembler.error and exchange.error is None:
+        exchange.error = assembler.error
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,66 @@
+"""``create_app(config)``: wires config, audit trail, backend and routes together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import backends, keys, middlewares
+from .api import health, ollama
+from .audit.recorder import Recorder
+from .audit.store import Store
+from .config import Config
+from .console import Console
+
+log = logging.getLogger("llm_proxy")
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # room for several images in one chat request
+
+
+def create_app(config: Config) -> web.Application:
+    """A ready-to-run application for ``config``."""
+    chain = [middlewares.error_boundary]
+    if config.server.enable_cors:
+        chain.append(middlewares.cors_preflight)
+    app = web.Application(middlewares=chain, client_max_size=MAX_BODY_BYTES)
+    app[keys.CONFIG] = config
+    app[keys.CONSOLE] = Console(config.server)
+    app[keys.BACKEND] = backends.create(config)
+    app.on_response_prepare.append(middlewares.add_request_id)
+    if config.server.enable_cors:
+        app.on_response_prepare.append(middlewares.add_cors_headers)
+    # Opened in this order, closed in reverse: the backend closes first, then the
+    # recorder writes what is left, then the database closes.
+    app.cleanup_ctx.append(_audit)
+    app.cleanup_ctx.append(_backend)
+    health.setup_routes(app)
+    ollama.setup_routes(app)
+    return app
+
+
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    store = Store(config.database.path)
+    applied = await store.open()
+    for name in applied:
+        log.info("applied migration %s to %s", name, config.database.path)
+    recorder = Recorder(store, config.database.queue_size)
+    recorder.start()
+    app[keys.RECORDER] = recorder
+    try:
+        yield
+    finally:
+        await recorder.close()
+        await store.close()
+        log.info("audit trail closed: %d rows written", recorder.written)
+
+
+async def _backend(app: web.Application) -> AsyncIterator[None]:
+    backend = app[keys.BACKEND]
+    await backend.start()
+    try:
+        yield
+    finally:
+        await backend.close()

@@ -1,0 +1,1 @@
+"""The audit trail: exchange records, the SQLite store, migrations and the writer."""

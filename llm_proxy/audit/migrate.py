@@ -1,0 +1,88 @@
+"""Applies ``migrations/NNNN_name.sql`` in order, each once, in its own transaction.
+
+A migration and the row that records it commit together, so a crash leaves the
+database either before or after a migration, never half-way.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+_NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
+
+
+def migrations_dir() -> Path:
+    """Where the migrations are: inside the installed package, else the checkout's top level."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no migrations folder next to {here}")
+
+
+def available(folder: Path | None = None) -> list[Path]:
+    """The migration files, in the order they apply."""
+    folder = folder or migrations_dir()
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def applied(conn: sqlite3.Connection) -> set[str]:
+    """Names of the migrations already applied to this database."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    return {row[0] for row in conn.execute("SELECT name FROM _migrations")}
+
+
+def migrate(path: str, folder: Path | None = None) -> list[str]:
+    """Apply pending migrations to the database at ``path``; returns the names applied."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        done = applied(conn)
+        names = []
+        for file in available(folder):
+            if file.name in done:
+                continue
+            _apply(conn, file)
+            names.append(file.name)
+        return names
+    finally:
+        conn.close()
+
+
+def _apply(conn: sqlite3.Connection, file: Path) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(file.read_text(encoding="utf-8")):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+            (file.name, datetime.now(UTC).isoformat(timespec="seconds")),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into complete statements (sqlite3 knows where triggers end)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                statements.append(pending)
+            pending = ""
+    if _strip_comments(pending):
+        raise sqlite3.OperationalError(f"incomplete SQL statement at the end: {pending.strip()[:80]}")
+    return statements
+
+
+def _strip_comments(sql: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in sql.splitlines()).strip()

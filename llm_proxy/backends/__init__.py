@@ -1,0 +1,17 @@
+"""Backends: where requests go. Each one implements :class:`~.base.Backend`."""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..errors import ConfigError
+from .base import Backend
+
+
+def create(config: Config) -> Backend:
+    """The backend that ``backend.type`` names."""
+    kind = config.backend.type
+    if kind == "ollama":
+        from .ollama import OllamaBackend
+
+        return OllamaBackend(config)
+    raise ConfigError(f"'backend.type' {kind!r} is not available in this version")

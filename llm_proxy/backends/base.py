@@ -1,0 +1,70 @@
+"""The Backend protocol: one call in, one reply out.
+
+A handler parses the client's request into a :class:`Call`; the backend answers
+with a :class:`Reply` that is either a whole body or a stream of Ollama NDJSON
+lines. Each stream item is the line to send (without its newline) together with
+the parsed object, so the handler can relay bytes untouched and still assemble
+the audit record without parsing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..audit.exchange import Exchange
+
+StreamItem = tuple[bytes, dict[str, Any]]
+
+
+@dataclass(slots=True)
+class Call:
+    """One request, parsed and with the model name resolved."""
+
+    endpoint: str  # the route as the client called it, e.g. "/api/chat"
+    method: str
+    path: str  # the path as received (with parameters filled in)
+    body: dict[str, Any] | None  # parsed JSON body, model already mapped to the backend's name
+    raw: bytes  # the body as received (blobs; unchanged pass-through)
+    query: str
+    model: str | None  # client-side model name
+    backend_model: str | None
+    exchange: Exchange
+    # The client wants NDJSON (the default for Ollama's streaming endpoints).
+    stream: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the backend answered: a complete body or an NDJSON line stream."""
+
+    status: int = 200
+    content_type: str = "application/json"
+    body: bytes | None = None
+    lines: AsyncIterator[StreamItem] | None = None
+
+    @property
+    def streaming(self) -> bool:
+        """True when the reply is a stream of lines."""
+        return self.lines is not None
+
+
+class Backend(Protocol):
+    """What every backend provides."""
+
+    type: str
+    endpoint: str
+
+    async def start(self) -> None:
+        """Open connections (called once, before serving)."""
+
+    async def close(self) -> None:
+        """Close connections (called once, at shutdown)."""
+
+    async def health(self) -> str | None:
+        """``None`` when the backend answers, else why not."""
+
+    async def call(self, call: Call) -> Reply:
+        """Forward one request; raises a :class:`~llm_proxy.errors.ProxyError` on failure."""

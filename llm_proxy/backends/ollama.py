@@ -1,0 +1,130 @@
+"""Pass-through to a real Ollama: requests and answers relayed as they are.
+
+Only model names change, when ``models.mappings`` says so: the request's
+``model`` becomes the backend's name, and answers (including model lists) show
+the client-side names again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import Config
+from ..translate.ndjson import LineDecoder
+from . import http
+from .base import Call, Reply, StreamItem
+
+# Routes whose answers list models by name.
+_LISTS = ("/api/tags", "/api/ps")
+
+
+class OllamaBackend:
+    """Relays every Ollama endpoint to another Ollama server."""
+
+    type = "ollama"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.endpoint = config.backend.endpoint.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "OllamaBackend.start() was not awaited"
+        return self._session
+
+    async def start(self) -> None:
+        self._session = http.new_session(self.config.backend)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def health(self) -> str | None:
+        try:
+            resp = await http.send(
+                self.session, "GET", f"{self.endpoint}/api/version",
+                backend=self.endpoint, timeout=http.health_timeout(),
+            )  # fmt: skip
+        except Exception as exc:  # any failure means "not healthy"; the reason is reported
+            return str(exc)
+        async with resp:
+            if resp.status != 200:
+                return f"backend {self.endpoint} answered {resp.status}"
+        return None
+
+    async def call(self, call: Call) -> Reply:
+        url = f"{self.endpoint}{call.path}"
+        if call.query:
+            url = f"{url}?{call.query}"
+        data = call.raw
+        if call.body is not None and call.model != call.backend_model:
+            data = orjson.dumps(call.body)
+        headers = {"Content-Type": "application/json"} if call.body is not None else None
+        resp = await http.send(
+            self.session, call.method, url, backend=self.endpoint, data=data or None, headers=headers
+        )
+        content_type = resp.headers.get("Content-Type", "application/json")
+        if resp.status < 400 and content_type.startswith("application/x-ndjson"):
+            return Reply(resp.status, content_type, lines=self._lines(resp, call))
+        async with resp:
+            body = await http.read_body(resp, self.endpoint)
+        if resp.status < 400 and content_type.startswith("application/json"):
+            body = self._rename_body(body, call)
+        return Reply(resp.status, content_type, body=body)
+
+    async def _lines(self, resp: aiohttp.ClientResponse, call: Call) -> AsyncIterator[StreamItem]:
+        """Relay NDJSON lines as they arrive; re-serialise only to rename the model."""
+        rename = call.model if call.model != call.backend_model else None
+        decoder = LineDecoder()
+        try:
+            async for data in http.iter_chunks(resp, self.endpoint):
+                for line in decoder.feed(data):
+                    yield _item(line, rename)
+            for line in decoder.flush():
+                yield _item(line, rename)
+        finally:
+            resp.release()
+
+    def _rename_body(self, body: bytes, call: Call) -> bytes:
+        """Show client-side model names in a JSON answer."""
+        models = self.config.models
+        if call.endpoint in _LISTS and models.mappings:
+            try:
+                doc = orjson.loads(body)
+                for entry in doc.get("models") or []:
+                    for key in ("name", "model"):
+                        if isinstance(entry.get(key), str):
+                            entry[key] = models.client_name(entry[key])
+                return orjson.dumps(doc)
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                return body
+        if call.model is not None and call.model != call.backend_model:
+            try:
+                doc = orjson.loads(body)
+                if isinstance(doc, dict) and "model" in doc:
+                    doc["model"] = call.model
+                    return orjson.dumps(doc)
+            except orjson.JSONDecodeError:
+                return body
+        return body
+
+
+def _item(line: bytes, rename: str | None) -> StreamItem:
+    try:
+        obj: Any = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        # Not JSON: relay it anyway (the client sees what Ollama sent) but
+        # record it as an error line.
+        return line, {"error": f"backend sent a line that is not JSON: {line[:200]!r}"}
+    if not isinstance(obj, dict):
+        return line, {}
+    if rename is not None and "model" in obj:
+        obj["model"] = rename
+        line = orjson.dumps(obj)
+    return line, obj

@@ -1,0 +1,122 @@
+"""The command line: ``llm-proxy [serve|migrate] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sqlite3
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from . import __version__, config as config_mod
+from .audit.migrate import migrate
+from .config import Config
+from .errors import ConfigError
+
+PROG = "llm-proxy"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="An Ollama-compatible proxy that records every exchange in SQLite.",
+        epilog="Without a command, 'serve' runs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy (the default command)",
+        description="Run the proxy until SIGTERM or Ctrl-C.",
+    )
+    _add_config(serve)
+    serve.add_argument("--host", help="address to listen on (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+
+    mig = commands.add_parser(
+        "migrate",
+        help="create or upgrade the database, then exit",
+        description="Apply pending migrations to the database and print what was done.",
+    )
+    _add_config(mig)
+    mig.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    # "-config" is how the Go proxy spelled it; its users' scripts keep working.
+    parser.add_argument(
+        "--config", "-config", metavar="PATH",
+        help=f"config file, YAML or JSON (default: ${config_mod.ENV_VAR}, else ./{config_mod.DEFAULT_FILE})",
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in ("serve", "migrate", "-h", "--help", "--version"):
+        args_list.insert(0, "serve")
+    args = build_parser().parse_args(args_list)
+    try:
+        config = config_mod.load(config_mod.find_config_file(args.config))
+        if args.command == "migrate":
+            return _migrate(config, args.db)
+        config = config_mod.replace(config, host=args.host, port=args.port)
+        return _serve(config)
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _migrate(config: Config, db: str | None) -> int:
+    path = db or config.database.path
+    try:
+        names = migrate(path)
+    except (sqlite3.Error, OSError) as exc:
+        print(f"{PROG}: cannot migrate {path}: {exc}", file=sys.stderr)
+        return 1
+    if names:
+        for name in names:
+            print(f"applied {name}")
+    else:
+        print(f"{path} is up to date")
+    return 0
+
+
+def _serve(config: Config) -> int:
+    from .app import create_app
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    app = create_app(config)
+    server = config.server
+
+    def announce(*_: object) -> None:
+        print(
+            f"{PROG} {__version__} listening on http://{server.host}:{server.port} "
+            f"→ {config.backend.type} backend at {config.backend.endpoint}; "
+            f"audit trail in {config.database.path}",
+            flush=True,
+        )
+
+    try:
+        web.run_app(
+            app,
+            host=server.host,
+            port=server.port,
+            shutdown_timeout=server.shutdown_timeout,
+            print=announce,
+            access_log=None,
+        )
+    except OSError as exc:
+        print(f"{PROG}: cannot listen on {server.host}:{server.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"{PROG}: cannot open the database {config.database.path}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,75 @@
+"""What the proxy prints to stdout when ``server.log_*`` asks for it.
+
+These are for watching a proxy live; the database always gets everything,
+whatever these flags say.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+import orjson
+
+from .audit.exchange import Exchange
+from .config import ServerConfig
+
+SUMMARY_CHARS = 200  # how much of a prompt or answer a summary line shows
+
+
+class Console:
+    """Prints exchange summaries and raw JSON, as configured."""
+
+    def __init__(self, server: ServerConfig, out: IO[str] | None = None) -> None:
+        self.messages = server.log_messages
+        self.raw_requests = server.log_raw_requests
+        self.raw_responses = server.log_raw_responses
+        self._out = out
+
+    def _write(self, text: str) -> None:
+        out = self._out or sys.stdout
+        out.write(text + "\n")
+        out.flush()
+
+    def request(self, exchange: Exchange, body: Any) -> None:
+        """The client's request as pretty JSON."""
+        if self.raw_requests:
+            pretty = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
+            self._write(f"[{exchange.request_id}] request {exchange.method} {exchange.endpoint}\n{pretty}")
+
+    def response(self, exchange: Exchange, data: bytes) -> None:
+        """One response body or stream line, pretty-printed when it is JSON."""
+        if not self.raw_responses:
+            return
+        try:
+            text = orjson.dumps(orjson.loads(data), option=orjson.OPT_INDENT_2).decode()
+        except orjson.JSONDecodeError:
+            text = data.decode("utf-8", errors="replace")
+        self._write(f"[{exchange.request_id}] response {exchange.endpoint}\n{text}")
+
+    def summary(self, exchange: Exchange) -> None:
+        """One human line per finished exchange."""
+        if not self.messages:
+            return
+        parts = [
+            f"[{exchange.request_id}] {exchange.method} {exchange.endpoint}",
+            f"status={exchange.status_code}",
+            f"{exchange.latency_ms}ms",
+        ]
+        if exchange.model:
+            parts.append(f"Model: {exchange.model}")
+        if exchange.prompt:
+            parts.append(f"Prompt: {_short(exchange.prompt)}")
+        if exchange.response:
+            parts.append(f"Response: {_short(exchange.response)}")
+        if exchange.tool_calls:
+            names = [str((c.get("function") or {}).get("name")) for c in exchange.tool_calls if isinstance(c, dict)]
+            parts.append(f"Tool calls: {', '.join(names)}")
+        if exchange.error:
+            parts.append(f"Error: {exchange.error}")
+        self._write(", ".join(parts))
+
+
+def _short(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= SUMMARY_CHARS else flat[: SUMMARY_CHARS - 1] + "…"

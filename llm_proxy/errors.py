@@ -1,0 +1,76 @@
+"""The one exception tree of llm-proxy.
+
+Every error a client can see is a ``ProxyError``; the error middleware turns it
+into Ollama's shape ``{"error": message}`` with ``status``::
+
+    ProxyError                 (500)
+    ├── BadRequest             (400) the client's request is malformed
+    ├── ModelNotFound          (404) no such model on the backend
+    ├── PayloadTooLarge        (413)
+    ├── BackendError           (backend's status) the backend answered with an error
+    ├── BackendUnavailable     (502) the backend could not be reached
+    └── BackendTimeout         (504) the backend did not answer in time
+
+``ConfigError`` is separate: it stops the program at start-up (exit code 2).
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """An error with the HTTP status and message a client should see."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadRequest(ProxyError):
+    """The client's request cannot be understood."""
+
+    status = 400
+
+
+class ModelNotFound(ProxyError):
+    """The requested model is not served by the backend."""
+
+    status = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found")
+        self.model = name
+
+
+class PayloadTooLarge(ProxyError):
+    """The request body is larger than the configured limit."""
+
+    status = 413
+
+
+class BackendError(ProxyError):
+    """The backend answered, but with an error."""
+
+    status = 502
+
+
+class BackendUnavailable(ProxyError):
+    """The backend could not be reached at all."""
+
+    status = 502
+
+
+class BackendTimeout(ProxyError):
+    """The backend did not answer within ``backend.timeout``."""
+
+    status = 504
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the problem."""

@@ -1,0 +1,67 @@
+"""Request ids, CORS, and the one error boundary that gives clients Ollama's error shape."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from . import keys
+from .errors import ProxyError
+
+log = logging.getLogger("llm_proxy")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id, X-API-Key",
+    "Access-Control-Expose-Headers": "X-Request-Id",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def json_error(message: str, status: int) -> web.Response:
+    """Ollama's error shape: ``{"error": message}``."""
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def error_boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id and turn every failure into ``{"error": ...}``."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request[keys.REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except ProxyError as exc:
+        response = json_error(exc.message, exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        response = json_error(message.lower() if exc.status in (404, 405) else message, exc.status)
+    except Exception as exc:  # the boundary: anything unexpected is a 500 with a log entry
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        response = json_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+    return response
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: every answer, streams included, names its request id."""
+    request_id = request.get(keys.REQUEST_ID)
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook used when ``server.enable_cors`` is on."""
+    response.headers.update(CORS_HEADERS)
+
+
+@web.middleware
+async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflight requests directly (when ``server.enable_cors`` is on)."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return web.Response(status=204)
+    return await handler(request)

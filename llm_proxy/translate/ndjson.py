@@ -1,0 +1,116 @@
+"""Incremental NDJSON line splitting and assembly of Ollama response chunks (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LineDecoder:
+    """Splits a byte stream into complete lines, whatever the read boundaries.
+
+    Unlike ``StreamReader.readline`` it has no line-length limit, so a long
+    tool call or embedding in one NDJSON line cannot break the stream.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete, non-blank lines ended by this chunk (without newlines)."""
+        if self._pending:
+            data = self._pending + data
+        if b"\n" not in data:
+            self._pending = data
+            return []
+        *lines, self._pending = data.split(b"\n")
+        return [line.rstrip(b"\r") for line in lines if line.strip()]
+
+    def flush(self) -> list[bytes]:
+        """The last line, when the stream ended without a newline."""
+        rest, self._pending = self._pending, b""
+        return [rest.rstrip(b"\r")] if rest.strip() else []
+
+
+class ChunkAssembler:
+    """Builds the one-object answer out of a stream of Ollama chunks.
+
+    The same object serves the audit trail (content, thinking, tool calls,
+    counts) and ``stream: false`` clients of a streaming backend.
+    """
+
+    __slots__ = ("content", "thinking", "tool_calls", "final", "error", "kind", "chunks", "last")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.thinking: list[str] = []
+        self.tool_calls: list[Any] = []
+        self.final: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.kind: str | None = None  # "chat" (message) or "generate" (response)
+        self.chunks = 0
+
+    def feed(self, chunk: dict[str, Any]) -> bool:
+        """Take one chunk; True when it carried a token (content, thinking or a tool call)."""
+        self.chunks += 1
+        self.last = chunk
+        token = False
+        message = chunk.get("message")
+        if isinstance(message, dict):
+            self.kind = "chat"
+            token = self._take(message.get("content"), message.get("thinking"))
+            calls = message.get("tool_calls")
+            if calls:
+                self.tool_calls.extend(calls)
+                token = True
+        elif "response" in chunk:
+            self.kind = "generate"
+            token = self._take(chunk.get("response"), chunk.get("thinking"))
+        if chunk.get("done") is True:
+            self.final = chunk
+        error = chunk.get("error")
+        if error:
+            self.error = str(error)
+        return token
+
+    def _take(self, content: Any, thinking: Any) -> bool:
+        token = False
+        if isinstance(content, str) and content:
+            self.content.append(content)
+            token = True
+        if isinstance(thinking, str) and thinking:
+            self.thinking.append(thinking)
+            token = True
+        return token
+
+    @property
+    def text(self) -> str:
+        """The assembled answer."""
+        return "".join(self.content)
+
+    @property
+    def thought(self) -> str:
+        """The assembled thinking."""
+        return "".join(self.thinking)
+
+    def result(self) -> dict[str, Any]:
+        """The whole answer as one Ollama object (final chunk's metrics included)."""
+        out = dict(self.final or self.last or {})
+        if self.kind == "chat":
+            message: dict[str, Any] = dict(out.get("message") or {"role": "assistant"})
+            message.setdefault("role", "assistant")
+            message["content"] = self.text
+            if self.thinking:
+                message["thinking"] = self.thought
+            else:
+                message.pop("thinking", None)
+            if self.tool_calls:
+                message["tool_calls"] = self.tool_calls
+            out["message"] = message
+        elif self.kind == "generate":
+            out["response"] = self.text
+            if self.thinking:
+                out["thinking"] = self.thought
+        return out
