@@ -82,7 +82,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         raise
     except asyncio.CancelledError:
         exchange.status_code = CLIENT_GONE
-        exchange.error = "interrupted: the request was cancelled (client gone or proxy shutting down)"
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            exchange.error = "client disconnected"
+        else:
+            exchange.error = "interrupted: the proxy is shutting down"
         raise
     except Exception as exc:
         exchange.status_code, exchange.error = 500, f"internal error: {type(exc).__name__}: {exc}"
@@ -108,7 +112,9 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Ca
         body = _json_object(raw)
     model = backend_model = None
     if body is not None and endpoint in MODEL_ROUTES:
-        model, backend_model, body = _map_model(endpoint, body, config)
+        model, backend_model, mapped = _map_model(endpoint, body, config)
+        if mapped is not body:
+            body, raw = mapped, orjson.dumps(mapped)
     stream = endpoint in STREAM_ROUTES and _stream_flag(body)
     exchange.model, exchange.backend_model, exchange.stream = model, backend_model, stream
     exchange.prompt = _prompt(endpoint, body)

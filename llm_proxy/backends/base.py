@@ -26,7 +26,7 @@ class Call:
     method: str
     path: str  # the path as received (with parameters filled in)
     body: dict[str, Any] | None  # parsed JSON body, model already mapped to the backend's name
-    raw: bytes  # the body as received (blobs; unchanged pass-through)
+    raw: bytes  # the body to forward as it is: as received, or re-encoded after mapping
     query: str
     model: str | None  # client-side model name
     backend_model: str | None

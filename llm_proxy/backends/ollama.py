@@ -63,8 +63,6 @@ class OllamaBackend:
         if call.query:
             url = f"{url}?{call.query}"
         data = call.raw
-        if call.body is not None and call.model != call.backend_model:
-            data = orjson.dumps(call.body)
         headers = {"Content-Type": "application/json"} if call.body is not None else None
         resp = await http.send(
             self.session, call.method, url, backend=self.endpoint, data=data or None, headers=headers

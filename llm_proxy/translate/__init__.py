@@ -1,0 +1,1 @@
+"""Pure translation between the Ollama API and OpenAI-style backends."""

@@ -1,0 +1,127 @@
+"""Incremental Server-Sent-Events decoder: bytes in, ``data`` payloads out.
+
+The decoder follows the event-stream parsing rules of the WHATWG HTML spec
+(https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation)
+as far as an OpenAI-style backend needs them:
+
+* lines end in ``\\n``, ``\\r\\n`` or a lone ``\\r``;
+* a blank line ends an event; an event with no ``data`` line is not reported;
+* ``data`` lines of one event are joined with ``\\n``; one space after the
+  colon is stripped;
+* comment lines (``:`` first, the keep-alives llama-server sends while idle)
+  and fields other than ``data`` (``event``, ``id``, ``retry``) are ignored;
+* a UTF-8 byte-order mark at the very start of the stream is dropped.
+
+It never decodes a partial line, so a chunk boundary inside a multi-byte
+UTF-8 character, or between ``\\r`` and ``\\n``, changes nothing. The
+``[DONE]`` sentinel is an ordinary payload here; the caller decides.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SSEDecoder"]
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class SSEDecoder:
+    """Turn a byte stream into the ``data`` payloads of its complete events."""
+
+    __slots__ = ("_at_start", "_data", "_skip_lf", "_tail")
+
+    def __init__(self) -> None:
+        # Bytes after the last line terminator, kept as parts so a long line
+        # arriving in many small reads is joined once, not copied per read.
+        self._tail: list[bytes] = []
+        # The ``data`` values of the event being read, still as bytes.
+        self._data: list[bytes] = []
+        # The previous chunk ended in ``\r``: a ``\n`` opening the next chunk
+        # belongs to that same line terminator.
+        self._skip_lf = False
+        self._at_start = True
+
+    def feed(self, data: bytes) -> list[str]:
+        """Consume one chunk; return the payloads of the events it completes."""
+        if not data:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[0] == 0x0A:
+                data = data[1:]
+                if not data:
+                    return []
+        if self._at_start:
+            data = self._strip_bom(data)
+            if not data:
+                return []
+        if b"\n" not in data and b"\r" not in data:
+            self._tail.append(data)
+            return []
+        if self._tail:
+            self._tail.append(data)
+            data = b"".join(self._tail)
+            self._tail = []
+        if b"\r" in data:
+            # The tail never holds a terminator, so normalising the joined
+            # buffer cannot merge two lines; a final ``\r`` ends its line
+            # now and may be followed by the ``\n`` of a ``\r\n`` later.
+            if data[-1] == 0x0D:
+                self._skip_lf = True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = data.split(b"\n")
+        last = lines.pop()
+        if last:
+            self._tail.append(last)
+        return self._lines(lines)
+
+    def flush(self) -> list[str]:
+        """Report an event left unterminated at end of stream, then reset."""
+        lines: list[bytes] = []
+        if self._tail:
+            lines.append(b"".join(self._tail))
+        # An empty line dispatches whatever the last event collected.
+        lines.append(b"")
+        events = self._lines(lines)
+        self._tail = []
+        self._data = []
+        self._skip_lf = False
+        self._at_start = True
+        return events
+
+    def _strip_bom(self, data: bytes) -> bytes:
+        """Drop a byte-order mark at the start of the stream, even if split."""
+        if self._tail:
+            head = b"".join(self._tail) + data
+            self._tail = []
+        else:
+            head = data
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            # Too short to tell yet: wait for more bytes.
+            self._tail.append(head)
+            return b""
+        self._at_start = False
+        if head.startswith(_BOM):
+            return head[len(_BOM) :]
+        return head
+
+    def _lines(self, lines: list[bytes]) -> list[str]:
+        """Apply complete lines to the event being read; return finished events."""
+        events: list[str] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    if len(data) == 1:
+                        events.append(data[0].decode("utf-8", "replace"))
+                    else:
+                        events.append(b"\n".join(data).decode("utf-8", "replace"))
+                    data = self._data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                if value[:1] == b" ":
+                    value = value[1:]
+                data.append(value)
+            elif line == b"data":
+                # A field with no colon has an empty value.
+                data.append(b"")
+        return events
