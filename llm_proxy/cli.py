@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import __version__, config as config_mod
+from . import __version__
+from . import config as config_mod
 from .audit.migrate import migrate
 from .config import Config
 from .errors import ConfigError

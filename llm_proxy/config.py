@@ -67,9 +67,7 @@ class ModelsConfig:
 
     default: str = ""
     mappings: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
-    params: Mapping[str, Mapping[str, Any]] = field(
-        default_factory=lambda: types.MappingProxyType({})
-    )
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: types.MappingProxyType({}))
 
     def backend_name(self, client_name: str) -> str:
         """The backend's name for a client-side model name (``x`` and ``x:latest`` alike)."""
@@ -85,7 +83,7 @@ class ModelsConfig:
         """The client-side name under which a backend model is shown."""
         bare = backend_name.removesuffix(":latest")
         for client, backend in self.mappings.items():
-            if backend == backend_name or backend == bare:
+            if backend in (backend_name, bare):
                 # Keep Ollama's habit of showing the tag when the backend did.
                 if backend_name != bare and ":" not in client:
                     return f"{client}:latest"
@@ -138,13 +136,12 @@ def load(path: str | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
     try:
-        if path.endswith(".json"):
-            data = orjson.loads(text)
-        else:
-            data = yaml.safe_load(text)
+        data = orjson.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {first}") from None
+        raise ConfigError(
+            f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {first}"
+        ) from None
     try:
         return from_dict(data if data is not None else {}, source=path)
     except ConfigError as exc:
@@ -184,9 +181,7 @@ def _section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(
-                f"unknown key '{name}.{key}' (expected one of: {', '.join(fields)})"
-            )
+            raise ConfigError(f"unknown key '{name}.{key}' (expected one of: {', '.join(fields)})")
         kwargs[key] = _coerce(f"{name}.{key}", fields[key].type, value)
     return cls(**kwargs)
 

@@ -63,7 +63,9 @@ class Console:
         if exchange.response:
             parts.append(f"Response: {_short(exchange.response)}")
         if exchange.tool_calls:
-            names = [str((c.get("function") or {}).get("name")) for c in exchange.tool_calls if isinstance(c, dict)]
+            names = [
+                str((c.get("function") or {}).get("name")) for c in exchange.tool_calls if isinstance(c, dict)
+            ]
             parts.append(f"Tool calls: {', '.join(names)}")
         if exchange.error:
             parts.append(f"Error: {exchange.error}")

@@ -32,9 +32,9 @@ class Proxy:
         """Read the logs table as a user would, once ``expected`` rows are there."""
         return read_rows(self.db, expected, timeout)
 
-    async def wait_rows(self, expected: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def wait_rows(self, expected: int, within: float = 5.0) -> list[dict[str, Any]]:
         """Like :meth:`rows`, without blocking the event loop the proxy runs on."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         while True:
             found = read_rows(self.db, 0)
             if len(found) >= expected or asyncio.get_running_loop().time() > deadline:

@@ -16,7 +16,11 @@ from aiohttp import web
 
 MODELS = {
     "llama3.2:latest": {"family": "llama", "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
-    "nomic-embed-text:latest": {"family": "nomic-bert", "parameter_size": "137M", "quantization_level": "F16"},
+    "nomic-embed-text:latest": {
+        "family": "nomic-bert",
+        "parameter_size": "137M",
+        "quantization_level": "F16",
+    },
 }
 CREATED = "2026-11-22T04:05:06.123456789Z"
 ANSWER = ["The", " sky", " is", " blue", "."]
@@ -69,8 +73,12 @@ class OllamaDouble:
 
     async def ps(self, request: web.Request) -> web.Response:
         self.requests.append((request.path, None))
-        entry = {**_entry("llama3.2:latest"), "size_vram": 0, "expires_at": "2026-11-22T05:05:06.1Z",
-                 "context_length": 4096}
+        entry = {
+            **_entry("llama3.2:latest"),
+            "size_vram": 0,
+            "expires_at": "2026-11-22T05:05:06.1Z",
+            "context_length": 4096,
+        }
         return web.json_response({"models": [entry]})
 
     async def show(self, request: web.Request) -> web.Response:
@@ -134,8 +142,12 @@ class OllamaDouble:
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
-        statuses = [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"},
-                    {"status": "writing manifest"}, {"status": "success"}]
+        statuses = [
+            {"status": "pulling manifest"},
+            {"status": "verifying sha256 digest"},
+            {"status": "writing manifest"},
+            {"status": "success"},
+        ]
         if body.get("stream", True) is False:
             return web.json_response({"status": "success"})
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})

@@ -26,7 +26,12 @@ async def test_list_shows_client_side_names(proxy: Proxy) -> None:
     names = [m.model for m in listed.models]
     assert names == ["llama2:latest", "nomic-embed-text:latest"]
     [row] = await proxy.wait_rows(1)
-    assert (row["endpoint"], row["method"], row["status_code"], row["error"]) == ("/api/tags", "GET", 200, None)
+    assert (row["endpoint"], row["method"], row["status_code"], row["error"]) == (
+        "/api/tags",
+        "GET",
+        200,
+        None,
+    )
     assert "llama2:latest" in row["response_body"]
 
 
@@ -66,11 +71,16 @@ async def test_chat_and_generate_without_streaming(proxy: Proxy) -> None:
 
 
 async def test_generate_stream(proxy: Proxy) -> None:
-    text = "".join([c.response async for c in await client(proxy).generate(model="llama2", prompt="p", stream=True)])
+    text = "".join(
+        [c.response async for c in await client(proxy).generate(model="llama2", prompt="p", stream=True)]
+    )
     assert text == "The sky is blue."
     [row] = await proxy.wait_rows(1)
     assert (row["endpoint"], row["response"], row["stream"], row["completion_tokens"]) == (
-        "/api/generate", "The sky is blue.", 1, 5,
+        "/api/generate",
+        "The sky is blue.",
+        1,
+        5,
     )
 
 
@@ -140,10 +150,10 @@ async def test_models_default_fills_a_missing_model(
 ) -> None:
     double, url = ollama_double
     proxy = await make_proxy(url, models={"default": "llama3.2"})
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{proxy.url}/api/chat", json={"messages": USER, "stream": False}) as resp:
-            assert resp.status == 200
-            assert (await resp.json())["message"]["content"] == "The sky is blue."
+    body = {"messages": USER, "stream": False}
+    async with aiohttp.ClientSession() as http, http.post(f"{proxy.url}/api/chat", json=body) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["message"]["content"] == "The sky is blue."
     assert double.requests[-1][1]["model"] == "llama3.2"
     [row] = await proxy.wait_rows(1)
     assert row["model"] == "llama3.2"
@@ -220,9 +230,9 @@ async def test_backend_timeout_is_504(make_proxy: MakeProxy, ollama_double: tupl
     double, url = ollama_double
     double.hold = asyncio.Event()  # the backend goes silent after its first line
     proxy = await make_proxy(url, backend={"timeout": 0.3})
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{proxy.url}/api/chat", json={"model": "llama3.2", "messages": USER}) as resp:
-            lines = [orjson.loads(line) async for line in resp.content]
+    body = {"model": "llama3.2", "messages": USER}
+    async with aiohttp.ClientSession() as http, http.post(f"{proxy.url}/api/chat", json=body) as resp:
+        lines = [orjson.loads(line) async for line in resp.content]
     double.hold.set()
     assert lines[0]["message"]["content"] == "The"
     assert "error" in lines[-1] and "stopped answering" in lines[-1]["error"]
@@ -240,12 +250,16 @@ async def test_health_ok(proxy: Proxy, ollama_double: tuple[OllamaDouble, str]) 
 
 
 async def test_request_id_is_honoured_and_recorded(proxy: Proxy) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{proxy.url}/api/chat", json={"model": "llama2", "messages": USER}, headers={"X-Request-Id": "abc-1"}
-        ) as resp:
-            await resp.read()
-            assert resp.headers["X-Request-Id"] == "abc-1"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{proxy.url}/api/chat",
+            json={"model": "llama2", "messages": USER},
+            headers={"X-Request-Id": "abc-1"},
+        ) as resp,
+    ):
+        await resp.read()
+        assert resp.headers["X-Request-Id"] == "abc-1"
     [row] = await proxy.wait_rows(1)
     assert row["request_id"] == "abc-1"
 
@@ -290,7 +304,8 @@ async def test_go_readme_queries_run_unchanged(proxy: Proxy) -> None:
         "WHERE error IS NULL GROUP BY model;"
     ).fetchall()
     assert sorted((m, n) for m, _, n in by_model) == [("llama2", 1), ("llama3.2", 1)]
-    assert conn.execute("SELECT model, AVG(latency_ms), COUNT(*) FROM logs WHERE error IS NULL GROUP BY model;")
+    issue_example = "SELECT model, AVG(latency_ms), COUNT(*) FROM logs WHERE error IS NULL GROUP BY model;"
+    assert len(conn.execute(issue_example).fetchall()) == 2
     conn.close()
 
 

@@ -15,9 +15,7 @@ async def health(request: web.Request) -> web.Response:
     info = {**describe(config.backend), "reachable": problem is None}
     if problem is None:
         return web.json_response({"status": "ok", "backend": info})
-    return web.json_response(
-        {"status": "unavailable", "error": problem, "backend": info}, status=503
-    )
+    return web.json_response({"status": "unavailable", "error": problem, "backend": info}, status=503)
 
 
 def setup_routes(app: web.Application) -> None:

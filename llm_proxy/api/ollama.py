@@ -37,9 +37,7 @@ MODEL_ROUTES = frozenset({
     "/api/pull", "/api/push", "/api/create", "/api/delete",
 })  # fmt: skip
 # Routes where a missing model is filled from models.default.
-DEFAULT_MODEL_ROUTES = frozenset(
-    {"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings"}
-)
+DEFAULT_MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings"})
 # Routes that stream NDJSON unless the request says "stream": false.
 STREAM_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/pull", "/api/push", "/api/create"})
 # Routes whose body is not JSON.
@@ -62,7 +60,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     )  # fmt: skip
     await recorder.admit()
     exchange = Exchange(
-        endpoint=request.match_info.route.resource.canonical if request.match_info.route.resource else request.path,
+        endpoint=request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else request.path,
         method=request.method,
         backend_type=backend.type,
         request_id=request.get(keys.REQUEST_ID),
@@ -144,9 +144,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _map_model(
-    endpoint: str, body: dict[str, Any], config: Config
-) -> tuple[str, str, dict[str, Any]]:
+def _map_model(endpoint: str, body: dict[str, Any], config: Config) -> tuple[str, str, dict[str, Any]]:
     """The client's model name, the backend's, and the body with the backend's name in it."""
     key = "model" if body.get("model") is not None or "name" not in body else "name"
     model = body.get(key)

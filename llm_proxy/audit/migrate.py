@@ -31,9 +31,7 @@ def available(folder: Path | None = None) -> list[Path]:
 
 def applied(conn: sqlite3.Connection) -> set[str]:
     """Names of the migrations already applied to this database."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-    )
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     return {row[0] for row in conn.execute("SELECT name FROM _migrations")}
 
 

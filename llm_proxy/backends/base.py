@@ -9,7 +9,7 @@ the audit record without parsing twice.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,7 +43,7 @@ class Reply:
     status: int = 200
     content_type: str = "application/json"
     body: bytes | None = None
-    lines: AsyncIterator[StreamItem] | None = None
+    lines: AsyncGenerator[StreamItem, None] | None = None
 
     @property
     def streaming(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -19,9 +18,7 @@ def new_session(config: BackendConfig) -> aiohttp.ClientSession:
     # `timeout` bounds each wait for the backend (connecting, or the next bytes
     # of an answer) rather than the whole answer: a long generation that keeps
     # streaming must not be cut off at 300 s.
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=config.timeout, sock_read=config.timeout
-    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.timeout, sock_read=config.timeout)
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else None
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
     return aiohttp.ClientSession(
@@ -39,13 +36,13 @@ async def send(
     backend: str,
     data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
-    timeout: aiohttp.ClientTimeout | None = None,
+    limits: aiohttp.ClientTimeout | None = None,
 ) -> aiohttp.ClientResponse:
     """Send one request; connection failures become 502, time-outs 504."""
-    extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+    extra: dict[str, Any] = {"timeout": limits} if limits is not None else {}
     try:
         return await session.request(method, url, data=data, headers=headers, **extra)
-    except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise BackendTimeout(f"backend {backend} did not answer in time") from None
     except aiohttp.ClientConnectorError as exc:
         raise BackendUnavailable(f"backend {backend} is unreachable: {_reason(exc)}") from None
@@ -57,7 +54,7 @@ async def read_body(resp: aiohttp.ClientResponse, backend: str) -> bytes:
     """The whole response body; failures mid-way become ProxyErrors."""
     try:
         return await resp.read()
-    except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise BackendTimeout(f"backend {backend} stopped answering") from None
     except aiohttp.ClientError as exc:
         raise BackendError(f"backend {backend} broke off its answer: {_reason(exc)}") from None
@@ -68,7 +65,7 @@ async def iter_chunks(resp: aiohttp.ClientResponse, backend: str) -> AsyncIterat
     try:
         async for data in resp.content.iter_any():
             yield data
-    except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise BackendTimeout(f"backend {backend} stopped answering mid-stream") from None
     except aiohttp.ClientError as exc:
         raise BackendError(f"backend {backend} broke off the stream: {_reason(exc)}") from None

@@ -7,7 +7,7 @@ the client-side names again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -49,7 +49,7 @@ class OllamaBackend:
         try:
             resp = await http.send(
                 self.session, "GET", f"{self.endpoint}/api/version",
-                backend=self.endpoint, timeout=http.health_timeout(),
+                backend=self.endpoint, limits=http.health_timeout(),
             )  # fmt: skip
         except Exception as exc:  # any failure means "not healthy"; the reason is reported
             return str(exc)
@@ -76,7 +76,7 @@ class OllamaBackend:
             body = self._rename_body(body, call)
         return Reply(resp.status, content_type, body=body)
 
-    async def _lines(self, resp: aiohttp.ClientResponse, call: Call) -> AsyncIterator[StreamItem]:
+    async def _lines(self, resp: aiohttp.ClientResponse, call: Call) -> AsyncGenerator[StreamItem, None]:
         """Relay NDJSON lines as they arrive; re-serialise only to rename the model."""
         rename = call.model if call.model != call.backend_model else None
         decoder = LineDecoder()

@@ -40,7 +40,7 @@ class ChunkAssembler:
     counts) and ``stream: false`` clients of a streaming backend.
     """
 
-    __slots__ = ("content", "thinking", "tool_calls", "final", "error", "kind", "chunks", "last")
+    __slots__ = ("chunks", "content", "error", "final", "kind", "last", "thinking", "tool_calls")
 
     def __init__(self) -> None:
         self.content: list[str] = []
