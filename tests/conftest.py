@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from llm_proxy import config as config_mod
 from llm_proxy.app import create_app
 
+from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
 
 
@@ -95,3 +96,17 @@ def make_proxy(aiohttp_server: Any, tmp_path: Path) -> MakeProxy:
 async def proxy(make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str]) -> Proxy:
     """A proxy in front of the Ollama double, with one mapping: llama2 → llama3.2."""
     return await make_proxy(ollama_double[1], models={"mappings": {"llama2": "llama3.2"}})
+
+
+@pytest.fixture
+async def llama_double(aiohttp_server: Any) -> tuple[LlamaServerDouble, str]:
+    """The llama-server test double, listening on 127.0.0.1."""
+    double = LlamaServerDouble()
+    server = await aiohttp_server(double.app(), host="127.0.0.1")
+    return double, str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def oproxy(make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]) -> Proxy:
+    """A proxy with the openai backend in front of the llama-server double."""
+    return await make_proxy(llama_double[1], backend_type="openai")

@@ -14,4 +14,8 @@ def create(config: Config) -> Backend:
         from .ollama import OllamaBackend
 
         return OllamaBackend(config)
+    if kind == "openai":
+        from .openai import OpenAIBackend
+
+        return OpenAIBackend(config)
     raise ConfigError(f"'backend.type' {kind!r} is not available in this version")

@@ -1,0 +1,337 @@
+"""An OpenAI-style backend (llama.cpp's llama-server): the Ollama API translated.
+
+Chat and generate always stream from the backend: the SSE stream is decoded,
+translated chunk by chunk and relayed as Ollama NDJSON, or folded into one
+object for ``stream: false`` clients. Model endpoints are built from
+``/v1/models`` and ``/props``, fetched together and cached briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import Config
+from ..errors import BackendError, ModelNotFound, ProxyError
+from ..translate import ollama_openai as tr
+from ..translate.ndjson import ChunkAssembler
+from ..translate.sse import SSEDecoder
+from . import http
+from .base import Call, Reply, StreamItem
+
+CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
+CATALOG_TIMEOUT = 3.0  # seconds a catalog refresh may take before a stale copy is used
+# The Ollama version we answer /api/version with: the API level we speak.
+OLLAMA_VERSION = "0.12.6"
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+
+# Ollama routes that manage model files, which an OpenAI-style server cannot do.
+_MANAGEMENT = frozenset({"/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}"})
+
+
+@dataclass(slots=True)
+class Catalog:
+    """What the backend serves: its ``/v1/models`` and ``/props`` answers."""
+
+    models: dict[str, Any]
+    props: dict[str, Any] | None
+    fetched: float
+
+    def entry(self, name: str) -> dict[str, Any] | None:
+        """The ``/v1/models`` entry whose id is ``name`` (``x`` and ``x:latest`` alike)."""
+        wanted = tr.normalize_model_name(name)
+        for entry in self.models.get("data") or []:
+            is_entry = isinstance(entry, dict) and isinstance(entry.get("id"), str)
+            if is_entry and tr.normalize_model_name(entry["id"]) == wanted:
+                return entry
+        return None
+
+    def ids(self) -> list[str]:
+        """The served model ids."""
+        return [e["id"] for e in self.models.get("data") or [] if isinstance(e, dict) and "id" in e]
+
+
+class OpenAIBackend:
+    """Serves the Ollama API from an OpenAI-compatible server."""
+
+    type = "openai"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.endpoint = config.backend.endpoint.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._catalog: Catalog | None = None
+        self._refresh: asyncio.Task[Catalog] | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "OpenAIBackend.start() was not awaited"
+        return self._session
+
+    async def start(self) -> None:
+        self._session = http.new_session(self.config.backend)
+
+    async def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def health(self) -> str | None:
+        try:
+            resp = await http.send(
+                self.session, "GET", f"{self.endpoint}/health",
+                backend=self.endpoint, limits=http.health_timeout(),
+            )  # fmt: skip
+        except ProxyError as exc:
+            return exc.message
+        async with resp:
+            body = await resp.read()
+            if resp.status == 200:
+                return None
+            if resp.status == 404:  # an OpenAI-style server without llama-server's /health
+                try:
+                    await self._fetch_catalog()
+                except ProxyError as exc:
+                    return exc.message
+                return None
+            return tr.error_from_backend(resp.status, body).message
+
+    async def call(self, call: Call) -> Reply:
+        endpoint = call.endpoint
+        if endpoint == "/api/chat":
+            return await self._complete(call, "chat")
+        if endpoint == "/api/generate":
+            return await self._complete(call, "generate")
+        if endpoint == "/api/tags":
+            catalog = await self.catalog()
+            return _json(tr.tags_from_models(catalog.models, catalog.props, self.config.models.mappings))
+        if endpoint == "/api/ps":
+            catalog = await self.catalog()
+            return _json(tr.ps_from_models(catalog.models, catalog.props, self.config.models.mappings))
+        if endpoint == "/api/show":
+            assert call.model is not None and call.backend_model is not None
+            catalog = await self.catalog()
+            entry = catalog.entry(call.backend_model)
+            if entry is None:
+                raise ModelNotFound(call.model)
+            return _json(tr.show_from_props(call.model, entry, catalog.props))
+        if endpoint in ("/api/embed", "/api/embeddings"):
+            return await self._embed(call)
+        if endpoint == "/api/pull":
+            return await self._pull(call)
+        if endpoint == "/api/version":
+            return _json({"version": OLLAMA_VERSION})
+        if endpoint == "/":
+            return Reply(200, "text/plain; charset=utf-8", body=b"Ollama is running")
+        if endpoint in _MANAGEMENT:
+            raise ProxyError(
+                f"{endpoint} is not available: the openai backend serves the models its server "
+                "has loaded and does not manage model files",
+                501,
+            )
+        raise ProxyError(f"{endpoint} is not supported by the openai backend", 501)
+
+    # -- models ---------------------------------------------------------------
+
+    async def catalog(self) -> Catalog:
+        """The served models; refreshed when stale, and a stale copy beats waiting long."""
+        current = self._catalog
+        if current is not None and time.monotonic() - current.fetched < CATALOG_TTL:
+            return current
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._fetch_catalog())
+        if current is None:
+            return await asyncio.shield(self._refresh)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._refresh), CATALOG_TIMEOUT)
+        except (TimeoutError, ProxyError):
+            return current  # Home Assistant polls with a 5 s timeout: answer what we know
+
+    async def _fetch_catalog(self) -> Catalog:
+        models, props = await asyncio.gather(
+            self._get_json("/v1/models"), self._get_json("/props", optional=True)
+        )
+        if not isinstance(models, dict):
+            raise BackendError("backend's /v1/models did not answer a JSON object", 502)
+        catalog = Catalog(models, props if isinstance(props, dict) else None, time.monotonic())
+        self._catalog = catalog
+        return catalog
+
+    async def _get_json(self, path: str, optional: bool = False) -> Any:
+        resp = await http.send(self.session, "GET", f"{self.endpoint}{path}", backend=self.endpoint)
+        async with resp:
+            body = await http.read_body(resp, self.endpoint)
+        if resp.status >= 400:
+            if optional:
+                return None
+            raise tr.error_from_backend(resp.status, body)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            if optional:
+                return None
+            raise BackendError(f"backend's {path} did not answer JSON", 502) from None
+
+    async def _served_name(self, call: Call) -> str:
+        """The backend's id for the requested model; 404 when it does not serve it."""
+        assert call.model is not None and call.backend_model is not None
+        try:
+            catalog = await self.catalog()
+        except ProxyError:
+            # Cannot list models right now: let the request itself report why.
+            return call.backend_model.removesuffix(":latest")
+        entry = catalog.entry(call.backend_model)
+        if entry is None:
+            raise ModelNotFound(call.model)
+        return str(entry["id"])
+
+    async def _pull(self, call: Call) -> Reply:
+        assert call.model is not None and call.backend_model is not None
+        catalog = await self.catalog()
+        if catalog.entry(call.backend_model) is None:
+            served = ", ".join(catalog.ids()) or "none"
+            raise ProxyError(
+                f"model '{call.model}' not found: the openai backend cannot pull models; "
+                f"its server serves: {served}",
+                404,
+            )
+        if not call.stream:
+            return _json({"status": "success"})
+        return Reply(200, NDJSON, lines=_one_line({"status": "success"}))
+
+    # -- chat and generate ------------------------------------------------------
+
+    async def _complete(self, call: Call, kind: tr.Kind) -> Reply:
+        assert call.body is not None and call.model is not None
+        if _is_load_request(call.body, kind):
+            return self._loaded(call, kind)
+        served = await self._served_name(call)
+        params = self.config.models.params_for(call.model)
+        if kind == "chat":
+            path, body = tr.CHAT_PATH, tr.chat_request(call.body, served, params)
+        else:
+            path, body = tr.generate_request(call.body, served, params)
+        call.exchange.backend_request = body
+        resp = await http.send(
+            self.session, "POST", f"{self.endpoint}{path}", backend=self.endpoint,
+            data=orjson.dumps(body), headers={"Content-Type": JSON},
+        )  # fmt: skip
+        if resp.status >= 400:
+            async with resp:
+                raise tr.error_from_backend(resp.status, await http.read_body(resp, self.endpoint))
+        lines = self._translate(resp, tr.StreamTranslator(kind, call.model), call)
+        if call.stream:
+            return Reply(200, NDJSON, lines=lines)
+        assembler = ChunkAssembler()
+        async with aclosing(lines):
+            async for _, chunk in lines:
+                assembler.feed(chunk)
+        return _json(assembler.result())
+
+    async def _translate(
+        self, resp: aiohttp.ClientResponse, translator: tr.StreamTranslator, call: Call
+    ) -> AsyncGenerator[StreamItem, None]:
+        """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive."""
+        decoder = SSEDecoder()
+        finished = False
+        try:
+            async for data in http.iter_chunks(resp, self.endpoint):
+                for event in decoder.feed(data):
+                    if event == "[DONE]":
+                        finished = True
+                        break
+                    for chunk in translator.feed(_event_json(event)):
+                        yield orjson.dumps(chunk), chunk
+                if finished:
+                    break
+            if not finished:
+                for event in decoder.flush():
+                    if event == "[DONE]":
+                        finished = True
+                    else:
+                        for chunk in translator.feed(_event_json(event)):
+                            yield orjson.dumps(chunk), chunk
+            if not finished:
+                raise translator.eof_without_done()
+            elapsed = time.perf_counter() - call.exchange.started_mono
+            for chunk in translator.finish(int(elapsed * 1e9)):
+                yield orjson.dumps(chunk), chunk
+        finally:
+            resp.release()
+
+    def _loaded(self, call: Call, kind: tr.Kind) -> Reply:
+        """Ollama's answer to an empty prompt: the model is loaded (llama-server's always is)."""
+        final: dict[str, Any] = {"model": call.model, "created_at": tr.rfc3339_now()}
+        if kind == "chat":
+            final["message"] = {"role": "assistant", "content": ""}
+        else:
+            final["response"] = ""
+        final.update(done=True, done_reason="load")
+        if call.stream:
+            return Reply(200, NDJSON, lines=_one_line(final))
+        return _json(final)
+
+    # -- embeddings -------------------------------------------------------------
+
+    async def _embed(self, call: Call) -> Reply:
+        assert call.body is not None and call.model is not None
+        served = await self._served_name(call)
+        legacy = call.endpoint == "/api/embeddings"
+        if legacy:
+            body = tr.embeddings_legacy_request(call.body, served)
+        else:
+            body = tr.embed_request(call.body, served)
+            if body["input"] == []:
+                return _json({"model": call.model, "embeddings": []})
+        call.exchange.backend_request = body
+        resp = await http.send(
+            self.session, "POST", f"{self.endpoint}/v1/embeddings", backend=self.endpoint,
+            data=orjson.dumps(body), headers={"Content-Type": JSON},
+        )  # fmt: skip
+        async with resp:
+            raw = await http.read_body(resp, self.endpoint)
+        if resp.status >= 400:
+            raise tr.error_from_backend(resp.status, raw)
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendError("backend's /v1/embeddings did not answer JSON", 502) from None
+        if legacy:
+            return _json(tr.embeddings_legacy_response(answer))
+        elapsed = time.perf_counter() - call.exchange.started_mono
+        return _json(tr.embed_response(answer, call.model, int(elapsed * 1e9)))
+
+
+def _is_load_request(body: dict[str, Any], kind: tr.Kind) -> bool:
+    """Ollama treats a request with nothing to answer as "load the model"."""
+    if kind == "chat":
+        return body.get("messages") in (None, [])
+    return body.get("prompt") in (None, "") and not body.get("images")
+
+
+def _event_json(event: str) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(event)
+    except orjson.JSONDecodeError:
+        raise BackendError(f"backend sent an event that is not JSON: {event[:200]!r}", 502) from None
+    if not isinstance(chunk, dict):
+        raise BackendError(f"backend sent an event that is not a JSON object: {event[:200]!r}", 502)
+    return chunk
+
+
+def _json(obj: Any) -> Reply:
+    return Reply(200, JSON, body=orjson.dumps(obj))
+
+
+async def _one_line(obj: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
+    yield orjson.dumps(obj), obj
