@@ -27,9 +27,9 @@ from ollama._types import (
 )
 
 from llm_proxy.errors import BackendError, BadRequest
+from llm_proxy.translate.ndjson import ChunkAssembler
 from llm_proxy.translate.ollama_openai import (
     StreamTranslator,
-    aggregate,
     chat_request,
     dropped_options,
     embed_request,
@@ -331,7 +331,7 @@ def test_reasoning_content_becomes_thinking() -> None:
         ChatResponse.model_validate(chunk)
     assert translator.thinking == "The user greets.!"
     assert translator.content == "Hi there"
-    result = aggregate(out, "chat")
+    result = fold(out)
     assert result["message"]["thinking"] == "The user greets.!"
     assert result["message"]["content"] == "Hi there"
 
@@ -373,7 +373,7 @@ def test_raw_generate_over_a_completions_stream() -> None:
     assert final["done_reason"] == "length"
     for chunk in out:
         GenerateResponse.model_validate(chunk)
-    assert aggregate(out, "generate")["response"] == "".join(texts)
+    assert fold(out)["response"] == "".join(texts)
     assert translator.content == "".join(texts)
 
 
@@ -458,13 +458,20 @@ def test_default_timestamps_are_rfc3339_with_nanoseconds() -> None:
 
 
 # ---------------------------------------------------------------------------
-# aggregate
+# folding a stream into one answer (ChunkAssembler, shared with the audit trail)
 
 
-def test_aggregate_chat_stream() -> None:
+def fold(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    assembler = ChunkAssembler()
+    for chunk in chunks:
+        assembler.feed(chunk)
+    return assembler.result()
+
+
+def test_fold_chat_stream() -> None:
     backend = frames("chat-stream")
     _, out = run(backend)
-    result = aggregate(out, "chat")
+    result = fold(out)
     assert result["message"] == {
         "role": "assistant",
         "content": "".join(deltas(backend)),
@@ -476,10 +483,10 @@ def test_aggregate_chat_stream() -> None:
     ChatResponse.model_validate(result)
 
 
-def test_aggregate_tool_call_stream() -> None:
+def test_fold_tool_call_stream() -> None:
     backend = frames("chat-tools-stream")
     _, out = run(backend)
-    result = aggregate(out, "chat")
+    result = fold(out)
     assert result["message"]["content"] == "".join(deltas(backend))
     (call,) = result["message"]["tool_calls"]
     assert call["function"]["name"] == "HassTurnOn"
@@ -487,7 +494,7 @@ def test_aggregate_tool_call_stream() -> None:
     ChatResponse.model_validate(result)
 
 
-def test_aggregate_passed_through_ollama_chunks() -> None:
+def test_fold_passed_through_ollama_chunks() -> None:
     chunks = [
         {"model": "m", "created_at": STAMP, "response": "a", "done": False},
         {
@@ -509,18 +516,13 @@ def test_aggregate_passed_through_ollama_chunks() -> None:
         },
     ]
     original = copy.deepcopy(chunks)
-    result = aggregate(chunks, "generate")
+    result = fold(chunks)
     assert result["response"] == "ab"
     assert result["thinking"] == "t"
     assert result["context"] == [1, 2]
     assert result["eval_count"] == 2
     assert chunks == original
     GenerateResponse.model_validate(result)
-
-
-def test_aggregate_of_nothing_is_a_backend_error() -> None:
-    with pytest.raises(BackendError):
-        aggregate([], "chat")
 
 
 # ---------------------------------------------------------------------------

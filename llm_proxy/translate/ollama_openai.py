@@ -9,8 +9,8 @@ backend's) and return new values; nothing does I/O or touches its input.
   ``stream: false`` clients), so chat and generate bodies always ask for a
   stream with usage.
 * Streams: :class:`StreamTranslator` turns decoded OpenAI SSE chunks into
-  Ollama NDJSON chunks, one stream per object; :func:`aggregate` folds
-  Ollama chunks into the single non-stream response.
+  Ollama NDJSON chunks, one stream per object (``translate.ndjson.ChunkAssembler``
+  folds them into the single non-stream response).
 * Errors: :func:`error_from_backend` turns a backend error body into a
   :class:`~llm_proxy.errors.BackendError`.
 * Models: :func:`tags_from_models`, :func:`show_from_props`,
@@ -29,7 +29,7 @@ import binascii
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, Literal, TypeGuard
 
@@ -39,7 +39,6 @@ from llm_proxy.errors import BackendError, BadRequest
 
 __all__ = [
     "StreamTranslator",
-    "aggregate",
     "chat_request",
     "dropped_options",
     "embed_request",
@@ -900,55 +899,6 @@ def _stream_error(error: Any) -> BackendError:
     if isinstance(error, str) and error:
         return BackendError(error, 502)
     return BackendError("backend reported an error in the stream", 502)
-
-
-def aggregate(chunks: Sequence[Mapping[str, Any]], kind: Kind) -> JSONDict:
-    """Fold a stream's Ollama chunks into the one non-stream response object.
-
-    Generic over Ollama chunks, so it serves translated and passed-through
-    streams alike: text and thinking are concatenated, tool calls collected,
-    and everything else is taken from the final chunk.
-    """
-    if not chunks:
-        raise BackendError("backend sent no response", 502)
-    text: list[str] = []
-    thoughts: list[str] = []
-    calls: list[Any] = []
-    for chunk in chunks:
-        holder: Any = chunk.get("message") if kind == "chat" else chunk
-        if not isinstance(holder, Mapping):
-            continue
-        piece = holder.get("content" if kind == "chat" else "response")
-        if isinstance(piece, str) and piece:
-            text.append(piece)
-        thought = holder.get("thinking")
-        if isinstance(thought, str) and thought:
-            thoughts.append(thought)
-        more = holder.get("tool_calls")
-        if isinstance(more, list):
-            calls.extend(more)
-    final = chunks[-1]
-    result: JSONDict = dict(final)
-    if kind == "chat":
-        last_message = final.get("message")
-        role = last_message.get("role") if isinstance(last_message, Mapping) else None
-        message: JSONDict = {
-            "role": role if isinstance(role, str) and role else "assistant",
-            "content": "".join(text),
-        }
-        if thoughts:
-            message["thinking"] = "".join(thoughts)
-        if calls:
-            message["tool_calls"] = calls
-        result["message"] = message
-    else:
-        result["response"] = "".join(text)
-        if thoughts:
-            result["thinking"] = "".join(thoughts)
-        else:
-            result.pop("thinking", None)
-    result["done"] = True
-    return result
 
 
 # ---------------------------------------------------------------------------
