@@ -13,6 +13,7 @@ from .audit.recorder import Recorder
 from .audit.store import Store
 from .config import Config
 from .console import Console
+from .lifecycle import Lifecycle
 
 log = logging.getLogger("llm_proxy")
 
@@ -27,6 +28,8 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=chain, client_max_size=MAX_BODY_BYTES)
     app[keys.CONFIG] = config
     app[keys.CONSOLE] = Console(config.server)
+    app[keys.LIFECYCLE] = Lifecycle()
+    app.on_shutdown.append(_stopping)
     app[keys.BACKEND] = backends.create(config)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
@@ -38,6 +41,11 @@ def create_app(config: Config) -> web.Application:
     health.setup_routes(app)
     ollama.setup_routes(app)
     return app
+
+
+async def _stopping(app: web.Application) -> None:
+    app[keys.LIFECYCLE].stopping = True
+    log.info("shutting down: waiting up to %gs for requests in flight", app[keys.CONFIG].server.shutdown_timeout)
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:

@@ -8,11 +8,13 @@ from .audit.recorder import Recorder
 from .backends.base import Backend
 from .config import Config
 from .console import Console
+from .lifecycle import Lifecycle
 
 CONFIG = web.AppKey("config", Config)
 RECORDER = web.AppKey("recorder", Recorder)
 BACKEND = web.AppKey("backend", Backend)
 CONSOLE = web.AppKey("console", Console)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)

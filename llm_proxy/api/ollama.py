@@ -82,11 +82,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         raise
     except asyncio.CancelledError:
         exchange.status_code = CLIENT_GONE
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            exchange.error = "client disconnected"
-        else:
-            exchange.error = "interrupted: the proxy is shutting down"
+        exchange.error = _why_cut_off(request)
         raise
     except Exception as exc:
         exchange.status_code, exchange.error = 500, f"internal error: {type(exc).__name__}: {exc}"
@@ -219,7 +215,7 @@ async def _relay_stream(
             await response.write(orjson.dumps({"error": exc.message}) + b"\n")
             await response.write_eof()
     except ConnectionError:
-        exchange.status_code, exchange.error = CLIENT_GONE, "client disconnected"
+        exchange.status_code, exchange.error = CLIENT_GONE, _why_cut_off(request)
     finally:
         await lines.aclose()
         _record_answer(exchange, assembler)
@@ -268,6 +264,13 @@ def _record_answer(exchange: Exchange, assembler: ChunkAssembler) -> None:
     exchange.completion_tokens = _int(final.get("eval_count"))
     if assembler.error and exchange.error is None:
         exchange.error = assembler.error
+
+
+def _why_cut_off(request: web.Request) -> str:
+    """Why a request ended early: its client left, or the proxy is stopping."""
+    if request.app[keys.LIFECYCLE].stopping:
+        return "interrupted: the proxy is shutting down"
+    return "client disconnected"
 
 
 def _int(value: Any) -> int | None:
