@@ -45,7 +45,8 @@ def create_app(config: Config) -> web.Application:
 
 async def _stopping(app: web.Application) -> None:
     app[keys.LIFECYCLE].stopping = True
-    log.info("shutting down: waiting up to %gs for requests in flight", app[keys.CONFIG].server.shutdown_timeout)
+    timeout = app[keys.CONFIG].server.shutdown_timeout
+    log.info("shutting down: waiting up to %gs for requests in flight", timeout)
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:

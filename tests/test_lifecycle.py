@@ -25,7 +25,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start_proxy(tmp_path: Path, backend: str, **server: Any) -> tuple[asyncio.subprocess.Process, str, Path]:
+Started = tuple[asyncio.subprocess.Process, str, Path]
+
+
+async def start_proxy(tmp_path: Path, backend: str, **server: Any) -> Started:
     """Run ``python -m llm_proxy serve`` with a config file, as a user would."""
     port = free_port()
     db = tmp_path / "audit.db"
@@ -60,6 +63,15 @@ async def stream_chat(url: str) -> list[dict[str, Any]]:
             return [orjson.loads(line) async for line in resp.content]
 
 
+async def backend_has(double: OllamaDouble, count: int) -> None:
+    """Wait (at most 10 s) until ``count`` requests reached the backend."""
+    for _ in range(500):
+        if len(double.requests) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"only {len(double.requests)} of {count} requests reached the backend")
+
+
 async def test_sigterm_lets_in_flight_streams_finish(
     tmp_path: Path, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
@@ -67,8 +79,7 @@ async def test_sigterm_lets_in_flight_streams_finish(
     double.hold = asyncio.Event()
     proc, url, db = await start_proxy(tmp_path, backend)
     streams = [asyncio.create_task(stream_chat(url)) for _ in range(20)]
-    while len(double.requests) < 20:  # every request reached the backend
-        await asyncio.sleep(0.02)
+    await backend_has(double, 20)
     proc.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.3)
     double.hold.set()  # the backend finishes its answers after the signal
@@ -77,7 +88,8 @@ async def test_sigterm_lets_in_flight_streams_finish(
     assert all(lines[-1].get("done") is True for lines in results)
     rows = read_rows(db, 20)
     assert len(rows) == 20
-    assert all(r["status_code"] == 200 and r["response"] == "The sky is blue." and r["error"] is None for r in rows)
+    assert all(r["status_code"] == 200 and r["error"] is None for r in rows)
+    assert all(r["response"] == "The sky is blue." for r in rows)
 
 
 async def test_sigterm_cuts_streams_after_the_shutdown_timeout_and_records_them(
@@ -87,8 +99,7 @@ async def test_sigterm_cuts_streams_after_the_shutdown_timeout_and_records_them(
     double.hold = asyncio.Event()  # never set: these streams would run forever
     proc, url, db = await start_proxy(tmp_path, backend, shutdown_timeout=1)
     streams = [asyncio.create_task(stream_chat(url)) for _ in range(5)]
-    while len(double.requests) < 5:
-        await asyncio.sleep(0.02)
+    await backend_has(double, 5)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     await asyncio.gather(*streams, return_exceptions=True)
