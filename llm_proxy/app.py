@@ -63,7 +63,7 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     finally:
         await recorder.close()
         await store.close()
-        log.info("audit trail closed: %d rows written", recorder.written)
+        log.info("audit trail closed: %d rows written, queue peak %d", recorder.written, recorder.peak)
 
 
 async def _backend(app: web.Application) -> AsyncIterator[None]:

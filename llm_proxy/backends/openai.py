@@ -245,15 +245,17 @@ class OpenAIBackend:
         decoder = SSEDecoder()
         finished = False
         try:
+            # Read to the end of the body even after [DONE]: leaving bytes unread
+            # would close the connection instead of returning it to the pool.
             async for data in http.iter_chunks(resp, self.endpoint):
+                if finished:
+                    continue
                 for event in decoder.feed(data):
                     if event == "[DONE]":
                         finished = True
                         break
                     for chunk in translator.feed(_event_json(event)):
                         yield orjson.dumps(chunk), chunk
-                if finished:
-                    break
             if not finished:
                 for event in decoder.flush():
                     if event == "[DONE]":
