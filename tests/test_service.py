@@ -451,3 +451,23 @@ async def test_reload_reaches_the_openai_backend_names_and_params(
     await client.chat(model="helper", messages=USER)
     [(_, sent)] = double.requests
     assert sent["model"] == "smollm2" and sent["cache_prompt"] is False
+
+
+async def test_a_backend_that_appears_later_is_picked_up_without_a_restart(tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestServer
+
+    port = free_port()
+    async with serve(tmp_path, f"http://127.0.0.1:{port}") as served, aiohttp.ClientSession() as http:
+        async with http.get(f"{served.url}/health/ready") as resp:
+            assert resp.status == 503
+        assert (await chat(served.url, stream=False)).status == 502
+        late = TestServer(OllamaDouble().app(), host="127.0.0.1", port=port)
+        await late.start_server()
+        try:
+            async with http.get(f"{served.url}/health/ready") as resp:
+                assert resp.status == 200
+            assert (await chat(served.url, stream=False)).status == 200
+        finally:
+            await late.close()
+        assert await served.stop() == 0
+    assert [r["status_code"] for r in read_rows(served.db, 2)] == [502, 200]
