@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import backends, keys, middlewares
+from . import access, backends, keys, metrics, middlewares, notify, reload
 from .api import health, ollama
 from .audit.recorder import Recorder
 from .audit.store import Store
@@ -20,9 +20,9 @@ log = logging.getLogger("llm_proxy")
 MAX_BODY_BYTES = 64 * 1024 * 1024  # room for several images in one chat request
 
 
-def create_app(config: Config) -> web.Application:
-    """A ready-to-run application for ``config``."""
-    chain = [middlewares.error_boundary]
+def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.Application:
+    """A ready-to-run application for ``config``; ``notifier`` tells systemd how it goes."""
+    chain = [access.observe, middlewares.error_boundary]
     if config.server.enable_cors:
         chain.append(middlewares.cors_preflight)
     app = web.Application(middlewares=chain, client_max_size=MAX_BODY_BYTES)
@@ -31,6 +31,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.LIFECYCLE] = Lifecycle()
     app.on_shutdown.append(_stopping)
     app[keys.BACKEND] = backends.create(config)
+    reload.setup(app)
+    metrics.setup(app)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
         app.on_response_prepare.append(middlewares.add_cors_headers)
@@ -38,7 +40,9 @@ def create_app(config: Config) -> web.Application:
     # recorder writes what is left, then the database closes.
     app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_backend)
+    notify.setup(app, notifier or notify.Notifier(None))
     health.setup_routes(app)
+    health.setup_probe_routes(app)
     ollama.setup_routes(app)
     return app
 

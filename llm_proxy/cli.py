@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -89,21 +88,25 @@ def _migrate(config: Config, db: str | None) -> int:
 
 
 def _serve(config: Config) -> int:
+    from . import logs
     from .app import create_app
+    from .notify import Notifier
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    app = create_app(config)
+    logs.setup(config.server.log_format)
+    notifier = Notifier.from_environ()
+    app = create_app(config, notifier)
     server = config.server
 
     def announce(*_: object) -> None:
+        # run_app prints once the port is bound (and migrations ran, at startup):
+        # the moment systemd may send traffic.
         print(
             f"{PROG} {__version__} listening on http://{server.host}:{server.port} "
             f"→ {config.backend.type} backend at {config.backend.endpoint}; "
             f"audit trail in {config.database.path}",
             flush=True,
         )
+        notifier.ready(f"listening on {server.host}:{server.port}")
 
     try:
         web.run_app(

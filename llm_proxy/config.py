@@ -24,6 +24,7 @@ from .errors import ConfigError
 ENV_VAR = "LLM_PROXY_CONFIG"
 DEFAULT_FILE = "config.yaml"
 BACKEND_TYPES = ("ollama", "openai")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class ServerConfig:
     log_raw_responses: bool = False
     # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     shutdown_timeout: float = 30.0
+    # "text" for people, "json" for log collectors: one object per line.
+    log_format: str = "text"
+    # Serve Prometheus metrics at GET /metrics.
+    metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,11 @@ def _check(config: Config) -> None:
         raise ConfigError(f"'server.port' must be between 0 and 65535, got {server.port}")
     if server.shutdown_timeout < 0:
         raise ConfigError("'server.shutdown_timeout' must not be negative")
+    if server.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"'server.log_format' must be one of {', '.join(map(repr, LOG_FORMATS))}, "
+            f"got {server.log_format!r}"
+        )
     if backend.type not in BACKEND_TYPES:
         raise ConfigError(
             f"'backend.type' must be one of {', '.join(map(repr, BACKEND_TYPES))}, got {backend.type!r}"

@@ -21,10 +21,14 @@ class Console:
     """Prints exchange summaries and raw JSON, as configured."""
 
     def __init__(self, server: ServerConfig, out: IO[str] | None = None) -> None:
+        self.configure(server)
+        self._out = out
+
+    def configure(self, server: ServerConfig) -> None:
+        """Take the ``server.log_*`` flags (at start, and again on SIGHUP)."""
         self.messages = server.log_messages
         self.raw_requests = server.log_raw_requests
         self.raw_responses = server.log_raw_responses
-        self._out = out
 
     def _write(self, text: str) -> None:
         out = self._out or sys.stdout

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
+from .audit.exchange import Exchange
 from .audit.recorder import Recorder
 from .backends.base import Backend
 from .config import Config
 from .console import Console
+from .errors import ProxyError
 from .lifecycle import Lifecycle
+
+if TYPE_CHECKING:  # these modules import this one; their keys are typed by annotation
+    from .metrics import Metrics
+    from .notify import Notifier
+    from .reload import LiveConfig
 
 CONFIG = web.AppKey("config", Config)
 RECORDER = web.AppKey("recorder", Recorder)
 BACKEND = web.AppKey("backend", Backend)
 CONSOLE = web.AppKey("console", Console)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+# The config in force: CONFIG with the reloadable parts of the last SIGHUP reload.
+LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)
+# The request's audit record (api/*), and the ProxyError it failed with, for metrics and the access log.
+EXCHANGE = web.RequestKey("exchange", Exchange)
+FAILURE = web.RequestKey("failure", ProxyError)

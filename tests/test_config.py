@@ -74,6 +74,7 @@ def test_flags_override_the_file() -> None:
         ("server: {port: eleven}\n", "'server.port' must be an integer, got the string 'eleven'"),
         ("server: {port: 70000}\n", "'server.port' must be between 0 and 65535"),
         ("server: {enable_cors: 'yes'}\n", "'server.enable_cors' must be true or false"),
+        ("server: {log_format: yaml}\n", "'server.log_format' must be one of 'text', 'json', got 'yaml'"),
         ("backend: {type: vllm}\n", "'backend.type' must be one of 'ollama', 'openai', got 'vllm'"),
         ("backend: {endpoint: 'localhost:8080'}\n", "'backend.endpoint' must be an http:// or https:// URL"),
         ("backend: {timeout: -1}\n", "'backend.timeout' must be a positive number"),

@@ -1,6 +1,8 @@
-"""``GET /health``: is the proxy up, and can it reach its backend?"""
+"""Health probes: ``GET /health`` (Ollama clients), ``/health/ready`` and ``/health/live`` (supervisors)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 
@@ -21,3 +23,28 @@ async def health(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     """Register the health route."""
     app.router.add_get("/health", health)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """``GET /health/ready``: 200 when the backend answers and the database takes writes."""
+    app = request.app
+    backend, database = await asyncio.gather(app[keys.BACKEND].health(), app[keys.RECORDER].store.writable())
+    checks = {"backend": backend, "database": database}
+    if app[keys.LIFECYCLE].stopping:
+        checks["proxy"] = "shutting down"
+    problems = {name: why for name, why in checks.items() if why is not None}
+    if not problems:
+        return web.json_response({"status": "ready", "checks": {name: "ok" for name in checks}})
+    body = {"status": "unavailable", "checks": {name: why or "ok" for name, why in checks.items()}}
+    return web.json_response(body, status=503)
+
+
+async def live(request: web.Request) -> web.Response:
+    """``GET /health/live``: 200 while the process serves at all (nothing else is checked)."""
+    return web.json_response({"status": "alive"})
+
+
+def setup_probe_routes(app: web.Application) -> None:
+    """Register the supervisors' probes."""
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/health/live", live)

@@ -56,7 +56,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     """Parse, forward, relay and record one Ollama API request."""
     app = request.app
     config, backend, recorder, console = (
-        app[keys.CONFIG], app[keys.BACKEND], app[keys.RECORDER], app[keys.CONSOLE]
+        app[keys.LIVE].config, app[keys.BACKEND], app[keys.RECORDER], app[keys.CONSOLE]
     )  # fmt: skip
     await recorder.admit()
     exchange = Exchange(
@@ -69,6 +69,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         client_addr=request.remote,
         user_agent=request.headers.get("User-Agent"),
     )
+    request[keys.EXCHANGE] = exchange
     try:
         call = await _parse(request, exchange, config)
         if console.raw_requests and call.body is not None:
@@ -79,6 +80,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return _relay_body(reply, exchange, console)
     except ProxyError as exc:
         exchange.status_code, exchange.error = exc.status, exc.message
+        request[keys.FAILURE] = exc
         raise
     except asyncio.CancelledError:
         exchange.status_code = CLIENT_GONE
@@ -211,6 +213,7 @@ async def _relay_stream(
         await response.write_eof()
     except ProxyError as exc:
         exchange.status_code, exchange.error = exc.status, exc.message
+        request[keys.FAILURE] = exc
         with suppress(ConnectionError):
             await response.write(orjson.dumps({"error": exc.message}) + b"\n")
             await response.write_eof()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -49,6 +50,18 @@ class Store:
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    async def writable(self, wait: float = 2.0) -> str | None:
+        """``None`` when a write transaction can start now, else why not (for /health/ready)."""
+        # A connection of its own: BEGIN on the writer's connection could land inside
+        # one of its batches. mode=rw never creates a file that has gone missing.
+        try:
+            async with aiosqlite.connect(f"file:{self.path}?mode=rw", uri=True, timeout=wait) as db:
+                await db.execute("BEGIN IMMEDIATE")
+                await db.rollback()
+        except sqlite3.Error as exc:
+            return f"database {self.path} is not writable: {exc}"
+        return None
 
     async def count(self) -> int:
         """Number of rows in ``logs``."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..audit.exchange import Exchange
+from ..config import Config
 
 StreamItem = tuple[bytes, dict[str, Any]]
 
@@ -56,6 +57,8 @@ class Backend(Protocol):
 
     type: str
     endpoint: str
+    # The config in force; a SIGHUP reload replaces it (models, logging flags).
+    config: Config
 
     async def start(self) -> None:
         """Open connections (called once, before serving)."""

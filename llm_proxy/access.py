@@ -1,0 +1,61 @@
+"""The outermost middleware: one access log line and the metrics for every request.
+
+It sits outside the error boundary, so it sees the answer the client got. For
+``/api/*`` requests the status is the audit row's (a stream that broke off after
+its 200 header counts as the error it ended with; a client that left, as 499).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from . import keys, logs
+
+CLIENT_GONE = 499
+METRICS_PATH = "/metrics"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time the request, then log it and count it."""
+    app = request.app
+    metrics = app[keys.METRICS]
+    # Scrapes are not counted: the counters then show the traffic alone.
+    counted = request.path != METRICS_PATH
+    started = time.perf_counter()
+    status = 500
+    if counted:
+        metrics.in_flight.inc()
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # redirects and the like, which the error boundary lets through
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_GONE
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        exchange = request.get(keys.EXCHANGE)
+        if exchange is not None and exchange.status_code is not None:
+            status = exchange.status_code
+        resource = request.match_info.route.resource
+        endpoint = resource.canonical if resource is not None else "unmatched"
+        if counted:
+            metrics.in_flight.dec()
+            metrics.observe(endpoint, status, seconds, exchange, request.get(keys.FAILURE))
+        logs.access(
+            request_id=request.get(keys.REQUEST_ID),
+            method=request.method,
+            path=request.path,
+            status=status,
+            latency_ms=int(seconds * 1000),
+            model=exchange.model if exchange is not None else None,
+            backend=app[keys.BACKEND].type,
+        )

@@ -1,0 +1,133 @@
+"""Prometheus metrics: what the proxy served, how fast, and how the audit trail keeps up.
+
+Each app owns its own :class:`~prometheus_client.CollectorRegistry` rather than
+the process-global one, so several apps in one process (the tests) never share
+counters. The audit trail's numbers are read from the Recorder at scrape time,
+so they are exact rather than sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import keys
+from .audit.exchange import Exchange
+from .errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Latency of whole answers: LLM answers take seconds to minutes.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
+# Time to the first token: prompt processing, usually well under a minute.
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+
+
+def backend_error_kind(exc: BaseException | None) -> str | None:
+    """The ``kind`` label for a failure caused by the backend, None for any other failure."""
+    if isinstance(exc, BackendUnavailable):
+        return "unreachable"
+    if isinstance(exc, BackendTimeout):
+        return "timeout"
+    if isinstance(exc, BackendError):
+        return "error"  # it answered with an error, broke off, or sent something unreadable
+    return None
+
+
+class Metrics:
+    """The proxy's metrics, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "llm_proxy_requests", "Requests answered, by route, client-side model and status.",
+            ["endpoint", "model", "status"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "llm_proxy_request_duration_seconds", "Time from request to the end of the answer.",
+            ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "llm_proxy_time_to_first_token_seconds", "Time from request to the first answer token.",
+            ["endpoint", "model"], buckets=TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "llm_proxy_tokens", "Tokens the backend reported: direction=in (prompt) or out (answer).",
+            ["model", "direction"], registry=r,
+        )  # fmt: skip
+        self.backend_errors = Counter(
+            "llm_proxy_backend_errors", "Requests that failed because of the backend, by kind.",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("llm_proxy_requests_in_flight", "Requests being answered now.", registry=r)
+        for kind in ("unreachable", "timeout", "error"):
+            self.backend_errors.labels(kind)  # present at zero, so rate() works from the start
+
+    def observe(
+        self,
+        endpoint: str,
+        status: int,
+        seconds: float,
+        exchange: Exchange | None,
+        failure: ProxyError | None,
+    ) -> None:
+        """Count one finished request."""
+        model = (exchange.model if exchange else None) or ""
+        self.requests.labels(endpoint, model, str(status)).inc()
+        self.latency.labels(endpoint, model).observe(seconds)
+        if exchange is not None:
+            if exchange.ttft_ms is not None:
+                self.ttft.labels(endpoint, model).observe(exchange.ttft_ms / 1000)
+            if exchange.prompt_tokens:
+                self.tokens.labels(model, "in").inc(exchange.prompt_tokens)
+            if exchange.completion_tokens:
+                self.tokens.labels(model, "out").inc(exchange.completion_tokens)
+        kind = backend_error_kind(failure)
+        if kind is not None:
+            self.backend_errors.labels(kind).inc()
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class AuditCollector(Collector):
+    """The audit writer's numbers, read from the app's Recorder at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []  # the Recorder exists only once the app runs; nothing to describe before
+
+    def collect(self) -> Iterator[Metric]:
+        recorder = self.app.get(keys.RECORDER)
+        if recorder is None:
+            return
+        yield GaugeMetricFamily("llm_proxy_audit_queue_depth", "Audit rows waiting for the writer.",
+                                value=recorder.depth)  # fmt: skip
+        yield GaugeMetricFamily("llm_proxy_audit_queue_peak", "Most audit rows ever waiting at once.",
+                                value=recorder.peak)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_audit_rows_written", "Audit rows written to SQLite.",
+                                  value=recorder.written)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_audit_write_failures", "Audit batch writes that failed "
+                                  "(each is retried; rows are kept).", value=recorder.failures)  # fmt: skip
+
+
+async def scrape(request: web.Request) -> web.Response:
+    """``GET /metrics``."""
+    return web.Response(body=request.app[keys.METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def setup(app: web.Application) -> None:
+    """Give ``app`` its metrics and, unless ``server.metrics`` is off, the /metrics route."""
+    metrics = Metrics()
+    metrics.registry.register(AuditCollector(app))
+    app[keys.METRICS] = metrics
+    if app[keys.CONFIG].server.metrics:
+        app.router.add_get("/metrics", scrape)
