@@ -324,10 +324,12 @@ async def test_reader_process_while_200_requests_run(proxy: Proxy) -> None:
             while not stop.is_set():
                 conn.execute("SELECT COUNT(*), MAX(id) FROM logs").fetchone()
                 reads += 1
-                if reads % 50 == 0:  # a user's brief write, e.g. a note table
-                    conn.execute("CREATE TABLE IF NOT EXISTS notes (t TEXT)")
-                    conn.execute("INSERT INTO notes VALUES ('x')")
-                    conn.commit()
+                if reads % 50 == 0:  # a user's brief write, as `sqlite3 llm_proxy.db "..."` does it
+                    writer = sqlite3.connect(proxy.db, timeout=10)
+                    writer.execute("CREATE TABLE IF NOT EXISTS notes (t TEXT)")
+                    writer.execute("INSERT INTO notes VALUES ('x')")
+                    writer.commit()
+                    writer.close()
         except BaseException as exc:
             reader_errors.append(exc)
         finally:
