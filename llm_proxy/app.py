@@ -9,6 +9,7 @@ from aiohttp import web
 
 from . import backends, keys, middlewares
 from .api import health, ollama
+from .api import openai as openai_api
 from .audit.recorder import Recorder
 from .audit.store import Store
 from .config import Config
@@ -40,6 +41,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_backend)
     health.setup_routes(app)
     ollama.setup_routes(app)
+    openai_api.setup_routes(app)
     return app
 
 
