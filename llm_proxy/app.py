@@ -9,6 +9,7 @@ from aiohttp import web
 
 from . import access, backends, keys, metrics, middlewares, notify, reload
 from .api import health, ollama
+from .api import openai as openai_api
 from .audit.recorder import Recorder
 from .audit.store import Store
 from .config import Config
@@ -44,6 +45,7 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     health.setup_routes(app)
     health.setup_probe_routes(app)
     ollama.setup_routes(app)
+    openai_api.setup_routes(app)
     return app
 
 

@@ -1,9 +1,14 @@
-"""Request ids, CORS, and the one error boundary that gives clients Ollama's error shape."""
+"""Request ids, CORS, and the one error boundary that gives clients their API's error shape.
+
+Ollama's ``{"error": message}`` everywhere, except under ``/v1/`` (the
+OpenAI-compatible API): ``{"error": {"message", "type", "code"}}``.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -22,28 +27,45 @@ CORS_HEADERS = {
 }
 
 
-def json_error(message: str, status: int) -> web.Response:
-    """Ollama's error shape: ``{"error": message}``."""
+# OpenAI's error types by status (llama-server uses the same words).
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
+    501: "not_supported_error", 503: "unavailable_error",
+}  # fmt: skip
+
+
+def json_error(message: str, status: int, path: str = "") -> web.Response:
+    """Ollama's error shape ``{"error": message}``, or OpenAI's for a ``/v1/`` path."""
+    if path.startswith("/v1/"):
+        return web.json_response(openai_error(message, status), status=status)
     return web.json_response({"error": message}, status=status)
+
+
+def openai_error(message: str, status: int) -> dict[str, Any]:
+    """OpenAI's error shape; ``code`` is the status, as llama-server gives it."""
+    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "code": status}}
 
 
 @web.middleware
 async def error_boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id and turn every failure into ``{"error": ...}``."""
+    """Give every request an id and turn every failure into its API's error shape."""
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     request[keys.REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except ProxyError as exc:
-        response = json_error(exc.message, exc.status)
+        response = json_error(exc.message, exc.status, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        response = json_error(message.lower() if exc.status in (404, 405) else message, exc.status)
+        message = message.lower() if exc.status in (404, 405) else message
+        response = json_error(message, exc.status, request.path)
     except Exception as exc:  # the boundary: anything unexpected is a 500 with a log entry
         log.exception("unhandled error in %s %s", request.method, request.path)
-        response = json_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+        response = json_error(f"internal error: {type(exc).__name__}: {exc}", 500, request.path)
     return response
 
 

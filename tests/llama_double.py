@@ -76,6 +76,8 @@ class LlamaServerDouble:
     # When set, a stream sends its first frames, then waits for this event.
     hold: asyncio.Event | None = None
     loading: bool = False
+    # Streams sent to the end (their last frame written).
+    streams_finished: int = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -110,6 +112,9 @@ class LlamaServerDouble:
         if scenario and scenario.startswith("error-"):
             meta = orjson.loads((FIXTURES / f"{scenario}.meta.json").read_bytes())
             return _replay_json(scenario, meta["status"])
+        if body.get("stream") is not True and not scenario:
+            # Non-streamed (only /v1/* clients ask for it): the recorded whole answers.
+            return _replay_json("chat-tools" if body.get("tools") else "chat", 200)
         if scenario == "mid-stream-error":
             events = sse_events("chat-stream")[:3]
             error = {
@@ -140,6 +145,9 @@ class LlamaServerDouble:
     async def embeddings(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         self.requests.append((request.path, body))
+        scenario, self.scenario = self.scenario, None
+        if scenario == "error-embeddings-disabled":
+            return _replay_json(scenario, 501)
         recorded = orjson.loads(fixture("embeddings"))
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{**recorded["data"][i % len(recorded["data"])], "index": i} for i in range(len(inputs))]
@@ -153,6 +161,7 @@ class LlamaServerDouble:
             await response.write(body[start : start + PIECE])
             if self.hold is not None and start < first_frame_end <= start + PIECE:
                 await self.hold.wait()
+        self.streams_finished += 1
         await response.write_eof()
         return response
 

@@ -3,6 +3,14 @@
 It replays what a real Ollama 0.x sends (NDJSON streams with ``created_at`` in
 RFC3339 nanoseconds, integer durations, ``{"error": ...}`` bodies), records the
 requests it received, and can hold a stream open until a test releases it.
+
+Its ``/v1/*`` routes answer as Ollama's OpenAI compatibility layer does
+(ollama/ollama ``openai/openai.go`` and ``middleware/openai.go``): SSE frames
+``data: {...}\n\n`` ending in ``data: [DONE]\n\n``, the usage chunk with
+``choices: []`` when ``stream_options.include_usage`` is set (the completions
+stream also puts zero usage on every chunk), a whole tool call per chunk,
+thinking as ``delta.reasoning``, and errors as ``{"error": {"message", "type",
+"param": null, "code": null}}``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class OllamaDouble:
     # When set, a stream sends its first chunk and then drops the connection.
     die_mid_stream: bool = False
     chunk_delay: float = 0.0
+    # When set, /v1/chat/completions thinks first (``delta.reasoning``).
+    think: bool = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -50,6 +60,11 @@ class OllamaDouble:
         app.router.add_post("/api/embeddings", self.embeddings)
         app.router.add_post("/api/pull", self.pull)
         app.router.add_delete("/api/delete", self.delete)
+        app.router.add_post("/v1/chat/completions", self.v1_chat)
+        app.router.add_post("/v1/completions", self.v1_completions)
+        app.router.add_post("/v1/embeddings", self.v1_embeddings)
+        app.router.add_get("/v1/models", self.v1_models)
+        app.router.add_get("/v1/models/{model}", self.v1_model)
         return app
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
@@ -162,6 +177,125 @@ class OllamaDouble:
         if body["model"] not in MODELS:
             return self._missing(body["model"])
         return web.Response(status=200)
+
+    # -- the OpenAI-compatible layer -------------------------------------------
+
+    async def v1_chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if not _known(body.get("model")):
+            return _v1_missing(body.get("model"))
+        if not body.get("messages"):
+            return _v1_error(400, "[] is too short - 'messages'")
+        head = {"id": "chatcmpl-421", "object": "chat.completion.chunk", "created": CREATED_UNIX,
+                "model": body["model"], "system_fingerprint": "fp_ollama"}  # fmt: skip
+        tool_calls = [_v1_tool_call(body["tools"][0])] if body.get("tools") else []
+        finish = "tool_calls" if tool_calls else "stop"
+        usage = {"prompt_tokens": 26, "completion_tokens": len(ANSWER), "total_tokens": 26 + len(ANSWER)}
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(ANSWER)}
+            if self.think:
+                message["reasoning"] = "".join(THOUGHT)
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+            return _v1_json({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+
+        def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": {"role": "assistant", **delta}, "finish_reason": reason}
+            return {**head, "choices": [choice]}
+
+        chunks = [chunk({"content": "", "reasoning": t}) for t in (THOUGHT if self.think else [])]
+        chunks += [chunk({"content": t}) for t in ANSWER]
+        chunks += [chunk({"content": "", "tool_calls": tool_calls})] if tool_calls else []
+        chunks.append(chunk({"content": ""}, finish))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**head, "choices": [], "usage": usage})
+        return await self._sse(request, chunks)
+
+    async def v1_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if not _known(body.get("model")):
+            return _v1_missing(body.get("model"))
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        usage = {"prompt_tokens": 4, "completion_tokens": len(ANSWER), "total_tokens": 4 + len(ANSWER)}
+
+        def chunk(text: str, reason: str | None = None, zero_usage: bool = False) -> dict[str, Any]:
+            out = {"id": "cmpl-77", "object": "text_completion", "created": CREATED_UNIX,
+                   "choices": [{"text": text, "index": 0, "finish_reason": reason}],
+                   "model": body["model"], "system_fingerprint": "fp_ollama"}  # fmt: skip
+            if zero_usage:  # Ollama puts empty usage on every chunk when usage is asked for
+                out["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            return out
+
+        if not body.get("stream"):
+            return _v1_json({**chunk("".join(ANSWER), "stop"), "usage": usage})
+        chunks = [chunk(t, zero_usage=with_usage) for t in ANSWER]
+        chunks.append(chunk("", "stop", zero_usage=with_usage))
+        if with_usage:
+            chunks.append({**chunks[-1], "choices": [], "usage": usage})
+        return await self._sse(request, chunks)
+
+    async def v1_embeddings(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if not _known(body.get("model")):
+            return _v1_missing(body.get("model"))
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "embedding": [0.1, 0.2, 0.3], "index": i} for i in range(len(inputs))]
+        return _v1_json({"object": "list", "data": data, "model": body["model"],
+                         "usage": {"prompt_tokens": 8, "total_tokens": 8}})  # fmt: skip
+
+    async def v1_models(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, None))
+        data = [{"id": n, "object": "model", "created": CREATED_UNIX, "owned_by": "library"} for n in MODELS]
+        return _v1_json({"object": "list", "data": data})
+
+    async def v1_model(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, None))
+        name = request.match_info["model"]
+        if not _known(name):
+            return _v1_missing(name)
+        return _v1_json({"id": name, "object": "model", "created": CREATED_UNIX, "owned_by": "library"})
+
+    async def _sse(self, request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, chunk in enumerate(chunks):
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            if i == 0 and self.hold is not None:
+                await self.hold.wait()
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+CREATED_UNIX = 1795320306
+THOUGHT = ["The user", " asks about the sky."]
+
+
+def _known(model: Any) -> bool:
+    return isinstance(model, str) and (model in MODELS or f"{model}:latest" in MODELS)
+
+
+def _v1_json(obj: dict[str, Any], status: int = 200) -> web.Response:
+    # Go's json.Encoder ends the body with a newline.
+    return web.Response(
+        body=orjson.dumps(obj) + b"\n", status=status, content_type="application/json", charset="utf-8"
+    )
+
+
+def _v1_error(status: int, message: str) -> web.Response:
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return _v1_json({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
+
+
+def _v1_missing(model: Any) -> web.Response:
+    return _v1_error(404, f'model "{model}" not found, try pulling it first')
+
+
+def _v1_tool_call(tool: dict[str, Any]) -> dict[str, Any]:
+    name = tool["function"]["name"]
+    return {"id": "call_u1b3kx9f", "index": 0, "type": "function",
+            "function": {"name": name, "arguments": '{"name":"kitchen light"}'}}  # fmt: skip
 
 
 def _entry(name: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llm_proxy.translate.sse import SSEDecoder
+from llm_proxy.translate.sse import SSEDecoder, SSEFramer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llama-server"
 STREAMS = [
@@ -191,3 +191,72 @@ def test_long_line_in_many_small_reads() -> None:
     frame = b"data: " + payload + b"\n\n"
     parts = [frame[i : i + 7] for i in range(0, len(frame), 7)]
     assert decode(parts) == [payload.decode()]
+
+
+# -- SSEFramer: whole frames, byte for byte ----------------------------------
+
+
+def frame(parts: list[bytes]) -> list[bytes]:
+    framer = SSEFramer()
+    out: list[bytes] = []
+    for part in parts:
+        out += framer.feed(part)
+    rest = framer.flush()
+    return [*out, rest] if rest else out
+
+
+def reference_frames(raw: bytes) -> list[bytes]:
+    return [block + b"\n\n" for block in raw.split(b"\n\n") if block]
+
+
+@pytest.mark.parametrize("name", STREAMS)
+def test_framer_cuts_fixtures_into_their_frames_at_every_split(name: str) -> None:
+    raw = body(name)
+    expected = reference_frames(raw)
+    assert b"".join(expected) == raw
+    for point in range(len(raw) + 1):
+        assert frame([raw[:point], raw[point:]]) == expected, f"split at byte {point}"
+
+
+def test_framer_one_byte_at_a_time_and_random_splits() -> None:
+    raw = body("chat-tools-stream")
+    expected = reference_frames(raw)
+    assert frame([raw[i : i + 1] for i in range(len(raw))]) == expected
+    rng = random.Random(8)
+    for _ in range(100):
+        points = rng.sample(range(1, len(raw)), rng.randint(2, 60))
+        assert frame(split_at(raw, points)) == expected
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\r"])
+def test_framer_with_crlf_and_cr_endings_keeps_one_event_per_frame(ending: bytes) -> None:
+    raw = body("chat-stream").replace(b"\n", ending)
+    events = decode([raw])
+    for point in range(len(raw) + 1):
+        frames = frame([raw[:point], raw[point:]])
+        assert b"".join(frames) == raw
+        decoder = SSEDecoder()
+        per_frame = [decoder.feed(f) for f in frames]
+        assert per_frame == [[e] for e in events], f"split at byte {point}"
+
+
+def test_framer_does_not_cut_between_cr_and_lf() -> None:
+    # "data: a\r\n\r" could end the frame, or its last \r could be half of a
+    # \r\n: the framer waits for the next byte before it decides.
+    framer = SSEFramer()
+    assert framer.feed(b"data: a\r\n\r") == []
+    assert framer.feed(b"\ndata: b") == [b"data: a\r\n\r\n"]
+    assert framer.feed(b"\n\n") == [b"data: b\n\n"]
+    assert framer.flush() == b""
+
+
+def test_framer_keeps_comments_and_multi_line_events_whole() -> None:
+    raw = b": keep-alive\n\nevent: x\ndata: 1\ndata: 2\n\ndata: [DONE]\n\n"
+    assert frame([raw]) == [b": keep-alive\n\n", b"event: x\ndata: 1\ndata: 2\n\n", b"data: [DONE]\n\n"]
+
+
+def test_framer_flush_returns_an_unterminated_last_frame() -> None:
+    framer = SSEFramer()
+    assert framer.feed(b"data: 1\n\ndata: 2\n") == [b"data: 1\n\n"]
+    assert framer.flush() == b"data: 2\n"
+    assert framer.flush() == b""

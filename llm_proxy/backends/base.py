@@ -5,6 +5,11 @@ with a :class:`Reply` that is either a whole body or a stream of Ollama NDJSON
 lines. Each stream item is the line to send (without its newline) together with
 the parsed object, so the handler can relay bytes untouched and still assemble
 the audit record without parsing twice.
+
+The OpenAI-compatible API (``/v1/*``) is relayed rather than translated:
+:meth:`Backend.openai` answers with the backend's own body, or with its SSE
+stream as :class:`Frame` items, each the frame's bytes as received plus what
+they parse to.
 """
 
 from __future__ import annotations
@@ -38,13 +43,23 @@ class Call:
 
 
 @dataclass(slots=True)
+class Frame:
+    """One SSE frame of a relayed stream: its bytes as received and its parsed data."""
+
+    raw: bytes  # the frame up to and including its blank line, exactly as the backend sent it
+    data: str | None  # the event's data ("[DONE]" included); None for a comment or keep-alive
+    event: dict[str, Any] | None  # ``data`` parsed, when it is a JSON object
+
+
+@dataclass(slots=True)
 class Reply:
-    """What the backend answered: a complete body or an NDJSON line stream."""
+    """What the backend answered: a complete body, an NDJSON line stream or SSE frames."""
 
     status: int = 200
     content_type: str = "application/json"
     body: bytes | None = None
     lines: AsyncGenerator[StreamItem, None] | None = None
+    frames: AsyncGenerator[Frame, None] | None = None  # a relayed SSE stream (``/v1/*``)
 
     @property
     def streaming(self) -> bool:
@@ -71,3 +86,10 @@ class Backend(Protocol):
 
     async def call(self, call: Call) -> Reply:
         """Forward one request; raises a :class:`~llm_proxy.errors.ProxyError` on failure."""
+
+    async def openai(self, call: Call) -> Reply:
+        """Relay one OpenAI-compatible (``/v1/*``) request; a stream comes back as ``frames``.
+
+        The backend's status and body are kept, errors included; only transport
+        failures (and a model the backend does not serve) raise ProxyErrors.
+        """

@@ -2,20 +2,22 @@
 
 Only model names change, when ``models.mappings`` says so: the request's
 ``model`` becomes the backend's name, and answers (including model lists) show
-the client-side names again.
+the client-side names again. The OpenAI-compatible API (``/v1/*``) is relayed
+to Ollama's own ``/v1/*`` endpoints.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from ..config import Config
 from ..translate.ndjson import LineDecoder
-from . import http
+from . import http, relay
 from .base import Call, Reply, StreamItem
 
 # Routes whose answers list models by name.
@@ -75,6 +77,13 @@ class OllamaBackend:
         if resp.status < 400 and content_type.startswith("application/json"):
             body = self._rename_body(body, call)
         return Reply(resp.status, content_type, body=body)
+
+    async def openai(self, call: Call) -> Reply:
+        path = call.endpoint
+        if path == "/v1/models/{model}":
+            assert call.backend_model is not None
+            path = f"/v1/models/{quote(call.backend_model, safe='/:')}"
+        return await relay.forward(self.session, self.endpoint, path, call)
 
     async def _lines(self, resp: aiohttp.ClientResponse, call: Call) -> AsyncGenerator[StreamItem, None]:
         """Relay NDJSON lines as they arrive; re-serialise only to rename the model."""

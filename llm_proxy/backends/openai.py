@@ -4,6 +4,10 @@ Chat and generate always stream from the backend: the SSE stream is decoded,
 translated chunk by chunk and relayed as Ollama NDJSON, or folded into one
 object for ``stream: false`` clients. Model endpoints are built from
 ``/v1/models`` and ``/props``, fetched together and cached briefly.
+
+The OpenAI-compatible API (``/v1/*``) needs no translation: it is relayed to
+the same path, with the model checked against (and ``/v1/models`` served from)
+the same cached catalog.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ..errors import BackendError, ModelNotFound, ProxyError
 from ..translate import ollama_openai as tr
 from ..translate.ndjson import ChunkAssembler
 from ..translate.sse import SSEDecoder
-from . import http
+from . import http, relay
 from .base import Call, Reply, StreamItem
 
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
@@ -140,6 +144,27 @@ class OpenAIBackend:
                 501,
             )
         raise ProxyError(f"{endpoint} is not supported by the openai backend", 501)
+
+    async def openai(self, call: Call) -> Reply:
+        if call.endpoint == "/v1/models":
+            entries = (await self.catalog()).models.get("data")
+            # Only OpenAI's "data": llama-server's extra Ollama-looking "models" array is left out.
+            return _json({"object": "list", "data": entries if isinstance(entries, list) else []})
+        if call.endpoint == "/v1/models/{model}":
+            assert call.model is not None and call.backend_model is not None
+            entry = (await self.catalog()).entry(call.backend_model)
+            if entry is None:
+                raise ModelNotFound(call.model)
+            return _json(entry)
+        if call.body is not None and call.model is not None:
+            # llama-server answers whatever model is asked for: check it here so an
+            # unknown one is a 404, and send the id the server knows it by.
+            body = {**call.body, "model": await self._served_name(call)}
+            tr.apply_params(self.config.models.params_for(call.model), body)
+            if body != call.body:
+                call.body, call.raw = body, orjson.dumps(body)
+                call.exchange.backend_request = body
+        return await relay.forward(self.session, self.endpoint, call.endpoint, call)
 
     # -- models ---------------------------------------------------------------
 

@@ -189,7 +189,7 @@ def chat_request(body: Mapping[str, Any], backend_model: str, params: Mapping[st
     _apply_options(body.get("options"), out)
     _apply_format(body.get("format"), out, raw=False)
     _apply_think(body.get("think"), out)
-    _apply_params(params, out)
+    apply_params(params, out)
     return out
 
 
@@ -220,7 +220,7 @@ def generate_request(
         # No chat template runs for a raw prompt, so ``think`` has nothing to
         # switch; it is still validated so garbage is reported the same way.
         _apply_think(body.get("think"), {})
-        _apply_params(params, out)
+        apply_params(params, out)
         return COMPLETIONS_PATH, out
 
     messages: list[JSONDict] = []
@@ -241,7 +241,7 @@ def generate_request(
     _apply_options(body.get("options"), out)
     _apply_format(body.get("format"), out, raw=False)
     _apply_think(body.get("think"), out)
-    _apply_params(params, out)
+    apply_params(params, out)
     return CHAT_PATH, out
 
 
@@ -506,7 +506,7 @@ def _apply_think(think: Any, out: JSONDict) -> None:
         raise BadRequest('think must be true, false, "low", "medium" or "high"')
 
 
-def _apply_params(params: Mapping[str, Any], out: JSONDict) -> None:
+def apply_params(params: Mapping[str, Any], out: JSONDict) -> None:
     """Lay the per-model backend params from the config over the request."""
     for key, value in params.items():
         if key in _PROTECTED_KEYS:

@@ -15,13 +15,22 @@ as far as an OpenAI-style backend needs them:
 It never decodes a partial line, so a chunk boundary inside a multi-byte
 UTF-8 character, or between ``\\r`` and ``\\n``, changes nothing. The
 ``[DONE]`` sentinel is an ordinary payload here; the caller decides.
+
+:class:`SSEFramer` cuts the same byte stream into whole frames (each event's
+bytes up to and including the blank line that ends it), for relaying a stream
+event by event without re-serialising it.
 """
 
 from __future__ import annotations
 
-__all__ = ["SSEDecoder"]
+import re
+
+__all__ = ["SSEDecoder", "SSEFramer"]
 
 _BOM = b"\xef\xbb\xbf"
+# A blank line: a line terminator right after another. The groups are atomic so
+# that the two bytes of one ``\r\n`` are never taken for two terminators.
+_BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 
 
 class SSEDecoder:
@@ -125,3 +134,39 @@ class SSEDecoder:
                 # A field with no colon has an empty value.
                 data.append(b"")
         return events
+
+
+class SSEFramer:
+    """Cut a byte stream into whole SSE frames, each ending with its blank line.
+
+    Joined, the frames are exactly the bytes fed in: nothing is decoded or
+    re-encoded, so a relay can send each frame as the backend wrote it.
+    """
+
+    __slots__ = ("_buffer", "_scan")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        # Where the next search may start: a blank line is at most four bytes,
+        # so one that ends in new data starts no earlier than three before it.
+        self._scan = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Consume one chunk; return the frames it completes."""
+        buffer = self._buffer + data if self._buffer else data
+        frames: list[bytes] = []
+        start = 0
+        while (found := _BLANK_LINE.search(buffer, max(start, self._scan))) is not None:
+            end = found.end()
+            if end == len(buffer) and buffer[-1] == 0x0D:
+                break  # this ``\r`` may be the first half of a ``\r\n``: wait for the next byte
+            frames.append(buffer[start:end])
+            start = end
+        self._buffer = buffer[start:]
+        self._scan = max(0, len(self._buffer) - 3)
+        return frames
+
+    def flush(self) -> bytes:
+        """The bytes of an unfinished last frame (maybe empty), then reset."""
+        rest, self._buffer, self._scan = self._buffer, b"", 0
+        return rest

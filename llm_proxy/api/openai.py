@@ -1,0 +1,290 @@
+"""The OpenAI-compatible API: /v1/* relayed to the backend and recorded like /api/*.
+
+Requests go to the backend's own ``/v1/*`` endpoint (llama-server's, or
+Ollama's compatibility layer) with only the model name mapped; answers come
+back unchanged, streams frame by frame as they arrive. The rows they leave in
+``logs`` have the same columns as Ollama API rows, with ``api = 'openai'``.
+
+Streams always ask the backend for usage (``stream_options.include_usage``)
+so every row has its token counts; the extra usage chunk that this adds is
+kept from clients that did not ask for it themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .. import keys
+from ..audit.exchange import Exchange
+from ..backends.base import Call, Reply
+from ..config import Config, ModelsConfig
+from ..console import Console
+from ..errors import BackendError, BadRequest, PayloadTooLarge, ProxyError
+from ..middlewares import openai_error
+from ..translate.ollama_openai import error_from_backend, normalize_model_name
+from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
+from .ollama import CLIENT_GONE, _json_object, _why_cut_off
+
+CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+MODELS, MODEL = "/v1/models", "/v1/models/{model}"
+# Model ids may hold slashes ("hf.co/org/model"): the last route takes the rest of the path.
+ROUTES = (
+    ("POST", CHAT), ("POST", COMPLETIONS), ("POST", EMBEDDINGS),
+    ("GET", MODELS), ("GET", "/v1/models/{model:.+}"),
+)  # fmt: skip
+STREAM_ROUTES = frozenset({CHAT, COMPLETIONS})
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every /v1 route on ``app``."""
+    for method, path in ROUTES:
+        app.router.add_route(method, path, handle)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Parse, relay and record one OpenAI-compatible request."""
+    app = request.app
+    config, backend, recorder, console = (
+        app[keys.CONFIG], app[keys.BACKEND], app[keys.RECORDER], app[keys.CONSOLE]
+    )  # fmt: skip
+    await recorder.admit()
+    resource = request.match_info.route.resource
+    exchange = Exchange(
+        endpoint=resource.canonical if resource else request.path,
+        method=request.method,
+        backend_type=backend.type,
+        api="openai",
+        request_id=request.get(keys.REQUEST_ID),
+        client_addr=request.remote,
+        user_agent=request.headers.get("User-Agent"),
+    )
+    try:
+        call, usage_asked = await _parse(request, exchange, config)
+        if console.raw_requests and call.body is not None:
+            console.request(exchange, call.body)
+        reply = await backend.openai(call)
+        if reply.frames is not None:
+            return await _relay_stream(request, reply, exchange, console, strip_usage=not usage_asked)
+        return _relay_body(reply, exchange, console, config.models)
+    except ProxyError as exc:
+        exchange.status_code, exchange.error = exc.status, exc.message
+        raise
+    except asyncio.CancelledError:
+        exchange.status_code = CLIENT_GONE
+        exchange.error = _why_cut_off(request)
+        raise
+    except Exception as exc:
+        exchange.status_code, exchange.error = 500, f"internal error: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        exchange.finish()
+        recorder.submit(exchange)
+        console.summary(exchange)
+
+
+async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tuple[Call, bool]:
+    """The call to relay, and whether the client asked for usage in its stream."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body is larger than the limit of {request.client_max_size} bytes"
+        ) from None
+    endpoint = exchange.endpoint
+    exchange.request_body = raw or None
+    body: dict[str, Any] | None = None
+    model = backend_model = None
+    stream = usage_asked = False
+    if request.method == "POST":
+        received = body = _json_object(raw)
+        model = body.get("model")
+        if model is None or model == "":
+            model = config.models.default
+        if not isinstance(model, str):
+            raise BadRequest("'model' must be a string")
+        if not model:
+            raise BadRequest("model is required")
+        backend_model = config.models.backend_name(model)
+        if backend_model != body.get("model"):
+            body = {**body, "model": backend_model}
+        if endpoint in STREAM_ROUTES:
+            stream = _stream_flag(body)
+        if stream:
+            options = body.get("stream_options")
+            if options is not None and not isinstance(options, dict):
+                raise BadRequest("'stream_options' must be an object")
+            usage_asked = bool(options and options.get("include_usage") is True)
+            if not usage_asked:
+                body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        if body is not received:
+            raw = orjson.dumps(body)
+            exchange.backend_request = body
+    elif endpoint == MODEL:
+        model = request.match_info["model"]
+        backend_model = config.models.backend_name(model)
+    exchange.model, exchange.backend_model, exchange.stream = model, backend_model, stream
+    exchange.prompt = _prompt(endpoint, body)
+    call = Call(
+        endpoint=endpoint,
+        method=request.method,
+        path=request.path,
+        body=body,
+        raw=raw,
+        query=request.query_string,
+        model=model,
+        backend_model=backend_model,
+        exchange=exchange,
+        stream=stream,
+    )
+    return call, usage_asked
+
+
+def _stream_flag(body: dict[str, Any]) -> bool:
+    value = body.get("stream")
+    if value is None:
+        return False  # OpenAI's default, unlike Ollama's
+    if not isinstance(value, bool):
+        raise BadRequest("'stream' must be true or false")
+    return value
+
+
+def _prompt(endpoint: str, body: dict[str, Any] | None) -> str | None:
+    """The request's prompt as plain text: the last user message, the prompt, the input."""
+    if body is None:
+        return None
+    if endpoint == CHAT:
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            for message in reversed(messages):
+                if isinstance(message, dict) and message.get("role") == "user":
+                    return _text(message.get("content"))
+        return None
+    return _text(body.get("prompt" if endpoint == COMPLETIONS else "input"))
+
+
+def _text(value: Any) -> str | None:
+    """A string, or the text in a list of strings or of content parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts: list[str] = []
+        for item in value:
+            text = item.get("text") if isinstance(item, dict) else item
+            if isinstance(text, str):
+                parts.append(text)
+        return "\n".join(parts) if parts else None
+    return None
+
+
+async def _relay_stream(
+    request: web.Request, reply: Reply, exchange: Exchange, console: Console, strip_usage: bool
+) -> web.StreamResponse:
+    """Send each SSE frame as it arrives; a failure after the start ends with an error frame."""
+    assert reply.frames is not None
+    frames = reply.frames
+    response = web.StreamResponse(
+        status=reply.status, headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache"}
+    )
+    assembler = OpenAIAssembler()
+    exchange.status_code = reply.status
+    done = False
+    try:
+        await response.prepare(request)
+        async for frame in frames:
+            token = False
+            if frame.event is not None:
+                token = assembler.feed(frame.event)
+                if strip_usage and is_usage_only(frame.event):
+                    continue  # recorded above, but the client did not ask for it
+            elif frame.data == "[DONE]":
+                done = True
+            await response.write(frame.raw)
+            exchange.mark_first_byte()
+            if token:
+                exchange.mark_first_token()
+            if console.raw_responses and frame.data is not None:
+                console.response(exchange, frame.data.encode())
+        if not done and assembler.error is None:
+            raise BackendError(f"backend {exchange.backend_type} ended the stream without [DONE]", 502)
+        await response.write_eof()
+    except ProxyError as exc:
+        exchange.status_code, exchange.error = exc.status, exc.message
+        with suppress(ConnectionError):
+            error = orjson.dumps(openai_error(exc.message, exc.status))
+            await response.write(b"data: " + error + b"\n\n")
+            await response.write_eof()
+    except ConnectionError:
+        exchange.status_code, exchange.error = CLIENT_GONE, _why_cut_off(request)
+    finally:
+        await frames.aclose()
+        _record(exchange, assembler)
+        exchange.response_body = assembler.result()
+    return response
+
+
+def _relay_body(reply: Reply, exchange: Exchange, console: Console, models: ModelsConfig) -> web.Response:
+    """Send a whole answer (model lists with client-side names), recording what it says."""
+    body = reply.body or b""
+    exchange.status_code = reply.status
+    exchange.mark_first_byte()
+    obj = None
+    if reply.content_type.startswith("application/json") and body:
+        with suppress(orjson.JSONDecodeError):
+            obj = orjson.loads(body)
+    if reply.status < 400 and isinstance(obj, dict):
+        if exchange.endpoint in (MODELS, MODEL):
+            body = orjson.dumps(_client_side(obj, exchange, models))
+        else:
+            assembler = OpenAIAssembler()
+            if assembler.feed(obj):
+                exchange.mark_first_token()
+            _record(exchange, assembler)
+    exchange.response_body = body or None
+    if reply.status >= 400 and exchange.error is None:
+        exchange.error = error_from_backend(reply.status, body).message
+    if console.raw_responses:
+        console.response(exchange, body)
+    return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
+
+
+def _record(exchange: Exchange, assembler: OpenAIAssembler) -> None:
+    """Copy what the assembled answer says into the exchange record."""
+    exchange.response = assembler.text
+    exchange.thinking = assembler.reasoning
+    exchange.tool_calls = assembler.tool_calls
+    exchange.done_reason = assembler.finish_reason
+    exchange.prompt_tokens = assembler.prompt_tokens
+    exchange.completion_tokens = assembler.completion_tokens
+    if assembler.error is not None and exchange.error is None:
+        # A mid-stream error frame: the client saw 200, then the error.
+        code = assembler.error_code
+        exchange.status_code = code if code is not None and 400 <= code < 600 else 500
+        exchange.error = assembler.error
+
+
+def _client_side(obj: dict[str, Any], exchange: Exchange, models: ModelsConfig) -> dict[str, Any]:
+    """A model list or model with the names clients use (``models.mappings``)."""
+    if exchange.endpoint == MODEL:
+        return {**obj, "id": exchange.model} if "id" in obj else obj
+    data = obj.get("data")
+    if not isinstance(data, list):
+        return obj
+    listed: list[Any] = []
+    for entry in data:
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            listed += [{**entry, "id": name} for name in _client_names(entry["id"], models)]
+        else:
+            listed.append(entry)
+    return {**obj, "data": listed}
+
+
+def _client_names(backend_id: str, models: ModelsConfig) -> list[str]:
+    """Every name a client can ask for ``backend_id`` by: its aliases, else its own id."""
+    wanted = normalize_model_name(backend_id)
+    aliases = [client for client, name in models.mappings.items() if normalize_model_name(name) == wanted]
+    return aliases or [backend_id]

@@ -1,0 +1,64 @@
+"""Relaying an OpenAI-compatible request to a backend's own ``/v1/*`` endpoint.
+
+Both backends serve ``/v1/*`` this way (llama-server natively, Ollama through
+its compatibility layer). Bodies and statuses come back as the backend sent
+them; an SSE answer is cut into whole frames and each frame is handed on with
+its bytes untouched, as soon as it is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import aiohttp
+import orjson
+
+from ..translate.sse import SSEDecoder, SSEFramer
+from . import http
+from .base import Call, Frame, Reply
+
+JSON = "application/json"
+SSE = "text/event-stream"
+
+
+async def forward(session: aiohttp.ClientSession, endpoint: str, path: str, call: Call) -> Reply:
+    """Send ``call`` to ``endpoint + path``; an SSE answer comes back as frames."""
+    data = call.raw if call.method == "POST" else None
+    headers = {"Content-Type": JSON} if data is not None else None
+    resp = await http.send(
+        session, call.method, f"{endpoint}{path}", backend=endpoint, data=data, headers=headers
+    )
+    content_type = resp.headers.get("Content-Type", JSON)
+    if resp.status < 400 and content_type.startswith(SSE):
+        return Reply(resp.status, content_type, frames=frames(resp, endpoint))
+    async with resp:
+        body = await http.read_body(resp, endpoint)
+    return Reply(resp.status, content_type, body=body)
+
+
+async def frames(resp: aiohttp.ClientResponse, backend: str) -> AsyncGenerator[Frame, None]:
+    """The SSE answer frame by frame as it arrives, each with its parsed data."""
+    framer, decoder = SSEFramer(), SSEDecoder()
+    try:
+        async for data in http.iter_chunks(resp, backend):
+            for raw in framer.feed(data):
+                yield _frame(raw, decoder.feed(raw))
+        rest = framer.flush()
+        events = decoder.feed(rest) + decoder.flush()
+        if rest or events:
+            yield _frame(rest, events)
+    finally:
+        resp.release()
+
+
+def _frame(raw: bytes, events: list[str]) -> Frame:
+    # A frame ends at the first blank line, so it holds one event at most.
+    data = events[0] if events else None
+    event = None
+    if data is not None and data.startswith("{"):
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        event = parsed if isinstance(parsed, dict) else None
+    return Frame(raw, data, event)
