@@ -261,7 +261,9 @@ def _record_answer(exchange: Exchange, assembler: ChunkAssembler) -> None:
     elif isinstance(result.get("status"), str):
         exchange.response = result["status"]  # pull/push/create progress: the last status
     exchange.tool_calls = assembler.tool_calls or None
-    final = assembler.final or {}
+    # Streams put their counts on the done chunk; whole answers such as
+    # /api/embed carry them without one.
+    final = assembler.final or assembler.last or {}
     exchange.done_reason = _str(final.get("done_reason"))
     exchange.prompt_tokens = _int(final.get("prompt_eval_count"))
     exchange.completion_tokens = _int(final.get("eval_count"))

