@@ -73,14 +73,24 @@ def ndjson_lines(chunks: int) -> list[bytes]:
 
 def make_app(kind: str, chunks: int, delay: float) -> web.Application:
     """The fake backend's routes."""
-    frames = sse_frames(chunks) if kind == "sse" else ndjson_lines(chunks)
-    whole = orjson.loads(frames[-1]) if kind == "ndjson" else None
+    made: dict[int, list[bytes]] = {}
+
+    def frames_for(body: dict[str, object]) -> tuple[int, list[bytes]]:
+        # The answer's length follows the request, as a real server's does:
+        # max_tokens (OpenAI style) or options.num_predict (Ollama style).
+        options = body.get("options")
+        wanted = body.get("max_tokens") or (options.get("num_predict") if isinstance(options, dict) else None)
+        count = wanted if isinstance(wanted, int) and wanted > 0 else chunks
+        if count not in made:
+            made[count] = sse_frames(count) if kind == "sse" else ndjson_lines(count)
+        return count, made[count]
 
     async def stream(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
+        count, frames = frames_for(body)
         if kind == "ndjson" and body.get("stream") is False:
-            answer = dict(whole or {})
-            answer["message"] = {"role": "assistant", "content": "".join(f" tok{i}" for i in range(chunks))}
+            answer = orjson.loads(frames[-1])
+            answer["message"] = {"role": "assistant", "content": "".join(f" tok{i}" for i in range(count))}
             return web.Response(body=orjson.dumps(answer), content_type="application/json")
         ctype = "text/event-stream" if kind == "sse" else "application/x-ndjson"
         resp = web.StreamResponse(headers={"Content-Type": ctype})
