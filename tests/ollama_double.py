@@ -16,6 +16,7 @@ thinking as ``delta.reasoning``, and errors as ``{"error": {"message", "type",
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ class OllamaDouble:
     # When set, a stream sends its first chunk and then drops the connection.
     die_mid_stream: bool = False
     chunk_delay: float = 0.0
+    blobs: dict[str, bytes] = field(default_factory=dict)
     # When set, /v1/chat/completions thinks first (``delta.reasoning``).
     think: bool = False
 
@@ -60,6 +62,11 @@ class OllamaDouble:
         app.router.add_post("/api/embeddings", self.embeddings)
         app.router.add_post("/api/pull", self.pull)
         app.router.add_delete("/api/delete", self.delete)
+        app.router.add_post("/api/copy", self.copy)
+        app.router.add_post("/api/create", self.progress)
+        app.router.add_post("/api/push", self.progress)
+        app.router.add_route("HEAD", "/api/blobs/{digest}", self.blob_exists)
+        app.router.add_post("/api/blobs/{digest}", self.blob_upload)
         app.router.add_post("/v1/chat/completions", self.v1_chat)
         app.router.add_post("/v1/completions", self.v1_completions)
         app.router.add_post("/v1/embeddings", self.v1_embeddings)
@@ -174,9 +181,38 @@ class OllamaDouble:
 
     async def delete(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        if body["model"] not in MODELS:
+        if not _known(body["model"]):
             return self._missing(body["model"])
         return web.Response(status=200)
+
+    async def copy(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if not _known(body["source"]):
+            return self._missing(body["source"])
+        return web.Response(status=200)
+
+    async def progress(self, request: web.Request) -> web.StreamResponse:
+        """create and push: NDJSON progress lines ending in success, like pull."""
+        await self._body(request)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for status in ({"status": "reading model metadata"}, {"status": "writing manifest"}, {"status": "success"}):
+            await response.write(orjson.dumps(status) + b"\n")
+        await response.write_eof()
+        return response
+
+    async def blob_exists(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, None))
+        return web.Response(status=200 if request.match_info["digest"] in self.blobs else 404)
+
+    async def blob_upload(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        self.requests.append((request.path, None))
+        digest = request.match_info["digest"]
+        if digest != "sha256:" + hashlib.sha256(data).hexdigest():
+            return web.json_response({"error": "digest mismatch"}, status=400)
+        self.blobs[digest] = data
+        return web.Response(status=201)
 
     # -- the OpenAI-compatible layer -------------------------------------------
 
@@ -296,6 +332,11 @@ def _v1_tool_call(tool: dict[str, Any]) -> dict[str, Any]:
     name = tool["function"]["name"]
     return {"id": "call_u1b3kx9f", "index": 0, "type": "function",
             "function": {"name": name, "arguments": '{"name":"kitchen light"}'}}  # fmt: skip
+
+
+def _known(name: str) -> bool:
+    """Ollama's lookup: ``x`` means ``x:latest``."""
+    return name in MODELS or f"{name}:latest" in MODELS
 
 
 def _entry(name: str) -> dict[str, Any]:

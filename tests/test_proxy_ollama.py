@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import threading
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import ollama
@@ -352,3 +355,41 @@ async def test_reader_process_while_200_requests_run(proxy: Proxy) -> None:
     assert len(rows) == 201
     assert sum(1 for r in rows if r["endpoint"] == "/api/chat" and r["response"] == "The sky is blue.") == 200
     assert read_rows(proxy.db, 201)[-1]["id"] == 201
+
+
+async def test_model_management_passes_through(
+    proxy: Proxy, ollama_double: tuple[OllamaDouble, str], tmp_path: Path
+) -> None:
+    double, _ = ollama_double
+    c = client(proxy)
+    data = b"GGUF model bytes"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blob = tmp_path / "model.gguf"
+    blob.write_bytes(data)
+    assert await c.create_blob(blob) == digest  # uploads with POST
+    assert double.blobs == {digest: data}
+    async with aiohttp.ClientSession() as http:
+        for known in (digest, "sha256:" + "0" * 64):  # "do you have it?" as clients ask before uploading
+            async with http.head(f"{proxy.url}/api/blobs/{known}") as resp:
+                assert resp.status == (200 if known == digest else 404)
+    assert [p for p in await collect(c.create(model="mine", from_="llama3.2", stream=True))][-1] == "success"
+    assert [p for p in await collect(c.push("llama2", stream=True))][-1] == "success"
+    assert (await c.copy("llama2", "backup")).status == "success"
+    assert (await c.delete("llama2")).status == "success"  # mapped: llama3.2 is deleted
+    with pytest.raises(ollama.ResponseError) as caught:
+        await c.delete("nothing")
+    assert caught.value.status_code == 404
+    async with aiohttp.ClientSession() as http, http.post(f"{proxy.url}/api/blobs/sha256:00", data=b"x") as resp:
+        assert resp.status == 400 and (await resp.json())["error"] == "digest mismatch"
+    rows = await proxy.wait_rows(9)
+    assert [(r["endpoint"], r["method"], r["status_code"]) for r in rows] == [
+        ("/api/blobs/{digest}", "POST", 201), ("/api/blobs/{digest}", "HEAD", 200),
+        ("/api/blobs/{digest}", "HEAD", 404), ("/api/create", "POST", 200), ("/api/push", "POST", 200),
+        ("/api/copy", "POST", 200), ("/api/delete", "DELETE", 200), ("/api/delete", "DELETE", 404),
+        ("/api/blobs/{digest}", "POST", 400),
+    ]  # fmt: skip
+    assert double.requests[-3] == ("/api/delete", {"model": "llama3.2"})
+
+
+async def collect(stream: Any) -> list[str]:
+    return [p.status async for p in await stream]

@@ -34,7 +34,7 @@ ROUTES = (
 # Routes whose JSON body names a model (in "model", or the older "name").
 MODEL_ROUTES = frozenset({
     "/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings",
-    "/api/pull", "/api/push", "/api/create", "/api/delete",
+    "/api/pull", "/api/push", "/api/create", "/api/delete", "/api/copy",
 })  # fmt: skip
 # Routes where a missing model is filled from models.default.
 DEFAULT_MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings"})
@@ -144,14 +144,17 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 def _map_model(endpoint: str, body: dict[str, Any], config: Config) -> tuple[str, str, dict[str, Any]]:
     """The client's model name, the backend's, and the body with the backend's name in it."""
-    key = "model" if body.get("model") is not None or "name" not in body else "name"
+    if endpoint == "/api/copy":
+        key = "source"  # the destination is a new name, not a model to map
+    else:
+        key = "model" if body.get("model") is not None or "name" not in body else "name"
     model = body.get(key)
     if model is None or model == "":
         model = config.models.default if endpoint in DEFAULT_MODEL_ROUTES else ""
     if not isinstance(model, str):
         raise BadRequest(f"'{key}' must be a string")
     if not model:
-        raise BadRequest("model is required")
+        raise BadRequest(f"{'model' if key == 'name' else key} is required")
     backend_model = config.models.backend_name(model)
     if backend_model != body.get(key):
         body = {**body, key: backend_model}
