@@ -6,7 +6,6 @@ a model, may it stream) is data in the tables below.
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import suppress
 from typing import Any
 
@@ -15,11 +14,13 @@ from aiohttp import web
 
 from .. import keys
 from ..audit.exchange import Exchange
+from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Call, Reply
 from ..config import Config
 from ..console import Console
 from ..errors import BadRequest, PayloadTooLarge, ProxyError
 from ..translate.ndjson import ChunkAssembler
+from . import validate
 
 # (method, route) pairs of the Ollama API that clients call.
 ROUTES = (
@@ -43,8 +44,6 @@ STREAM_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/pull", "/api/push
 # Routes whose body is not JSON.
 RAW_ROUTES = frozenset({"/api/blobs/{digest}"})
 
-CLIENT_GONE = 499  # nginx's and Ollama's status for "the client closed the request"
-
 
 def setup_routes(app: web.Application) -> None:
     """Register every Ollama route on ``app``."""
@@ -53,59 +52,36 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    """Parse, forward, relay and record one Ollama API request."""
+    """Parse, forward and relay one Ollama API request, filling in its audit record.
+
+    The record itself (``request[keys.EXCHANGE]``) is created and submitted by
+    the audit middleware, which also records how a failure here ended.
+    """
     app = request.app
-    config, backend, recorder, console = (
-        app[keys.CONFIG], app[keys.BACKEND], app[keys.RECORDER], app[keys.CONSOLE]
-    )  # fmt: skip
-    await recorder.admit()
-    exchange = Exchange(
-        endpoint=request.match_info.route.resource.canonical
-        if request.match_info.route.resource
-        else request.path,
-        method=request.method,
-        backend_type=backend.type,
-        request_id=request.get(keys.REQUEST_ID),
-        client_addr=request.remote,
-        user_agent=request.headers.get("User-Agent"),
-    )
-    try:
-        call = await _parse(request, exchange, config)
-        if console.raw_requests and call.body is not None:
-            console.request(exchange, call.body)
+    config, backend, console = app[keys.CONFIG], app[keys.BACKEND], app[keys.CONSOLE]
+    exchange = request[keys.EXCHANGE]
+    call = await _parse(request, exchange, config)
+    if console.raw_requests and call.body is not None:
+        console.request(exchange, call.body)
+    # The slot is held until the last byte is relayed: a stream keeps the backend busy.
+    async with app[keys.GATE].slot():
         reply = await backend.call(call)
         if reply.lines is not None:
             return await _relay_stream(request, reply, exchange, console)
         return _relay_body(reply, exchange, console)
-    except ProxyError as exc:
-        exchange.status_code, exchange.error = exc.status, exc.message
-        raise
-    except asyncio.CancelledError:
-        exchange.status_code = CLIENT_GONE
-        exchange.error = _why_cut_off(request)
-        raise
-    except Exception as exc:
-        exchange.status_code, exchange.error = 500, f"internal error: {type(exc).__name__}: {exc}"
-        raise
-    finally:
-        exchange.finish()
-        recorder.submit(exchange)
-        console.summary(exchange)
 
 
 async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Call:
     """Read and check the request; map the model name."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body is larger than the limit of {request.client_max_size} bytes"
-        ) from None
     endpoint = exchange.endpoint
+    if endpoint in RAW_ROUTES:
+        validate.digest(request.match_info["digest"])
+    raw = await _read(request)
     exchange.request_body = raw or None
     body: dict[str, Any] | None = None
     if request.method in ("POST", "DELETE") and endpoint not in RAW_ROUTES:
         body = _json_object(raw)
+        validate.request(endpoint, body)
     model = backend_model = None
     if body is not None and endpoint in MODEL_ROUTES:
         model, backend_model, mapped = _map_model(endpoint, body, config)
@@ -126,6 +102,21 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Ca
         exchange=exchange,
         stream=stream,
     )
+
+
+async def _read(request: web.Request) -> bytes:
+    """The whole body, up to ``server.max_body_mb``; 413 beyond it."""
+    limit = request.client_max_size
+    too_large = PayloadTooLarge(
+        f"request body is larger than the limit of {limit / 1048576:g} MiB (server.max_body_mb)"
+    )
+    # A declared length over the limit is refused before a byte of it is read.
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -215,7 +206,7 @@ async def _relay_stream(
             await response.write(orjson.dumps({"error": exc.message}) + b"\n")
             await response.write_eof()
     except ConnectionError:
-        exchange.status_code, exchange.error = CLIENT_GONE, _why_cut_off(request)
+        exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
     finally:
         await lines.aclose()
         _record_answer(exchange, assembler)
@@ -264,13 +255,6 @@ def _record_answer(exchange: Exchange, assembler: ChunkAssembler) -> None:
     exchange.completion_tokens = _int(final.get("eval_count"))
     if assembler.error and exchange.error is None:
         exchange.error = assembler.error
-
-
-def _why_cut_off(request: web.Request) -> str:
-    """Why a request ended early: its client left, or the proxy is stopping."""
-    if request.app[keys.LIFECYCLE].stopping:
-        return "interrupted: the proxy is shutting down"
-    return "client disconnected"
 
 
 def _int(value: Any) -> int | None:
