@@ -90,12 +90,16 @@ def _migrate(config: Config, db: str | None) -> int:
 
 def _serve(config: Config) -> int:
     from .app import create_app
+    from .auth import exposure_warning
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     app = create_app(config)
     server = config.server
+    warning = exposure_warning(config)
+    if warning:
+        print(f"{PROG}: {warning}", file=sys.stderr, flush=True)
 
     def announce(*_: object) -> None:
         print(

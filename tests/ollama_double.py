@@ -36,6 +36,8 @@ class OllamaDouble:
     # When set, a stream sends its first chunk and then drops the connection.
     die_mid_stream: bool = False
     chunk_delay: float = 0.0
+    # The Authorization header of every request with a body (None when absent).
+    authorizations: list[str | None] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -50,11 +52,17 @@ class OllamaDouble:
         app.router.add_post("/api/embeddings", self.embeddings)
         app.router.add_post("/api/pull", self.pull)
         app.router.add_delete("/api/delete", self.delete)
+        app.router.add_post("/api/push", self.pull)  # the same progress lines, as Ollama sends
+        app.router.add_post("/api/create", self.pull)
+        app.router.add_post("/api/copy", self.copy)
+        app.router.add_route("HEAD", "/api/blobs/{digest}", self.blob)
+        app.router.add_post("/api/blobs/{digest}", self.blob)
         return app
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         body = orjson.loads(await request.read())
         self.requests.append((request.path, body))
+        self.authorizations.append(request.headers.get("Authorization"))
         return body
 
     @staticmethod
@@ -83,8 +91,9 @@ class OllamaDouble:
 
     async def show(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        if body["model"] not in MODELS and f"{body['model']}:latest" not in MODELS:
-            return self._missing(body["model"])
+        model = _model(body)
+        if model not in MODELS and f"{model}:latest" not in MODELS:
+            return self._missing(model)
         return web.json_response({
             "modelfile": "FROM llama3.2", "parameters": "", "template": "{{ .Prompt }}",
             "details": _entry("llama3.2:latest")["details"],
@@ -101,7 +110,7 @@ class OllamaDouble:
         return await self._answer(request, body, lambda t: {"response": t})
 
     async def _answer(self, request: web.Request, body: dict[str, Any], piece: Any) -> web.StreamResponse:
-        model = body["model"]
+        model = _model(body)
         if model not in MODELS and f"{model}:latest" not in MODELS:
             return self._missing(model)
         final = {
@@ -130,9 +139,10 @@ class OllamaDouble:
 
     async def embed(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        given = body.get("input") or []  # Ollama answers a missing input with no embeddings
+        inputs = given if isinstance(given, list) else [given]
         return web.json_response({
-            "model": body["model"], "embeddings": [[0.1, 0.2, 0.3] for _ in inputs],
+            "model": _model(body), "embeddings": [[0.1, 0.2, 0.3] for _ in inputs],
             "total_duration": 14_143_917, "load_duration": 1_019_500, "prompt_eval_count": 8,
         })  # fmt: skip
 
@@ -157,11 +167,29 @@ class OllamaDouble:
         await response.write_eof()
         return response
 
+    async def copy(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if body.get("source") not in MODELS and f"{body.get('source')}:latest" not in MODELS:
+            return web.json_response({"error": f"model '{body.get('source')}' not found"}, status=404)
+        return web.Response(status=200)
+
+    async def blob(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, None))
+        if request.method == "HEAD":
+            return web.Response(status=404)  # Ollama: no such blob yet
+        await request.read()
+        return web.Response(status=201)
+
     async def delete(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        if body["model"] not in MODELS:
-            return self._missing(body["model"])
+        if _model(body) not in MODELS:
+            return self._missing(_model(body))
         return web.Response(status=200)
+
+
+def _model(body: dict[str, Any]) -> str:
+    """The model a request names: Ollama reads "model", and the older "name" when it is absent."""
+    return str(body.get("model") or body.get("name") or "")
 
 
 def _entry(name: str) -> dict[str, Any]:
