@@ -40,7 +40,7 @@ class OllamaDouble:
     authorizations: list[str | None] = field(default_factory=list)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=128 * 1024 * 1024)  # no 1 MB cap, like the real Ollama
         app.router.add_get("/", self.root)
         app.router.add_get("/api/version", self.version)
         app.router.add_get("/api/tags", self.tags)

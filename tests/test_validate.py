@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from llm_proxy.api import validate
+from llm_proxy.api.ollama import MAX_DEPTH
+from llm_proxy.audit.exchange import COLUMNS, Exchange
 from llm_proxy.errors import BadRequest
 
 from .conftest import Proxy
@@ -144,3 +146,35 @@ async def test_the_openai_backend_gets_the_same_edge(oproxy: Proxy) -> None:
         )
     assert caught.value.status_code == 400
     assert caught.value.error == "'messages[0].images[0]' must be base64 image data"
+
+
+def nested(depth: int) -> bytes:
+    return b'{"model": "llama2", "messages": [], "format": ' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"
+
+
+async def test_nesting_beyond_what_can_be_rewritten_gets_400(proxy: Proxy) -> None:
+    # The body itself is one level; "format" holds the rest. llama2 is mapped,
+    # so an accepted body is re-encoded on its way to the backend.
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{proxy.url}/api/chat", data=nested(MAX_DEPTH - 1)) as resp:
+            assert resp.status == 200
+        for depth in (MAX_DEPTH, 600, 1023):
+            async with http.post(f"{proxy.url}/api/chat", data=nested(depth)) as resp:
+                assert resp.status == 400
+                assert (await resp.json())[
+                    "error"
+                ] == f"request body is nested more than {MAX_DEPTH} levels deep"
+        async with http.post(f"{proxy.url}/api/chat", data=nested(1100)) as resp:
+            assert resp.status == 400  # past the parser's own limit
+            assert (await resp.json())["error"].startswith("invalid JSON in request body")
+    rows = await proxy.wait_rows(5)
+    assert [r["status_code"] for r in rows] == [200, 400, 400, 400, 400]
+
+
+def test_a_value_too_deep_to_write_still_leaves_a_row() -> None:
+    deep: Any = 1
+    for _ in range(300):
+        deep = {"a": deep}
+    exchange = Exchange(endpoint="/api/chat", method="POST", backend_type="openai", backend_request=deep)
+    row = dict(zip(COLUMNS, exchange.row(), strict=True))
+    assert orjson.loads(row["backend_request"])["unstored"].startswith("value could not be written as JSON")

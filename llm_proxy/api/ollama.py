@@ -128,7 +128,27 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    _check_depth(body)
     return body
+
+
+# orjson parses 1024 levels of nesting but writes only 254, and everything after
+# the parse writes with orjson: the body re-encoded after model mapping, the
+# translated request (which puts client fields a few levels deeper), the audit
+# row, the console. Writing the body inside DEPTH_HEADROOM more lists proves, at
+# C speed, that all of those will fit.
+DEPTH_HEADROOM = 14
+MAX_DEPTH = 254 - DEPTH_HEADROOM
+
+
+def _check_depth(body: dict[str, Any]) -> None:
+    wrapped: Any = body
+    for _ in range(DEPTH_HEADROOM):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except TypeError:
+        raise BadRequest(f"request body is nested more than {MAX_DEPTH} levels deep") from None
 
 
 def _map_model(endpoint: str, body: dict[str, Any], config: Config) -> tuple[str, str, dict[str, Any]]:

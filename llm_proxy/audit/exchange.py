@@ -100,4 +100,9 @@ def _json(value: Any) -> str | None:
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:
+        # A row that cannot be written would stop the writer and, with it, the
+        # whole trail: keep the row and say what could not be stored.
+        return orjson.dumps({"unstored": f"value could not be written as JSON: {exc}"}).decode()
