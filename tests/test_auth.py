@@ -262,14 +262,22 @@ async def test_full_wait_queue_gets_503_and_waiting_requests_complete(
     await _until(lambda: gate.waiting == 1)  # the second waits its turn at the gate
     assert len(double.requests) == 1
     with pytest.raises(ollama.ResponseError) as caught:
-        await client(proxy).list()
+        await client(proxy).generate(model="llama3.2", prompt="p", stream=False)
     assert caught.value.status_code == 503 and "backend is busy" in str(caught.value.error)
+    embed = b'{"model": "nomic-embed-text", "input": "a"}'
+    async with aiohttp.ClientSession() as http, http.post(f"{proxy.url}/api/embed", data=embed) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    # Model lists are not generation: Home Assistant's polls get through meanwhile.
+    assert (await client(proxy).list()).models
     double.hold.set()
     assert await first == await second == "The sky is blue."
-    rows = await proxy.wait_rows(3)
-    assert sorted(r["status_code"] for r in rows) == [200, 200, 503]
+    rows = await proxy.wait_rows(5)
+    assert sorted((r["endpoint"], r["status_code"]) for r in rows) == [
+        ("/api/chat", 200), ("/api/chat", 200), ("/api/embed", 503), ("/api/generate", 503),
+        ("/api/tags", 200),
+    ]  # fmt: skip
     busy = next(r for r in rows if r["status_code"] == 503)
-    assert busy["endpoint"] == "/api/tags" and "backend.max_concurrency" in busy["error"]
+    assert "backend.max_concurrency" in busy["error"]
 
 
 # -- configuration and start-up ---------------------------------------------------

@@ -6,7 +6,7 @@ a model, may it stream) is data in the tables below.
 
 from __future__ import annotations
 
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from typing import Any
 
 import orjson
@@ -43,6 +43,9 @@ DEFAULT_MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/a
 STREAM_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/pull", "/api/push", "/api/create"})
 # Routes whose body is not JSON.
 RAW_ROUTES = frozenset({"/api/blobs/{digest}"})
+# Routes that make the backend compute, and so wait for a slot (backend.max_concurrency).
+# Model lists stay outside: Home Assistant polls them with a 5 s timeout during long answers.
+GATED_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 
 
 def setup_routes(app: web.Application) -> None:
@@ -64,7 +67,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
     # The slot is held until the last byte is relayed: a stream keeps the backend busy.
-    async with app[keys.GATE].slot():
+    slot: AbstractAsyncContextManager[None] = (
+        app[keys.GATE].slot() if call.endpoint in GATED_ROUTES else nullcontext()
+    )
+    async with slot:
         reply = await backend.call(call)
         if reply.lines is not None:
             return await _relay_stream(request, reply, exchange, console)
