@@ -61,67 +61,76 @@ json_values = st.recursive(
 )
 
 
-def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Mostly the plausible value (so some bodies reach the backend), sometimes anything at all."""
-    return st.one_of(strategy, strategy, strategy, strategy, json_values)
+def _fields(junk: bool) -> dict[str, dict[str, st.SearchStrategy[Any]]]:
+    """Per route, a strategy for each field: plausible values, or (``junk``) sometimes anything."""
+
+    def maybe(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+        return st.one_of(plausible, plausible, plausible, plausible, json_values) if junk else plausible
+
+    def loose(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+        return json_values if junk else plausible
+
+    text = st.text(max_size=30)
+    image = st.sampled_from([PNG, f"data:image/png;base64,{PNG}"])
+    images = maybe(st.lists(st.one_of(image, st.text(max_size=12)) if junk else image, max_size=2))
+    tool_calls = maybe(
+        st.lists(st.fixed_dictionaries({"function": maybe(st.fixed_dictionaries(
+            {"name": maybe(st.text(min_size=1, max_size=8))},
+            optional={"arguments": maybe(st.dictionaries(st.text(max_size=5), json_values, max_size=3))},
+        ))}), max_size=2)
+    )  # fmt: skip
+    message = maybe(
+        st.fixed_dictionaries(
+            {"role": maybe(st.sampled_from(["system", "user", "assistant", "tool"]))},
+            optional={
+                "content": maybe(text),
+                "images": images,
+                "thinking": maybe(st.text(max_size=10)),
+                "tool_calls": tool_calls,
+                "tool_name": maybe(st.text(max_size=10)),
+            },
+        )
+    )
+    numbers = st.one_of(st.integers(0, 10**6), st.floats(0, 2, allow_nan=False))
+    options = maybe(
+        st.dictionaries(
+            st.sampled_from(["temperature", "num_ctx", "top_k", "seed", "num_predict", "repeat_penalty"]),
+            loose(numbers),
+            max_size=4,
+        )
+    )
+    model = maybe(st.sampled_from(MODELS))
+    stream = maybe(st.booleans())
+    common = {
+        "model": model,
+        "stream": stream,
+        "options": options,
+        "keep_alive": maybe(st.one_of(st.integers(-1, 3600), st.sampled_from(["-1s", "5m", "300.0s"]))),
+        "format": maybe(st.one_of(st.sampled_from(["", "json"]), st.just({"type": "object"}))),
+        "think": maybe(st.one_of(st.booleans(), st.sampled_from(["low", "medium", "high"]))),
+        "unknown_field": json_values,  # passed through whatever it holds
+    }
+    return {
+        "/api/chat": {**common, "messages": maybe(st.lists(message, max_size=3)),
+                      "tools": maybe(st.lists(st.dictionaries(st.text(max_size=5), text), max_size=2))},
+        "/api/generate": {**common, "prompt": maybe(text), "system": maybe(st.text(max_size=10)),
+                          "images": images, "raw": maybe(st.booleans()), "suffix": loose(text),
+                          "context": maybe(st.lists(st.integers(0, 2**31), max_size=4))},
+        "/api/embed": {**common, "input": maybe(st.one_of(text, st.lists(st.text(max_size=8)))),
+                       "dimensions": loose(st.integers(1, 4096)), "truncate": loose(st.booleans())},
+        "/api/embeddings": {**common, "prompt": maybe(text)},
+        "/api/show": {"model": model, "verbose": loose(st.booleans())},
+        "/api/pull": {"model": model, "stream": stream, "insecure": loose(st.booleans())},
+        "/api/push": {"model": model, "stream": stream, "insecure": loose(st.booleans())},
+        "/api/create": {"model": model, "from": loose(st.sampled_from(MODELS)), "stream": stream,
+                        "parameters": loose(st.dictionaries(st.text(max_size=5), numbers, max_size=2))},
+        "/api/copy": {"source": maybe(st.sampled_from(MODELS)), "destination": loose(text)},
+        "/api/delete": {"model": model},
+    }  # fmt: skip
 
 
-images = _maybe(
-    st.lists(st.one_of(st.just(PNG), st.text(max_size=12), st.just(f"data:image/png;base64,{PNG}")))
-)
-tool_calls = _maybe(
-    st.lists(st.fixed_dictionaries({"function": _maybe(st.fixed_dictionaries(
-        {"name": _maybe(st.text(min_size=1, max_size=8))},
-        optional={"arguments": _maybe(st.dictionaries(st.text(max_size=5), json_values, max_size=3))},
-    ))}), max_size=2)
-)  # fmt: skip
-message = _maybe(
-    st.fixed_dictionaries(
-        {"role": _maybe(st.sampled_from(["system", "user", "assistant", "tool"]))},
-        optional={
-            "content": _maybe(st.text(max_size=30)),
-            "images": images,
-            "thinking": _maybe(st.text(max_size=10)),
-            "tool_calls": tool_calls,
-            "tool_name": _maybe(st.text(max_size=10)),
-        },
-    )
-)
-options = _maybe(
-    st.dictionaries(
-        st.sampled_from(["temperature", "num_ctx", "top_k", "stop", "seed", "num_predict", "use_mmap", "x"]),
-        json_values,
-        max_size=4,
-    )
-)
-common = {
-    "model": _maybe(st.sampled_from(MODELS)),
-    "stream": _maybe(st.booleans()),
-    "options": options,
-    "keep_alive": _maybe(st.one_of(st.integers(-1, 3600), st.sampled_from(["-1s", "5m", "300.0s"]))),
-    "format": _maybe(st.one_of(st.sampled_from(["", "json"]), st.just({"type": "object"}))),
-    "think": _maybe(st.one_of(st.booleans(), st.sampled_from(["low", "medium", "high"]))),
-    "unknown_field": json_values,
-}
-FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
-    "/api/chat": {**common, "messages": _maybe(st.lists(message, max_size=3)),
-                  "tools": _maybe(st.lists(st.dictionaries(st.text(max_size=5), json_values), max_size=2))},
-    "/api/generate": {**common, "prompt": _maybe(st.text(max_size=30)),
-                      "system": _maybe(st.text(max_size=10)), "images": images,
-                      "raw": _maybe(st.booleans()), "suffix": json_values,
-                      "context": _maybe(st.lists(st.integers(0, 2**31), max_size=4))},
-    "/api/embed": {**common, "input": _maybe(st.one_of(st.text(max_size=20), st.lists(st.text(max_size=8)))),
-                   "dimensions": json_values, "truncate": json_values},
-    "/api/embeddings": {**common, "prompt": _maybe(st.text(max_size=20))},
-    "/api/show": {"model": common["model"], "name": json_values, "verbose": json_values},
-    "/api/pull": {"model": common["model"], "name": json_values, "stream": common["stream"],
-                  "insecure": json_values},
-    "/api/push": {"model": common["model"], "stream": common["stream"], "insecure": json_values},
-    "/api/create": {"model": common["model"], "from": json_values, "files": json_values,
-                    "parameters": json_values, "stream": common["stream"]},
-    "/api/copy": {"source": _maybe(st.sampled_from(MODELS)), "destination": json_values},
-    "/api/delete": {"model": common["model"], "name": json_values},
-}  # fmt: skip
+PLAUSIBLE = _fields(junk=False)
+FIELDS = _fields(junk=True)
 
 
 def _encode(value: Any) -> bytes:
@@ -135,9 +144,13 @@ def bodies(draw: st.DrawFn, route: str) -> bytes:
     fields = FIELDS.get(route, {"unknown_field": json_values})
     shape = st.fixed_dictionaries({}, optional=fields)
     kind = draw(st.sampled_from([
-        "object", "object", "object", "object", "value", "bytes", "truncated", "literal",
-        "utf8", "nested", "nested", "empty",
+        "plausible", "plausible", "object", "object", "object", "value", "bytes", "truncated",
+        "literal", "utf8", "nested", "nested", "empty",
     ]))  # fmt: skip
+    if kind == "plausible":  # well-formed: these reach the backend and exercise the relay
+        optional = dict(PLAUSIBLE.get(route, {}))
+        required = {"model": optional.pop("model")} if "model" in optional else {}
+        return _encode(draw(st.fixed_dictionaries(required, optional=optional)))
     if kind == "object":
         return _encode(draw(shape))
     if kind == "value":

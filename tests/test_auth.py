@@ -237,7 +237,7 @@ async def test_oversized_headers_are_refused_and_the_proxy_keeps_serving(proxy: 
     await writer.drain()
     status_line = await asyncio.wait_for(reader.readline(), 10)
     writer.close()
-    assert status_line.split()[1] in (b"400", b"431")
+    assert status_line.split()[1] == b"400"  # aiohttp: "Got more than 8190 bytes"
     assert (await client(proxy).list()).models
 
 
