@@ -178,3 +178,9 @@ def test_a_value_too_deep_to_write_still_leaves_a_row() -> None:
     exchange = Exchange(endpoint="/api/chat", method="POST", backend_type="openai", backend_request=deep)
     row = dict(zip(COLUMNS, exchange.row(), strict=True))
     assert orjson.loads(row["backend_request"])["unstored"].startswith("value could not be written as JSON")
+
+
+def test_a_huge_key_is_not_echoed() -> None:
+    with pytest.raises(BadRequest) as caught:
+        validate.request("/api/create", {"model": M, "files": {"k" * 1_000_000: 1}})
+    assert len(caught.value.message) < 200 and caught.value.message.startswith("'files.kkk")

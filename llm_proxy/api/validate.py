@@ -119,7 +119,12 @@ def _string_or_strings(value: Any, field: str) -> None:
 def _string_map(value: Any, field: str) -> None:
     _object(value, field)
     for key, item in value.items():
-        _string(item, f"{field}.{key}")
+        _string(item, f"{field}.{_short(key)}")
+
+
+def _short(key: str) -> str:
+    """A client's key as part of a field name, cut short: keys can be megabytes too."""
+    return key if len(key) <= 64 else key[:63] + "…"
 
 
 # -- shared fields ----------------------------------------------------------------
@@ -160,7 +165,7 @@ def _options(value: Any, field: str) -> None:
         elif key == "stop":
             _string_or_strings(item, name)
         elif isinstance(item, float) and not math.isfinite(item):
-            raise BadRequest(f"'{name}' must be a finite number")
+            raise BadRequest(f"'{field}.{_short(key)}' must be a finite number")
 
 
 def _keep_alive(value: Any, field: str) -> None:
