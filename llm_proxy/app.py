@@ -6,27 +6,35 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from . import access, backends, keys, metrics, middlewares, notify, reload
+from . import access, auth, backends, keys, metrics, middlewares, notify, ratelimit, reload
 from .api import health, ollama
 from .api import openai as openai_api
+from .audit.middleware import audit_trail
 from .audit.recorder import Recorder
 from .audit.store import Store
+from .backends.gate import Gate
 from .config import Config
 from .console import Console
 from .lifecycle import Lifecycle
 
 log = logging.getLogger("llm_proxy")
 
-MAX_BODY_BYTES = 64 * 1024 * 1024  # room for several images in one chat request
-
 
 def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.Application:
     """A ready-to-run application for ``config``; ``notifier`` tells systemd how it goes."""
-    chain = [access.observe, middlewares.error_boundary]
+    chain: list[Middleware] = [access.observe, middlewares.error_boundary]
     if config.server.enable_cors:
         chain.append(middlewares.cors_preflight)
-    app = web.Application(middlewares=chain, client_max_size=MAX_BODY_BYTES)
+    # The audit trail wraps auth and rate limiting: rejected requests leave rows too.
+    chain.append(audit_trail)
+    if config.auth.keys:
+        chain.append(auth.middleware(config.auth))
+    if config.auth.rate_limit:
+        chain.append(ratelimit.middleware(config.auth))
+    max_body = int(config.server.max_body_mb * 1024 * 1024)
+    app = web.Application(middlewares=chain, client_max_size=max_body)
     app[keys.CONFIG] = config
     app[keys.CONSOLE] = Console(config.server)
     app[keys.LIFECYCLE] = Lifecycle()
@@ -34,6 +42,7 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     app[keys.BACKEND] = backends.create(config)
     reload.setup(app)
     metrics.setup(app)
+    app[keys.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
         app.on_response_prepare.append(middlewares.add_cors_headers)

@@ -90,12 +90,16 @@ def _migrate(config: Config, db: str | None) -> int:
 def _serve(config: Config) -> int:
     from . import logs
     from .app import create_app
+    from .auth import exposure_warning
     from .notify import Notifier
 
     logs.setup(config.server.log_format)
     notifier = Notifier.from_environ()
     app = create_app(config, notifier)
     server = config.server
+    warning = exposure_warning(config)
+    if warning:
+        print(f"{PROG}: {warning}", file=sys.stderr, flush=True)
 
     def announce(*_: object) -> None:
         # run_app prints once the port is bound (and migrations ran, at startup):

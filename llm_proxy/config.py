@@ -8,7 +8,9 @@ wrong raises :class:`ConfigError` with one line naming the key and the problem.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ class ServerConfig:
     log_format: str = "text"
     # Serve Prometheus metrics at GET /metrics.
     metrics: bool = True
+    # Largest request body accepted, in MiB: room for several images in one chat.
+    max_body_mb: float = 64.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class BackendConfig:
     timeout: float = 300.0
     # Sent as "Authorization: Bearer"; repr=False keeps it out of dumps and errors.
     api_key: str = field(default="", repr=False)
+    # Requests the backend works on at once (0: no limit), and how many more may
+    # wait for a turn before new ones get 503.
+    max_concurrency: int = 0
+    max_queue: int = 100
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,29 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """One client API key: the name recorded for it, and the SHA-256 it is checked against."""
+
+    name: str
+    # Hex digest; a key given in plain text is hashed on load and not kept.
+    key_sha256: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may use the proxy, and how often."""
+
+    # Empty: no key needed (the default, for a proxy on 127.0.0.1).
+    keys: tuple[ApiKey, ...] = ()
+    # Paths answered without a key (exact matches).
+    exempt: tuple[str, ...] = ("/health", "/")
+    # Requests per minute per key (per client address when there are no keys); 0: no limit.
+    rate_limit: float = 0.0
+    # Requests that may come at once on top of the steady rate.
+    rate_burst: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -109,6 +140,7 @@ class Config:
     backend: BackendConfig = field(default_factory=BackendConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     # The file it came from, or None for built-in defaults.
     source: str | None = None
 
@@ -118,6 +150,7 @@ _SECTIONS: dict[str, type] = {
     "backend": BackendConfig,
     "database": DatabaseConfig,
     "models": ModelsConfig,
+    "auth": AuthConfig,
 }
 
 
@@ -194,27 +227,29 @@ def _section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
 def _coerce(key: str, annotation: Any, value: Any) -> Any:
     """Check one value against its field's type; only harmless widening (int → float)."""
     kind = str(annotation)
+    # Secrets are described by their type only, so a typo never prints one.
+    describe = _shape if key in _SECRETS else _kind
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"'{key}' must be true or false, got {_kind(value)}")
+        raise ConfigError(f"'{key}' must be true or false, got {describe(value)}")
     if kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"'{key}' must be an integer, got {_kind(value)}")
+        raise ConfigError(f"'{key}' must be an integer, got {describe(value)}")
     if kind == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"'{key}' must be a number, got {_kind(value)}")
+        raise ConfigError(f"'{key}' must be a number, got {describe(value)}")
     if kind == "str":
         if isinstance(value, str):
             return value
-        raise ConfigError(f"'{key}' must be a string, got {_kind(value)}")
+        raise ConfigError(f"'{key}' must be a string, got {describe(value)}")
     if kind == "Mapping[str, str]":
         if value is None:
             return types.MappingProxyType({})
         if not isinstance(value, Mapping):
-            raise ConfigError(f"'{key}' must be a mapping of names, got {_kind(value)}")
+            raise ConfigError(f"'{key}' must be a mapping of names, got {describe(value)}")
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigError(f"'{key}.{k}' must map a model name to a model name, got {_kind(v)}")
@@ -223,12 +258,49 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
         if value is None:
             return types.MappingProxyType({})
         if not isinstance(value, Mapping):
-            raise ConfigError(f"'{key}' must be a mapping of model names, got {_kind(value)}")
+            raise ConfigError(f"'{key}' must be a mapping of model names, got {describe(value)}")
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, Mapping):
                 raise ConfigError(f"'{key}.{k}' must be a mapping of request fields, got {_kind(v)}")
         return types.MappingProxyType({k: dict(v) for k, v in value.items()})
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"'{key}' must be a list of strings, got {describe(value)}")
+        return tuple(value)
+    if kind == "tuple[ApiKey, ...]":
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list of {{name, key}} entries, got {describe(value)}")
+        return tuple(_api_key(f"{key}[{i}]", entry) for i, entry in enumerate(value))
     raise ConfigError(f"'{key}' has an unsupported type {kind}")  # a programming error
+
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _api_key(key: str, entry: Any) -> ApiKey:
+    """One ``auth.keys`` entry: a name and either ``key`` or ``key_sha256``."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"'{key}' must be a mapping with name and key (or key_sha256), got {_kind(entry)}")
+    unknown = sorted(str(k) for k in entry if k not in ("name", "key", "key_sha256"))
+    if unknown:
+        raise ConfigError(f"unknown key '{key}.{unknown[0]}' (expected one of: name, key, key_sha256)")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"'{key}.name' must be a non-empty string, got {_kind(name)}")
+    if ("key" in entry) == ("key_sha256" in entry):
+        raise ConfigError(f"'{key}' must have exactly one of 'key' and 'key_sha256'")
+    if "key" in entry:
+        secret = entry["key"]
+        # Never echo the value: it is a secret, whatever its type.
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"'{key}.key' must be a non-empty string")
+        return ApiKey(name, hashlib.sha256(secret.encode()).hexdigest())
+    digest = entry["key_sha256"]
+    if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+        raise ConfigError(f"'{key}.key_sha256' must be 64 hex characters (sha256sum of the key)")
+    return ApiKey(name, digest.lower())
 
 
 def _check(config: Config) -> None:
@@ -264,6 +336,49 @@ def _check(config: Config) -> None:
         raise ConfigError("'database.path' must not be empty")
     if db.queue_size < 1:
         raise ConfigError(f"'database.queue_size' must be at least 1, got {db.queue_size}")
+    _check_limits(config)
+
+
+def _check_limits(config: Config) -> None:
+    """Ranges of the size, concurrency, rate and key settings."""
+    server, backend, auth = config.server, config.backend, config.auth
+    if not 0 < server.max_body_mb <= 4096:
+        raise ConfigError(f"'server.max_body_mb' must be between 0 and 4096, got {server.max_body_mb:g}")
+    if backend.max_concurrency < 0:
+        raise ConfigError(
+            f"'backend.max_concurrency' must be 0 (no limit) or more, got {backend.max_concurrency}"
+        )
+    if backend.max_queue < 0:
+        raise ConfigError(f"'backend.max_queue' must not be negative, got {backend.max_queue}")
+    if auth.rate_limit < 0:
+        raise ConfigError(f"'auth.rate_limit' must be 0 (no limit) or more, got {auth.rate_limit:g}")
+    if auth.rate_burst < 1:
+        raise ConfigError(f"'auth.rate_burst' must be at least 1, got {auth.rate_burst}")
+    for i, path in enumerate(auth.exempt):
+        if not path.startswith("/"):
+            raise ConfigError(f"'auth.exempt[{i}]' must be a path starting with /, got {path!r}")
+    names: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    for i, entry in enumerate(auth.keys):
+        if entry.name in names:
+            raise ConfigError(f"'auth.keys[{i}].name' repeats the name of auth.keys[{names[entry.name]}]")
+        if entry.key_sha256 in digests:
+            raise ConfigError(f"'auth.keys[{i}]' has the same key as auth.keys[{digests[entry.key_sha256]}]")
+        names[entry.name], digests[entry.key_sha256] = i, i
+
+
+_SECRETS = frozenset({"backend.api_key", "auth.keys"})
+
+
+def _shape(value: Any) -> str:
+    """What kind of value this is, without showing it."""
+    if isinstance(value, bool) or value is None:
+        return _kind(value)
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return _kind(value)
 
 
 def _kind(value: Any) -> str:

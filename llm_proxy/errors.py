@@ -5,8 +5,11 @@ into Ollama's shape ``{"error": message}`` with ``status``::
 
     ProxyError                 (500)
     ├── BadRequest             (400) the client's request is malformed
+    ├── Unauthorized           (401) no API key, or not one of auth.keys
     ├── ModelNotFound          (404) no such model on the backend
     ├── PayloadTooLarge        (413)
+    ├── TooManyRequests        (429) over the rate limit; says when to retry
+    ├── Busy                   (503) every backend slot taken and the wait queue full
     ├── BackendError           (backend's status) the backend answered with an error
     ├── BackendUnavailable     (502) the backend could not be reached
     └── BackendTimeout         (504) the backend did not answer in time
@@ -16,11 +19,16 @@ into Ollama's shape ``{"error": message}`` with ``status``::
 
 from __future__ import annotations
 
+import types
+from collections.abc import Mapping
+
 
 class ProxyError(Exception):
     """An error with the HTTP status and message a client should see."""
 
     status = 500
+    # Extra response headers the client needs with this error (Retry-After, ...).
+    headers: Mapping[str, str] = types.MappingProxyType({})
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -38,6 +46,17 @@ class BadRequest(ProxyError):
     status = 400
 
 
+class Unauthorized(ProxyError):
+    """The request carries no valid API key."""
+
+    status = 401
+    headers = types.MappingProxyType({"WWW-Authenticate": "Bearer"})
+
+    def __init__(self) -> None:
+        # Always the same words: the client learns nothing about which keys exist.
+        super().__init__("unauthorized")
+
+
 class ModelNotFound(ProxyError):
     """The requested model is not served by the backend."""
 
@@ -52,6 +71,23 @@ class PayloadTooLarge(ProxyError):
     """The request body is larger than the configured limit."""
 
     status = 413
+
+
+class TooManyRequests(ProxyError):
+    """The caller is over its rate limit."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class Busy(ProxyError):
+    """Every backend slot is taken and the wait queue is full."""
+
+    status = 503
+    headers = types.MappingProxyType({"Retry-After": "1"})
 
 
 class BackendError(ProxyError):

@@ -9,6 +9,7 @@ from aiohttp import web
 from .audit.exchange import Exchange
 from .audit.recorder import Recorder
 from .backends.base import Backend
+from .backends.gate import Gate
 from .config import Config
 from .console import Console
 from .errors import ProxyError
@@ -24,6 +25,7 @@ RECORDER = web.AppKey("recorder", Recorder)
 BACKEND = web.AppKey("backend", Backend)
 CONSOLE = web.AppKey("console", Console)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+GATE = web.AppKey("gate", Gate)
 # The config in force: CONFIG with the reloadable parts of the last SIGHUP reload.
 LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
@@ -31,6 +33,9 @@ NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)
-# The request's audit record (api/*), and the ProxyError it failed with, for metrics and the access log.
+# The request's audit record, created by the audit middleware.
 EXCHANGE = web.RequestKey("exchange", Exchange)
+# The ProxyError the request failed with, for metrics and the access log.
 FAILURE = web.RequestKey("failure", ProxyError)
+# The name of the API key the request came with (set only when it had a valid one).
+KEY_NAME = web.RequestKey("key_name", str)

@@ -57,6 +57,7 @@ async def error_boundary(request: web.Request, handler: Handler) -> web.StreamRe
         response = await handler(request)
     except ProxyError as exc:
         response = json_error(exc.message, exc.status, request.path)
+        response.headers.update(exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -90,6 +91,11 @@ def apply(app: web.Application, config: Config) -> None:
 
 async def on_sighup(app: web.Application) -> AsyncIterator[None]:
     """``cleanup_ctx``: reload on SIGHUP while the app runs."""
+    if threading.current_thread() is not threading.main_thread():
+        # Signals reach only the main thread; an app embedded in another
+        # thread's loop (tests, tools) simply has no reload.
+        yield
+        return
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, app)
     try:

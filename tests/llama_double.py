@@ -80,7 +80,7 @@ class LlamaServerDouble:
     streams_finished: int = 0
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=128 * 1024 * 1024)  # no 1 MB cap, like the real server
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/props", self.props)

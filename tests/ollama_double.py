@@ -48,9 +48,11 @@ class OllamaDouble:
     blobs: dict[str, bytes] = field(default_factory=dict)
     # When set, /v1/chat/completions thinks first (``delta.reasoning``).
     think: bool = False
+    # The Authorization header of every request with a body (None when absent).
+    authorizations: list[str | None] = field(default_factory=list)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=128 * 1024 * 1024)  # no 1 MB cap, like the real Ollama
         app.router.add_get("/", self.root)
         app.router.add_get("/api/version", self.version)
         app.router.add_get("/api/tags", self.tags)
@@ -77,6 +79,7 @@ class OllamaDouble:
     async def _body(self, request: web.Request) -> dict[str, Any]:
         body = orjson.loads(await request.read())
         self.requests.append((request.path, body))
+        self.authorizations.append(request.headers.get("Authorization"))
         return body
 
     @staticmethod
@@ -105,8 +108,9 @@ class OllamaDouble:
 
     async def show(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        if body["model"] not in MODELS and f"{body['model']}:latest" not in MODELS:
-            return self._missing(body["model"])
+        model = _model(body)
+        if model not in MODELS and f"{model}:latest" not in MODELS:
+            return self._missing(model)
         return web.json_response({
             "modelfile": "FROM llama3.2", "parameters": "", "template": "{{ .Prompt }}",
             "details": _entry("llama3.2:latest")["details"],
@@ -123,7 +127,7 @@ class OllamaDouble:
         return await self._answer(request, body, lambda t: {"response": t})
 
     async def _answer(self, request: web.Request, body: dict[str, Any], piece: Any) -> web.StreamResponse:
-        model = body["model"]
+        model = _model(body)
         if model not in MODELS and f"{model}:latest" not in MODELS:
             return self._missing(model)
         final = {
@@ -152,9 +156,10 @@ class OllamaDouble:
 
     async def embed(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        given = body.get("input") or []  # Ollama answers a missing input with no embeddings
+        inputs = given if isinstance(given, list) else [given]
         return web.json_response({
-            "model": body["model"], "embeddings": [[0.1, 0.2, 0.3] for _ in inputs],
+            "model": _model(body), "embeddings": [[0.1, 0.2, 0.3] for _ in inputs],
             "total_duration": 14_143_917, "load_duration": 1_019_500, "prompt_eval_count": 8,
         })  # fmt: skip
 
@@ -181,8 +186,8 @@ class OllamaDouble:
 
     async def delete(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        if not _known(body["model"]):
-            return self._missing(body["model"])
+        if not _known(_model(body)):
+            return self._missing(_model(body))
         return web.Response(status=200)
 
     async def copy(self, request: web.Request) -> web.Response:
@@ -196,8 +201,8 @@ class OllamaDouble:
         await self._body(request)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        for status in ({"status": "reading model metadata"}, {"status": "writing manifest"}, {"status": "success"}):
-            await response.write(orjson.dumps(status) + b"\n")
+        for status in ("reading model metadata", "writing manifest", "success"):
+            await response.write(orjson.dumps({"status": status}) + b"\n")
         await response.write_eof()
         return response
 
@@ -337,6 +342,11 @@ def _v1_tool_call(tool: dict[str, Any]) -> dict[str, Any]:
 def _known(name: str) -> bool:
     """Ollama's lookup: ``x`` means ``x:latest``."""
     return name in MODELS or f"{name}:latest" in MODELS
+
+
+def _model(body: dict[str, Any]) -> str:
+    """The model a request names: Ollama reads "model", and the older "name" when it is absent."""
+    return str(body.get("model") or body.get("name") or "")
 
 
 def _entry(name: str) -> dict[str, Any]:

@@ -379,7 +379,8 @@ async def test_model_management_passes_through(
     with pytest.raises(ollama.ResponseError) as caught:
         await c.delete("nothing")
     assert caught.value.status_code == 404
-    async with aiohttp.ClientSession() as http, http.post(f"{proxy.url}/api/blobs/sha256:00", data=b"x") as resp:
+    wrong = f"{proxy.url}/api/blobs/sha256:{'0' * 64}"  # well-formed, but not the data's digest
+    async with aiohttp.ClientSession() as http, http.post(wrong, data=b"x") as resp:
         assert resp.status == 400 and (await resp.json())["error"] == "digest mismatch"
     rows = await proxy.wait_rows(9)
     assert [(r["endpoint"], r["method"], r["status_code"]) for r in rows] == [

@@ -315,7 +315,7 @@ async def test_metrics_count_exactly_the_traffic_sent(
             assert resp.status == 200
         async with http.get(f"{served.url}/nowhere") as resp:
             assert resp.status == 404
-        await asyncio.to_thread(read_rows, served.db, 8)  # /api/* rows, written
+        await asyncio.to_thread(read_rows, served.db, 9)  # every row written, /nowhere's 404 too
         async with http.get(f"{served.url}/metrics") as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -341,7 +341,7 @@ async def test_metrics_count_exactly_the_traffic_sent(
     ttft = "llm_proxy_time_to_first_token_seconds_count"
     assert value(first, ttft, endpoint="/api/chat", model="llama3.2") == 5
     assert value(first, "llm_proxy_requests_in_flight") == 0
-    assert value(first, "llm_proxy_audit_rows_written_total") == 8
+    assert value(first, "llm_proxy_audit_rows_written_total") == 9  # 8 /api/* rows and /nowhere
     assert value(first, "llm_proxy_audit_write_failures_total") == 0
     assert value(first, "llm_proxy_audit_queue_depth") == 0
     assert value(first, "llm_proxy_audit_queue_peak") >= 1

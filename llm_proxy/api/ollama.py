@@ -6,8 +6,7 @@ a model, may it stream) is data in the tables below.
 
 from __future__ import annotations
 
-import asyncio
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from typing import Any
 
 import orjson
@@ -15,11 +14,13 @@ from aiohttp import web
 
 from .. import keys
 from ..audit.exchange import Exchange
+from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Call, Reply
 from ..config import Config
 from ..console import Console
 from ..errors import BadRequest, PayloadTooLarge, ProxyError
 from ..translate.ndjson import ChunkAssembler
+from . import validate
 
 # (method, route) pairs of the Ollama API that clients call.
 ROUTES = (
@@ -42,8 +43,9 @@ DEFAULT_MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/a
 STREAM_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/pull", "/api/push", "/api/create"})
 # Routes whose body is not JSON.
 RAW_ROUTES = frozenset({"/api/blobs/{digest}"})
-
-CLIENT_GONE = 499  # nginx's and Ollama's status for "the client closed the request"
+# Routes that make the backend compute, and so wait for a slot (backend.max_concurrency).
+# Model lists stay outside: Home Assistant polls them with a 5 s timeout during long answers.
+GATED_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 
 
 def setup_routes(app: web.Application) -> None:
@@ -53,61 +55,39 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    """Parse, forward, relay and record one Ollama API request."""
+    """Parse, forward and relay one Ollama API request, filling in its audit record.
+
+    The record itself (``request[keys.EXCHANGE]``) is created and submitted by
+    the audit middleware, which also records how a failure here ended.
+    """
     app = request.app
-    config, backend, recorder, console = (
-        app[keys.LIVE].config, app[keys.BACKEND], app[keys.RECORDER], app[keys.CONSOLE]
-    )  # fmt: skip
-    await recorder.admit()
-    exchange = Exchange(
-        endpoint=request.match_info.route.resource.canonical
-        if request.match_info.route.resource
-        else request.path,
-        method=request.method,
-        backend_type=backend.type,
-        request_id=request.get(keys.REQUEST_ID),
-        client_addr=request.remote,
-        user_agent=request.headers.get("User-Agent"),
+    config, backend, console = app[keys.LIVE].config, app[keys.BACKEND], app[keys.CONSOLE]
+    exchange = request[keys.EXCHANGE]
+    call = await _parse(request, exchange, config)
+    if console.raw_requests and call.body is not None:
+        console.request(exchange, call.body)
+    # The slot is held until the last byte is relayed: a stream keeps the backend busy.
+    slot: AbstractAsyncContextManager[None] = (
+        app[keys.GATE].slot() if call.endpoint in GATED_ROUTES else nullcontext()
     )
-    request[keys.EXCHANGE] = exchange
-    try:
-        call = await _parse(request, exchange, config)
-        if console.raw_requests and call.body is not None:
-            console.request(exchange, call.body)
+    async with slot:
         reply = await backend.call(call)
         if reply.lines is not None:
             return await _relay_stream(request, reply, exchange, console)
         return _relay_body(reply, exchange, console)
-    except ProxyError as exc:
-        exchange.status_code, exchange.error = exc.status, exc.message
-        request[keys.FAILURE] = exc
-        raise
-    except asyncio.CancelledError:
-        exchange.status_code = CLIENT_GONE
-        exchange.error = _why_cut_off(request)
-        raise
-    except Exception as exc:
-        exchange.status_code, exchange.error = 500, f"internal error: {type(exc).__name__}: {exc}"
-        raise
-    finally:
-        exchange.finish()
-        recorder.submit(exchange)
-        console.summary(exchange)
 
 
 async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Call:
     """Read and check the request; map the model name."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body is larger than the limit of {request.client_max_size} bytes"
-        ) from None
     endpoint = exchange.endpoint
+    if endpoint in RAW_ROUTES:
+        validate.digest(request.match_info["digest"])
+    raw = await _read(request)
     exchange.request_body = raw or None
     body: dict[str, Any] | None = None
     if request.method in ("POST", "DELETE") and endpoint not in RAW_ROUTES:
         body = _json_object(raw)
+        validate.request(endpoint, body)
     model = backend_model = None
     if body is not None and endpoint in MODEL_ROUTES:
         model, backend_model, mapped = _map_model(endpoint, body, config)
@@ -130,6 +110,21 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Ca
     )
 
 
+async def _read(request: web.Request) -> bytes:
+    """The whole body, up to ``server.max_body_mb``; 413 beyond it."""
+    limit = request.client_max_size
+    too_large = PayloadTooLarge(
+        f"request body is larger than the limit of {limit / 1048576:g} MiB (server.max_body_mb)"
+    )
+    # A declared length over the limit is refused before a byte of it is read.
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("missing request body")
@@ -139,7 +134,27 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    _check_depth(body)
     return body
+
+
+# orjson parses 1024 levels of nesting but writes only 254, and everything after
+# the parse writes with orjson: the body re-encoded after model mapping, the
+# translated request (which puts client fields a few levels deeper), the audit
+# row, the console. Writing the body inside DEPTH_HEADROOM more lists proves, at
+# C speed, that all of those will fit.
+DEPTH_HEADROOM = 14
+MAX_DEPTH = 254 - DEPTH_HEADROOM
+
+
+def _check_depth(body: dict[str, Any]) -> None:
+    wrapped: Any = body
+    for _ in range(DEPTH_HEADROOM):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except TypeError:
+        raise BadRequest(f"request body is nested more than {MAX_DEPTH} levels deep") from None
 
 
 def _map_model(endpoint: str, body: dict[str, Any], config: Config) -> tuple[str, str, dict[str, Any]]:
@@ -221,7 +236,7 @@ async def _relay_stream(
             await response.write(orjson.dumps({"error": exc.message}) + b"\n")
             await response.write_eof()
     except ConnectionError:
-        exchange.status_code, exchange.error = CLIENT_GONE, _why_cut_off(request)
+        exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
     finally:
         await lines.aclose()
         _record_answer(exchange, assembler)
@@ -272,13 +287,6 @@ def _record_answer(exchange: Exchange, assembler: ChunkAssembler) -> None:
     exchange.completion_tokens = _int(final.get("eval_count"))
     if assembler.error and exchange.error is None:
         exchange.error = assembler.error
-
-
-def _why_cut_off(request: web.Request) -> str:
-    """Why a request ended early: its client left, or the proxy is stopping."""
-    if request.app[keys.LIFECYCLE].stopping:
-        return "interrupted: the proxy is shutting down"
-    return "client disconnected"
 
 
 def _int(value: Any) -> int | None:

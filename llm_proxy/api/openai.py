@@ -12,8 +12,7 @@ kept from clients that did not ask for it themselves.
 
 from __future__ import annotations
 
-import asyncio
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from typing import Any
 
 import orjson
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from .. import keys
 from ..audit.exchange import Exchange
+from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Call, Reply
 from ..config import Config, ModelsConfig
 from ..console import Console
@@ -28,7 +28,7 @@ from ..errors import BackendError, BadRequest, PayloadTooLarge, ProxyError
 from ..middlewares import openai_error
 from ..translate.ollama_openai import error_from_backend, normalize_model_name
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
-from .ollama import CLIENT_GONE, _json_object, _why_cut_off
+from .ollama import _json_object
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 MODELS, MODEL = "/v1/models", "/v1/models/{model}"
@@ -38,6 +38,8 @@ ROUTES = (
     ("GET", MODELS), ("GET", "/v1/models/{model:.+}"),
 )  # fmt: skip
 STREAM_ROUTES = frozenset({CHAT, COMPLETIONS})
+# Routes that make the backend generate, and so take a slot (backend.max_concurrency).
+GATED_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
 
 
 def setup_routes(app: web.Application) -> None:
@@ -47,44 +49,26 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    """Parse, relay and record one OpenAI-compatible request."""
+    """Parse and relay one OpenAI-compatible request, filling in its audit record.
+
+    The record (``request[keys.EXCHANGE]``, with ``api = 'openai'``) is created
+    and submitted by the audit middleware, as for every other route.
+    """
     app = request.app
-    config, backend, recorder, console = (
-        app[keys.CONFIG], app[keys.BACKEND], app[keys.RECORDER], app[keys.CONSOLE]
-    )  # fmt: skip
-    await recorder.admit()
-    resource = request.match_info.route.resource
-    exchange = Exchange(
-        endpoint=resource.canonical if resource else request.path,
-        method=request.method,
-        backend_type=backend.type,
-        api="openai",
-        request_id=request.get(keys.REQUEST_ID),
-        client_addr=request.remote,
-        user_agent=request.headers.get("User-Agent"),
+    config, backend, console = app[keys.LIVE].config, app[keys.BACKEND], app[keys.CONSOLE]
+    exchange = request[keys.EXCHANGE]
+    call, usage_asked = await _parse(request, exchange, config)
+    if console.raw_requests and call.body is not None:
+        console.request(exchange, call.body)
+    # Generation holds a backend slot until its last byte, as on /api/*.
+    slot: AbstractAsyncContextManager[None] = (
+        app[keys.GATE].slot() if call.endpoint in GATED_ROUTES else nullcontext()
     )
-    try:
-        call, usage_asked = await _parse(request, exchange, config)
-        if console.raw_requests and call.body is not None:
-            console.request(exchange, call.body)
+    async with slot:
         reply = await backend.openai(call)
         if reply.frames is not None:
             return await _relay_stream(request, reply, exchange, console, strip_usage=not usage_asked)
         return _relay_body(reply, exchange, console, config.models)
-    except ProxyError as exc:
-        exchange.status_code, exchange.error = exc.status, exc.message
-        raise
-    except asyncio.CancelledError:
-        exchange.status_code = CLIENT_GONE
-        exchange.error = _why_cut_off(request)
-        raise
-    except Exception as exc:
-        exchange.status_code, exchange.error = 500, f"internal error: {type(exc).__name__}: {exc}"
-        raise
-    finally:
-        exchange.finish()
-        recorder.submit(exchange)
-        console.summary(exchange)
 
 
 async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tuple[Call, bool]:
@@ -219,7 +203,7 @@ async def _relay_stream(
             await response.write(b"data: " + error + b"\n\n")
             await response.write_eof()
     except ConnectionError:
-        exchange.status_code, exchange.error = CLIENT_GONE, _why_cut_off(request)
+        exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
     finally:
         await frames.aclose()
         _record(exchange, assembler)

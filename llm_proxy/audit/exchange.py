@@ -15,7 +15,7 @@ COLUMNS = (
     "latency_ms", "stream", "backend_type", "error", "request_id", "client_addr",
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
-    "ttfb_ms", "ttft_ms", "api",
+    "ttfb_ms", "ttft_ms", "api", "key_name",
 )  # fmt: skip
 
 
@@ -50,6 +50,8 @@ class Exchange:
     ttfb_ms: int | None = None
     ttft_ms: int | None = None
     latency_ms: int | None = None
+    # The name of the API key the request came with (never the key).
+    key_name: str | None = None
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -80,6 +82,7 @@ class Exchange:
             _text(self.request_body), _json(self.backend_request), _json(self.response_body),
             self.thinking or None, _json(self.tool_calls or None), self.done_reason,
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
+            self.key_name,
         )  # fmt: skip
 
 
@@ -97,4 +100,9 @@ def _json(value: Any) -> str | None:
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:
+        # A row that cannot be written would stop the writer and, with it, the
+        # whole trail: keep the row and say what could not be stored.
+        return orjson.dumps({"unstored": f"value could not be written as JSON: {exc}"}).decode()

@@ -6,6 +6,7 @@ database either before or after a migration, never half-way.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ def applied(conn: sqlite3.Connection) -> set[str]:
 
 def migrate(path: str, folder: Path | None = None) -> list[str]:
     """Apply pending migrations to the database at ``path``; returns the names applied."""
+    create_private(path)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -51,6 +53,21 @@ def migrate(path: str, folder: Path | None = None) -> list[str]:
         return names
     finally:
         conn.close()
+
+
+def create_private(path: str) -> None:
+    """Create the database file readable by its owner only (0600), if it does not exist.
+
+    The trail holds every prompt and answer. SQLite gives the -wal and -shm
+    files the mode of the database file, so they are private too.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # an existing file keeps the mode its owner gave it
+    os.close(fd)
 
 
 def _apply(conn: sqlite3.Connection, file: Path) -> None:

@@ -1,0 +1,78 @@
+"""The audit middleware: where every request's Exchange is created and handed to the writer.
+
+It sits inside the error boundary and outside authentication, rate limiting and
+the handlers, so a request turned away with 401, 429 or 413 leaves its row by
+the same path as one that reached the backend. Handlers fill in the exchange
+they find under ``request[keys.EXCHANGE]``; the row is submitted from
+``finally:``, so failed and cancelled requests are recorded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .. import keys
+from ..errors import ProxyError
+from .exchange import Exchange
+
+CLIENT_GONE = 499  # nginx's and Ollama's status for "the client closed the request"
+
+# The proxy's own probes and scrapes: polled every few seconds, they would drown the trail.
+UNRECORDED = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+
+
+@web.middleware
+async def audit_trail(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Create the request's Exchange, run the rest, and submit the finished record."""
+    if request.path in UNRECORDED:
+        return await handler(request)
+    app = request.app
+    recorder, console = app[keys.RECORDER], app[keys.CONSOLE]
+    await recorder.admit()
+    resource = request.match_info.route.resource
+    exchange = Exchange(
+        endpoint=resource.canonical if resource is not None else request.path,
+        method=request.method,
+        backend_type=app[keys.BACKEND].type,
+        api="openai" if request.path.startswith("/v1/") else "ollama",
+        request_id=request.get(keys.REQUEST_ID),
+        client_addr=request.remote,
+        user_agent=request.headers.get("User-Agent"),
+    )
+    request[keys.EXCHANGE] = exchange
+    try:
+        response = await handler(request)
+    except ProxyError as exc:
+        exchange.status_code, exchange.error = exc.status, exc.message
+        request[keys.FAILURE] = exc  # for the metrics, by kind
+        raise
+    except web.HTTPException as exc:
+        exchange.status_code = exc.status
+        if exc.status >= 400:
+            exchange.error = exc.reason.lower()
+        raise
+    except asyncio.CancelledError:
+        exchange.status_code = CLIENT_GONE
+        exchange.error = why_cut_off(request)
+        raise
+    except Exception as exc:
+        exchange.status_code, exchange.error = 500, f"internal error: {type(exc).__name__}: {exc}"
+        raise
+    else:
+        if exchange.status_code is None:
+            exchange.status_code = response.status
+        return response
+    finally:
+        exchange.finish()
+        recorder.submit(exchange)
+        console.summary(exchange)
+
+
+def why_cut_off(request: web.Request) -> str:
+    """Why a request ended early: its client left, or the proxy is stopping."""
+    if request.app[keys.LIFECYCLE].stopping:
+        return "interrupted: the proxy is shutting down"
+    return "client disconnected"

@@ -1,0 +1,53 @@
+"""The gate in front of the backend: a bounded number of requests at once, a bounded queue.
+
+A GPU answers one or a few requests at a time; more only wait inside the
+backend, holding connections. With ``backend.max_concurrency`` set, requests
+beyond it wait here, in arrival order, and when ``backend.max_queue`` are
+already waiting a new one gets 503 at once instead of waiting without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ..errors import Busy
+
+
+class Gate:
+    """At most ``limit`` holders at once (0: no limit) and at most ``queue`` waiting."""
+
+    def __init__(self, limit: int, queue: int) -> None:
+        self.limit = limit
+        self.queue = queue
+        self.active = 0
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(limit) if limit > 0 else None
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one backend slot for the body of the ``async with``; 503 when the queue is full."""
+        if self._slots is None:
+            self.active += 1
+            try:
+                yield
+            finally:
+                self.active -= 1
+            return
+        if self._slots.locked() and self.waiting >= self.queue:
+            raise Busy(
+                f"the backend is busy: {self.active} requests running and {self.waiting} waiting "
+                "(backend.max_concurrency, backend.max_queue); retry shortly"
+            )
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._slots.release()
