@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -87,6 +89,21 @@ def _migrate(config: Config, db: str | None) -> int:
     return 0
 
 
+def event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed (markedly faster), else asyncio's.
+
+    ``LLM_PROXY_EVENT_LOOP=asyncio`` forces asyncio's, e.g. to compare the two.
+    """
+    if os.environ.get("LLM_PROXY_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def _serve(config: Config) -> int:
     from . import logs
     from .app import create_app
@@ -120,6 +137,7 @@ def _serve(config: Config) -> int:
             shutdown_timeout=server.shutdown_timeout,
             print=announce,
             access_log=None,
+            loop=event_loop(),
         )
     except OSError as exc:
         print(f"{PROG}: cannot listen on {server.host}:{server.port}: {exc.strerror or exc}", file=sys.stderr)

@@ -338,9 +338,10 @@ async def test_bad_requests_get_openai_shaped_errors_and_rows(oproxy: Proxy) -> 
             assert error["message"].startswith(message)
     async with aiohttp.ClientSession() as http, http.get(f"{oproxy.url}/v1/nothing-here") as resp:
         assert resp.status == 404 and (await resp.json())["error"]["type"] == "not_found_error"
-    rows = await oproxy.wait_rows(4)
-    only_openai_rows(rows, 4)  # the unknown route has no handler, so no row
-    assert all(r["status_code"] == 400 and r["error"] for r in rows)
+    rows = await oproxy.wait_rows(5)
+    only_openai_rows(rows, 5)  # hostile or mistaken, an unknown route leaves its row too
+    assert all(r["status_code"] == 400 and r["error"] for r in rows[:4])
+    assert (rows[4]["endpoint"], rows[4]["status_code"]) == ("/v1/nothing-here", 404)
 
 
 async def test_mid_stream_error_frame_raises_in_the_sdk_and_is_recorded(

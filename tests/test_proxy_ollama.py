@@ -328,10 +328,13 @@ async def test_reader_process_while_200_requests_run(proxy: Proxy) -> None:
                 conn.execute("SELECT COUNT(*), MAX(id) FROM logs").fetchone()
                 reads += 1
                 if reads % 50 == 0:  # a user's brief write, as `sqlite3 llm_proxy.db "..."` does it
-                    writer = sqlite3.connect(proxy.db, timeout=10)
+                    # BEGIN IMMEDIATE takes the write lock up front, waiting out the
+                    # proxy's writer; a deferred one can be refused at once in WAL mode.
+                    writer = sqlite3.connect(proxy.db, timeout=10, isolation_level=None)
+                    writer.execute("BEGIN IMMEDIATE")
                     writer.execute("CREATE TABLE IF NOT EXISTS notes (t TEXT)")
                     writer.execute("INSERT INTO notes VALUES ('x')")
-                    writer.commit()
+                    writer.execute("COMMIT")
                     writer.close()
         except BaseException as exc:
             reader_errors.append(exc)

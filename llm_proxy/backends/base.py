@@ -22,6 +22,9 @@ from ..audit.exchange import Exchange
 from ..config import Config
 
 StreamItem = tuple[bytes, dict[str, Any]]
+# The items that one read from the backend made available, sent to the client
+# in one write: nothing waits for anything, and a burst costs one syscall.
+Batch = list[StreamItem]
 
 
 @dataclass(slots=True)
@@ -58,7 +61,7 @@ class Reply:
     status: int = 200
     content_type: str = "application/json"
     body: bytes | None = None
-    lines: AsyncGenerator[StreamItem, None] | None = None
+    lines: AsyncGenerator[Batch, None] | None = None
     frames: AsyncGenerator[Frame, None] | None = None  # a relayed SSE stream (``/v1/*``)
 
     @property

@@ -18,7 +18,7 @@ import orjson
 from ..config import Config
 from ..translate.ndjson import LineDecoder
 from . import http, relay
-from .base import Call, Reply, StreamItem
+from .base import Batch, Call, Reply, StreamItem
 
 # Routes whose answers list models by name.
 _LISTS = ("/api/tags", "/api/ps")
@@ -85,16 +85,18 @@ class OllamaBackend:
             path = f"/v1/models/{quote(call.backend_model, safe='/:')}"
         return await relay.forward(self.session, self.endpoint, path, call)
 
-    async def _lines(self, resp: aiohttp.ClientResponse, call: Call) -> AsyncGenerator[StreamItem, None]:
+    async def _lines(self, resp: aiohttp.ClientResponse, call: Call) -> AsyncGenerator[Batch, None]:
         """Relay NDJSON lines as they arrive; re-serialise only to rename the model."""
         rename = call.model if call.model != call.backend_model else None
         decoder = LineDecoder()
         try:
             async for data in http.iter_chunks(resp, self.endpoint):
-                for line in decoder.feed(data):
-                    yield _item(line, rename)
-            for line in decoder.flush():
-                yield _item(line, rename)
+                lines = decoder.feed(data)
+                if lines:
+                    yield [_item(line, rename) for line in lines]
+            rest = decoder.flush()
+            if rest:
+                yield [_item(line, rename) for line in rest]
         finally:
             resp.release()
 

@@ -28,7 +28,7 @@ from ..translate import ollama_openai as tr
 from ..translate.ndjson import ChunkAssembler
 from ..translate.sse import SSEDecoder
 from . import http, relay
-from .base import Call, Reply, StreamItem
+from .base import Batch, Call, Reply
 
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
 CATALOG_TIMEOUT = 3.0  # seconds a catalog refresh may take before a stale copy is used
@@ -259,13 +259,14 @@ class OpenAIBackend:
             return Reply(200, NDJSON, lines=lines)
         assembler = ChunkAssembler()
         async with aclosing(lines):
-            async for _, chunk in lines:
-                assembler.feed(chunk)
+            async for batch in lines:
+                for _, chunk in batch:
+                    assembler.feed(chunk)
         return _json(assembler.result())
 
     async def _translate(
         self, resp: aiohttp.ClientResponse, translator: tr.StreamTranslator, call: Call
-    ) -> AsyncGenerator[StreamItem, None]:
+    ) -> AsyncGenerator[Batch, None]:
         """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive."""
         decoder = SSEDecoder()
         finished = False
@@ -275,24 +276,32 @@ class OpenAIBackend:
             async for data in http.iter_chunks(resp, self.endpoint):
                 if finished:
                     continue
-                for event in decoder.feed(data):
-                    if event == "[DONE]":
-                        finished = True
-                        break
-                    for chunk in translator.feed(_event_json(event)):
-                        yield orjson.dumps(chunk), chunk
+                batch: Batch = []
+                try:
+                    for event in decoder.feed(data):
+                        if event == "[DONE]":
+                            finished = True
+                            break
+                        batch.extend((orjson.dumps(c), c) for c in translator.feed(_event_json(event)))
+                except ProxyError:
+                    if batch:  # what came before the error frame still reaches the client
+                        yield batch
+                    raise
+                if batch:
+                    yield batch
             if not finished:
+                batch = []
                 for event in decoder.flush():
                     if event == "[DONE]":
                         finished = True
                     else:
-                        for chunk in translator.feed(_event_json(event)):
-                            yield orjson.dumps(chunk), chunk
+                        batch.extend((orjson.dumps(c), c) for c in translator.feed(_event_json(event)))
+                if batch:
+                    yield batch
             if not finished:
                 raise translator.eof_without_done()
             elapsed = time.perf_counter() - call.exchange.started_mono
-            for chunk in translator.finish(int(elapsed * 1e9)):
-                yield orjson.dumps(chunk), chunk
+            yield [(orjson.dumps(c), c) for c in translator.finish(int(elapsed * 1e9))]
         finally:
             resp.release()
 
@@ -360,5 +369,5 @@ def _json(obj: Any) -> Reply:
     return Reply(200, JSON, body=orjson.dumps(obj))
 
 
-async def _one_line(obj: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
-    yield orjson.dumps(obj), obj
+async def _one_line(obj: dict[str, Any]) -> AsyncGenerator[Batch, None]:
+    yield [(orjson.dumps(obj), obj)]
