@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from .conftest import MakeProxy, Proxy
-from .llama_double import LlamaServerDouble, sse_events
+from .llama_double import LlamaServerDouble, fixture, sse_events
 
 USER = [{"role": "user", "content": "Say hello in five words."}]
 # The recorded chat-stream.body's deltas, concatenated: what the client must see.
@@ -87,15 +87,34 @@ async def test_chat_stream_translates_and_records(
     assert row["ttft_ms"] is not None and row["error"] is None and row["backend_type"] == "openai"
 
 
-async def test_chat_and_generate_without_streaming(oproxy: Proxy) -> None:
+async def test_chat_and_generate_without_streaming(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    # stream:false asks the backend for one whole answer (the recorded chat.body).
+    whole = orjson.loads(fixture("chat"))
+    text = whole["choices"][0]["message"]["content"]
     chat = await client(oproxy).chat(model="smollm2", messages=USER, stream=False)
-    assert chat.message.content == RECORDED_TEXT and chat.done and chat.eval_count == 12
+    assert chat.message.content == text and chat.done and chat.done_reason == "stop"
+    assert (chat.prompt_eval_count, chat.eval_count) == (21, 7)
+    assert chat.eval_duration == int(whole["timings"]["predicted_ms"] * 1e6)
     gen = await client(oproxy).generate(model="smollm2", prompt="Say hello", stream=False)
-    assert gen.response == RECORDED_TEXT and gen.done_reason == "length"
+    assert gen.response == text and gen.done_reason == "stop"
+    sent = [body for _, body in llama_double[0].requests]
+    assert all(b["stream"] is False and "stream_options" not in b for b in sent)
     rows = await oproxy.wait_rows(2)
-    assert [(r["endpoint"], r["stream"], r["response"]) for r in rows] == [
-        ("/api/chat", 0, RECORDED_TEXT), ("/api/generate", 0, RECORDED_TEXT),
+    assert [(r["endpoint"], r["stream"], r["response"], r["completion_tokens"]) for r in rows] == [
+        ("/api/chat", 0, text, 7), ("/api/generate", 0, text, 7),
     ]  # fmt: skip
+
+
+async def test_whole_answer_tool_call(oproxy: Proxy) -> None:
+    tools = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {"type": "object"}}}]
+    chat = await client(oproxy).chat(model="smollm2", messages=USER, tools=tools, stream=False)
+    [call] = chat.message.tool_calls or []
+    assert call.function.name == "HassTurnOn" and call.function.arguments == {"name": "HassTurnOn"}
+    assert chat.done_reason == "stop"
+    [row] = await oproxy.wait_rows(1)
+    assert [c["function"]["name"] for c in orjson.loads(row["tool_calls"])] == ["HassTurnOn"]
 
 
 async def test_generate_uses_chat_template_and_raw_uses_completions(
