@@ -10,6 +10,7 @@ from aiohttp import web
 from . import backends, keys, middlewares
 from .api import health, ollama
 from .audit.recorder import Recorder
+from .audit.retention import Retention
 from .audit.store import Store
 from .config import Config
 from .console import Console
@@ -51,16 +52,19 @@ async def _stopping(app: web.Application) -> None:
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    store = Store(config.database.path)
+    store = Store(config.database.path, config.database.store_bodies)
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
     app[keys.RECORDER] = recorder
+    retention = Retention(store, config.database)
+    retention.start()
     try:
         yield
     finally:
+        await retention.close()
         await recorder.close()
         await store.close()
         log.info("audit trail closed: %d rows written", recorder.written)
