@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,12 +32,20 @@ log = logging.getLogger("llm_proxy.audit")
 
 BATCH = 200  # rows per delete transaction
 VACUUM_PAGES = 256  # pages returned to the file system per step
+MERGE_PAGES = 256  # pages of full-text index merged per step
 CHECK_EVERY = 600.0  # seconds between background passes
+
+# FTS5 records a deletion as a tombstone; the space comes back only when
+# segments are merged. A negative N merges whatever segments there are, a step
+# at a time; fewer than two changes means there was nothing left to do.
+# https://www.sqlite.org/fts5.html#the_merge_command
+MERGE_FTS = f"INSERT INTO logs_fts (logs_fts, rank) VALUES ('merge', -{MERGE_PAGES})"
 
 DELETE_OLDER = (
     "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE timestamp < ? ORDER BY timestamp LIMIT ?)"
 )
 DELETE_OLDEST = "DELETE FROM logs WHERE id IN (SELECT id FROM logs ORDER BY id LIMIT ?)"
+ID_SPAN = "SELECT coalesce(max(id) - min(id) + 1, 0) FROM logs"  # about the row count, without a scan
 COUNT_OLDER = "SELECT COUNT(*) FROM logs WHERE timestamp < ?"
 USED_BYTES = (
     "SELECT (p.page_count - f.freelist_count) * s.page_size "
@@ -47,6 +56,17 @@ USED_BYTES = (
 def cutoff(days: float, now: datetime | None = None) -> str:
     """The timestamp before which rows are older than ``days``."""
     return stamp((now or datetime.now(UTC)) - timedelta(days=days))
+
+
+def size_batch(used: int, max_bytes: int, rows: int) -> int:
+    """How many of the oldest rows to delete next to come down to ``max_bytes``.
+
+    The share of rows to go is the share of bytes over the limit, so big rows
+    are not deleted by the hundred when a few suffice; the size is measured
+    again after every batch.
+    """
+    share = (used - max_bytes) / used if used else 0.0
+    return max(1, min(BATCH, math.ceil(rows * share)))
 
 
 class Retention:
@@ -94,15 +114,17 @@ class Retention:
             while n := await self.store.write(DELETE_OLDER, (before, BATCH)):
                 deleted += n
                 await asyncio.sleep(0)  # let the writer and handlers in between batches
+        if deleted:
+            await self._shrink()
         if self.max_bytes:
-            while await self._used() > self.max_bytes:
-                n = await self.store.write(DELETE_OLDEST, (BATCH,))
+            while (used := await self._used()) > self.max_bytes:
+                [(span,)] = await self.store.fetch(ID_SPAN)
+                n = await self.store.write(DELETE_OLDEST, (size_batch(used, self.max_bytes, span),))
                 if not n:
                     break
                 deleted += n
-                await asyncio.sleep(0)
+                await self._shrink()
         if deleted:
-            await self._vacuum()
             self.deleted += deleted
             log.info("retention: deleted %d old rows", deleted)
         return deleted
@@ -111,7 +133,12 @@ class Retention:
         [(used,)] = await self.store.fetch(USED_BYTES)
         return int(used)
 
-    async def _vacuum(self) -> None:
+    async def _shrink(self) -> None:
+        """Merge the search index and give free pages back, each in small steps."""
+        while True:
+            if await self.store.changes(MERGE_FTS) < 2:
+                break
+            await asyncio.sleep(0)
         while (await self.store.fetch("PRAGMA freelist_count"))[0][0]:
             await self.store.fetch(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
             await asyncio.sleep(0)
@@ -141,21 +168,30 @@ def prune(path: str, before: str | None, max_bytes: int = 0, dry_run: bool = Fal
         if before:
             while n := _write(conn, DELETE_OLDER, (before, BATCH)):
                 deleted += n
+        if deleted:
+            _shrink(conn)
         if max_bytes:
-            while conn.execute(USED_BYTES).fetchone()[0] > max_bytes:
-                n = _write(conn, DELETE_OLDEST, (BATCH,))
+            while (used := conn.execute(USED_BYTES).fetchone()[0]) > max_bytes:
+                span = conn.execute(ID_SPAN).fetchone()[0]
+                n = _write(conn, DELETE_OLDEST, (size_batch(used, max_bytes, span),))
                 if not n:
                     break
                 deleted += n
-        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
-            while conn.execute("PRAGMA freelist_count").fetchone()[0]:
-                conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
-        else:
-            conn.execute("VACUUM")  # not migrated yet: a full vacuum is the only way to shrink
+                _shrink(conn)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return Pruned(deleted, size_before, _file_bytes(conn))
     finally:
         conn.close()
+
+
+def _shrink(conn: sqlite3.Connection) -> None:
+    while True:
+        before = conn.total_changes
+        _write(conn, MERGE_FTS, ())
+        if conn.total_changes - before < 2:
+            break
+    while conn.execute("PRAGMA freelist_count").fetchone()[0]:
+        conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
 
 
 def _write(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:

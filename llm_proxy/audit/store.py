@@ -53,6 +53,9 @@ class Store:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA busy_timeout=10000")
         await db.execute("PRAGMA synchronous=NORMAL")
+        # After retention rewrites many pages the WAL file would keep its peak
+        # size; this trims it back once a checkpoint lets it restart.
+        await db.execute("PRAGMA journal_size_limit=4194304")
         self._db = db
         return applied
 
@@ -115,6 +118,19 @@ class Store:
                 await self._db.rollback()
                 raise
         return changed
+
+    async def changes(self, sql: str) -> int:
+        """Run one writing statement; returns every change it made, triggers' and FTS merges' too."""
+        assert self._db is not None
+        async with self.lock:
+            before = self._db.total_changes
+            try:
+                await self._db.execute(sql)
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+            return self._db.total_changes - before
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of one statement (also pragmas that change things, such as incremental_vacuum)."""
