@@ -80,6 +80,7 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
         "-n", "--count", type=int, default=0, metavar="N", help="at most N rows (default all)"
     )
     export.set_defaults(run=_export)
+    _inherit(logs, (show, export))
 
     stats = commands.add_parser(
         "stats",
@@ -107,6 +108,20 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
     )
     prune_cmd.add_argument("--dry-run", action="store_true", help="count what --older-than would delete")
     prune_cmd.set_defaults(run=_prune)
+
+
+def _inherit(parent: argparse.ArgumentParser, children: Iterable[argparse.ArgumentParser]) -> None:
+    """Let options given before a sub-command count (``logs --db X show 1``).
+
+    argparse fills a sub-command's defaults in over what the parent parsed, so
+    the options both define get no default in the child. ``--count`` is left
+    alone: ``logs`` shows 20 by default, ``logs export`` everything.
+    """
+    shared = {a.dest for a in parent._actions} - {"count", "help"}
+    for child in children:
+        for action in child._actions:
+            if action.dest in shared:
+                action.default = argparse.SUPPRESS
 
 
 def _common(parser: argparse.ArgumentParser, add_config: Callable[[argparse.ArgumentParser], None]) -> None:

@@ -128,8 +128,14 @@ class Capture:
 
 def client(url: str, capture: Capture, agent: str | None = None) -> ollama.AsyncClient:
     """The ollama client as Home Assistant builds it, recording what it sends."""
-    headers = {"User-Agent": agent} if agent else None
-    return ollama.AsyncClient(host=url, headers=headers, event_hooks={"request": [capture]})
+    hooks: list[Any] = [capture]
+    if agent:  # the ollama client insists on its own User-Agent; another client would not
+
+        async def rename(request: httpx.Request) -> None:
+            request.headers["User-Agent"] = agent
+
+        hooks.insert(0, rename)
+    return ollama.AsyncClient(host=url, event_hooks={"request": hooks})
 
 
 async def spoken_request(

@@ -185,6 +185,8 @@ async def test_turns_show_and_compact_storage(
     assert f"prompt {rows[0]['prompt_tokens']}, completion {rows[0]['completion_tokens']}" in out
     code, out, _ = run(capsys, "logs", "show", "1", "--json", "--db", str(oproxy.db))
     assert json.loads(out)["request_body"].encode() == capture.bodies[0]
+    code, out, _ = run(capsys, "logs", "--db", str(oproxy.db), "show", "11", "--json")  # --db before show
+    assert code == 0 and json.loads(out)["user_agent"] == "other-client/1.0"
     code, _, err = run(capsys, "logs", "show", "99", "--db", str(oproxy.db))
     assert code == 1 and err.strip() == "llm-proxy: no exchange with id 99"
 
@@ -369,3 +371,25 @@ async def test_a_database_from_the_previous_schema_upgrades(
         names = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY name")]
         assert names == [p.name for p in available()]
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental from now on
+
+
+async def test_turns_follow_each_client(proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another client's request in the middle of a turn neither joins nor breaks it."""
+    a = ha_turn.client(proxy.url, ha_turn.Capture(), agent="home-assistant/2026.11")
+    b = ha_turn.client(proxy.url, ha_turn.Capture(), agent="open-webui/1.0")
+    system = {"role": "system", "content": "You are a voice assistant."}
+    asked = {"role": "user", "content": "Turn on the kitchen light"}
+    call = {"function": {"name": "HassTurnOn", "arguments": {"area": "kitchen"}}}
+    called = {"role": "assistant", "content": "", "tool_calls": [call]}
+    result = {"role": "tool", "content": '{"success": true}'}
+    await a.chat(model="llama2", messages=[system, asked])
+    await b.chat(model="llama2", messages=[system, asked])  # same words, other client
+    await a.chat(model="llama2", messages=[system, asked, called, result])
+    done = {"role": "assistant", "content": "Done."}
+    await a.chat(model="llama2", messages=[system, asked, called, result, done])
+    await a.chat(model="llama2", messages=[system, asked, called, result, done, say("Thanks")[0]])
+    await a.chat(model="llama2", messages=[system, {"role": "user", "content": "What time is it?"}])
+    await a.generate(model="llama2", prompt="no turns here")
+    rows = await proxy.wait_rows(7)
+    assert [r["turn_id"] for r in rows] == [1, 2, 1, 1, 5, 6, None]
+    assert json_ids(capsys, proxy.db, "--turn", "1") == [1, 3, 4]
