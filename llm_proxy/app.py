@@ -13,6 +13,7 @@ from .api import health, ollama
 from .api import openai as openai_api
 from .audit.middleware import audit_trail
 from .audit.recorder import Recorder
+from .audit.retention import Retention
 from .audit.store import Store
 from .backends.gate import Gate
 from .config import Config
@@ -66,16 +67,19 @@ async def _stopping(app: web.Application) -> None:
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    store = Store(config.database.path)
+    store = Store(config.database.path, config.database.store_bodies)
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
     app[keys.RECORDER] = recorder
+    retention = Retention(store, config.database)
+    retention.start()
     try:
         yield
     finally:
+        await retention.close()
         await recorder.close()
         await store.close()
         log.info("audit trail closed: %d rows written, queue peak %d", recorder.written, recorder.peak)

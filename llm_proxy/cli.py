@@ -1,4 +1,4 @@
-"""The command line: ``llm-proxy [serve|migrate] ...``."""
+"""The command line: ``llm-proxy [serve|migrate|logs|stats|prune] ...``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, cli_logs
 from . import config as config_mod
 from .audit.migrate import migrate
 from .config import Config
-from .errors import ConfigError
+from .errors import AuditError, ConfigError
 
 PROG = "llm-proxy"
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(mig)
     mig.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
+    cli_logs.register(commands, _add_config)
     return parser
 
 
@@ -60,18 +61,24 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in ("serve", "migrate", "-h", "--help", "--version"):
+    known = ("serve", "migrate", *cli_logs.COMMANDS, "-h", "--help", "--version")
+    if not args_list or args_list[0] not in known:
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     try:
         config = config_mod.load(config_mod.find_config_file(args.config))
         if args.command == "migrate":
             return _migrate(config, args.db)
+        if args.command in cli_logs.COMMANDS:
+            return int(args.run(args, config))
         config = config_mod.replace(config, host=args.host, port=args.port)
         return _serve(config)
     except ConfigError as exc:
         print(f"{PROG}: config error: {exc}", file=sys.stderr)
         return 2
+    except AuditError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _migrate(config: Config, db: str | None) -> int:

@@ -27,6 +27,7 @@ ENV_VAR = "LLM_PROXY_CONFIG"
 DEFAULT_FILE = "config.yaml"
 BACKEND_TYPES = ("ollama", "openai")
 LOG_FORMATS = ("text", "json")
+STORE_BODIES = ("full", "metadata")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ class DatabaseConfig:
     # Exchanges waiting for the writer; when full, handlers wait (backpressure)
     # instead of dropping rows.
     queue_size: int = 10000
+    # "full" keeps prompts, answers and bodies; "metadata" keeps everything else.
+    store_bodies: str = "full"
+    # Rows older than this many days are deleted in the background (0: keep all).
+    retention_days: int = 0
+    # Oldest rows are deleted while the database is larger than this (0: no limit).
+    max_size_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -336,6 +343,15 @@ def _check(config: Config) -> None:
         raise ConfigError("'database.path' must not be empty")
     if db.queue_size < 1:
         raise ConfigError(f"'database.queue_size' must be at least 1, got {db.queue_size}")
+    if db.store_bodies not in STORE_BODIES:
+        raise ConfigError(
+            f"'database.store_bodies' must be one of {', '.join(map(repr, STORE_BODIES))}, "
+            f"got {db.store_bodies!r}"
+        )
+    if db.retention_days < 0:
+        raise ConfigError(f"'database.retention_days' must not be negative, got {db.retention_days}")
+    if db.max_size_mb < 0:
+        raise ConfigError(f"'database.max_size_mb' must not be negative, got {db.max_size_mb}")
     _check_limits(config)
 
 

@@ -15,6 +15,8 @@ into Ollama's shape ``{"error": message}`` with ``status``::
     └── BackendTimeout         (504) the backend did not answer in time
 
 ``ConfigError`` is separate: it stops the program at start-up (exit code 2).
+``AuditError`` is the read side's (``llm-proxy logs``/``stats``/``prune``): a
+missing database or a bad filter, printed as one line (exit code 1).
 """
 
 from __future__ import annotations
@@ -110,3 +112,7 @@ class BackendTimeout(ProxyError):
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key and the problem."""
+
+
+class AuditError(Exception):
+    """A command over the audit trail cannot run: missing database, bad filter, unknown id."""

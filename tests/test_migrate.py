@@ -26,13 +26,13 @@ def columns(db: Path) -> list[str]:
 
 def test_fresh_database_gets_the_go_columns_first(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    assert migrate(str(db))[0] == "0001_logs.sql"
+    every = [p.name for p in available()]
+    assert migrate(str(db)) == every
     assert columns(db)[: len(GO_COLUMNS)] == GO_COLUMNS
     assert migrate(str(db)) == []  # applied once
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        applied = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY name")]
-        assert applied == [p.name for p in available()]
+        assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY name")] == every
 
 
 def test_an_older_database_upgrades_in_place(tmp_path: Path) -> None:
@@ -45,10 +45,10 @@ def test_an_older_database_upgrades_in_place(tmp_path: Path) -> None:
             "INSERT INTO logs (timestamp, endpoint, method) VALUES (?, ?, ?)",
             ("2026-01-01T00:00:00.000Z", "/api/chat", "POST"),
         )
-    (folder / "0002_extra.sql").write_text(
+    (folder / "9999_extra.sql").write_text(
         "ALTER TABLE logs ADD COLUMN extra TEXT;\nCREATE INDEX logs_extra ON logs (extra);\n"
     )
-    assert migrate(str(db), folder) == ["0002_extra.sql"]
+    assert migrate(str(db), folder) == ["9999_extra.sql"]
     assert "extra" in columns(db)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT endpoint FROM logs").fetchall() == [("/api/chat",)]
@@ -58,13 +58,14 @@ def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), folder)
     db = tmp_path / "a.db"
-    before = migrate(str(db), folder)
-    (folder / "0002_broken.sql").write_text("ALTER TABLE logs ADD COLUMN half TEXT;\nTHIS IS NOT SQL;\n")
+    migrate(str(db), folder)
+    (folder / "9999_broken.sql").write_text("ALTER TABLE logs ADD COLUMN half TEXT;\nTHIS IS NOT SQL;\n")
     with pytest.raises(sqlite3.OperationalError):
         migrate(str(db), folder)
     assert "half" not in columns(db)
     with sqlite3.connect(db) as conn:
-        assert sorted(r[0] for r in conn.execute("SELECT name FROM _migrations")) == before
+        names = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY name")]
+    assert names == [p.name for p in available()]
 
 
 def test_migrations_are_numbered_and_in_order() -> None:
@@ -78,8 +79,8 @@ def test_migrate_command(tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
     run = [sys.executable, "-m", "llm_proxy", "migrate", "--db", str(db)]
     first = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd=tmp_path)
-    assert first.returncode == 0
-    assert first.stdout.splitlines() == [f"applied {p.name}" for p in available()]
+    expected = "\n".join(f"applied {p.name}" for p in available())
+    assert first.returncode == 0 and first.stdout.strip() == expected
     again = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert again.returncode == 0 and "up to date" in again.stdout
 

@@ -41,6 +41,10 @@ def migrate(path: str, folder: Path | None = None) -> list[str]:
     create_private(path)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
+        # Incremental auto-vacuum lets retention hand freed pages back to the
+        # file system in small steps. It must be chosen before the first table.
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=5000")
         done = applied(conn)
@@ -50,6 +54,11 @@ def migrate(path: str, folder: Path | None = None) -> list[str]:
                 continue
             _apply(conn, file)
             names.append(file.name)
+        if names and conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0:
+            # A database made before retention existed: switching it over takes
+            # one full VACUUM, done once, while upgrading and before serving.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
         return names
     finally:
         conn.close()

@@ -1,24 +1,47 @@
-"""The SQLite database behind the audit trail: connection settings and inserts."""
+"""The SQLite database behind the audit trail: connection settings and inserts.
+
+Everything this process writes goes through one connection, and each
+transaction holds :attr:`Store.lock`, so the writer's batches and the
+retention task's small deletes take turns and never share a transaction.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiosqlite
+import orjson
 
+from .compact import pack
 from .exchange import COLUMNS
 from .migrate import migrate
+from .turns import TurnTracker, chat_messages
 
-_INSERT = f"INSERT INTO logs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+# What ``database.store_bodies: metadata`` leaves out of a row.
+TEXT_COLUMNS = ("prompt", "response", "request_body", "backend_request", "response_body", "thinking")
+# Body columns stored compactly, and the column holding each one's recipe.
+COMPACTED = (("request_body", "request_parts"), ("backend_request", "backend_request_parts"))
+STORED = (*COLUMNS, "request_parts", "backend_request_parts", "turn_id")
+_INSERT = f"INSERT INTO logs (id, {', '.join(STORED)}) VALUES (?, {', '.join('?' * len(STORED))})"
+# The largest id ever used in logs (AUTOINCREMENT never reuses one).
+_LAST_ID = (
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'logs'), 0), "
+    "coalesce((SELECT max(id) FROM logs), 0))"
+)
+_INSERT_BLOB = "INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)"
 
 
 class Store:
     """One aiosqlite connection that writes ``logs`` rows in batches."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, store_bodies: str = "full") -> None:
         self.path = path
+        self.store_bodies = store_bodies
+        self.lock = asyncio.Lock()
+        self.turns = TurnTracker()
         self._db: aiosqlite.Connection | None = None
 
     async def open(self) -> list[str]:
@@ -31,19 +54,96 @@ class Store:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA busy_timeout=10000")
         await db.execute("PRAGMA synchronous=NORMAL")
+        # After retention rewrites many pages the WAL file would keep its peak
+        # size; this trims it back once a checkpoint lets it restart.
+        await db.execute("PRAGMA journal_size_limit=4194304")
         self._db = db
         return applied
 
     async def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert rows in one transaction."""
-        assert self._db is not None, "Store.open() was not awaited"
-        await self._db.executemany(_INSERT, rows)
-        await self._db.commit()
+        """Insert rows (in :data:`COLUMNS` order) in one transaction; all or none land."""
+        db = self._db
+        assert db is not None, "Store.open() was not awaited"
+        async with self.lock:
+            turns = self.turns.snapshot()
+            try:
+                # Rows get their ids from us, following AUTOINCREMENT's rule (after
+                # the largest id ever used), so that a turn is named after its first
+                # row in the same statement. Read before the write transaction; if
+                # someone else inserted meanwhile, the primary key refuses the batch
+                # and the writer retries it.
+                [(last,)] = await db.execute_fetchall(_LAST_ID)
+                blobs: dict[str, str] = {}
+                values = [
+                    self._prepare(dict(zip(COLUMNS, row, strict=True)), last + 1 + i, blobs)
+                    for i, row in enumerate(rows)
+                ]
+                if blobs:
+                    await db.executemany(_INSERT_BLOB, blobs.items())
+                await db.executemany(_INSERT, values)
+                await db.commit()
+            except BaseException:
+                self.turns.restore(turns)
+                await db.rollback()
+                raise
+
+    def _prepare(self, values: dict[str, Any], row_id: int, blobs: dict[str, str]) -> tuple[Any, ...]:
+        """One row's stored values: its turn, metadata-only stripping, compacted bodies."""
+        messages = chat_messages(values["request_body"]) if values["endpoint"] == "/api/chat" else None
+        turn_id = None
+        if messages:
+            client = (values["client_addr"], values["user_agent"], values["model"])
+            turn_id = self.turns.continues(client, messages) or row_id
+            self.turns.record(client, messages, turn_id)
+        values["turn_id"] = turn_id
+        values["request_parts"] = values["backend_request_parts"] = None
+        if self.store_bodies == "metadata":
+            _strip_text(values)
+        for column, parts in COMPACTED:
+            packed = pack(values[column])
+            if packed is not None:
+                values[column], values[parts] = None, packed.recipe
+                blobs.update(packed.blobs)
+        return (row_id, *(values[c] for c in STORED))
+
+    async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one writing statement in its own transaction; returns the rows it changed."""
+        assert self._db is not None
+        async with self.lock:
+            try:
+                cursor = await self._db.execute(sql, params)
+                changed = cursor.rowcount
+                await cursor.close()
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return changed
+
+    async def changes(self, sql: str) -> int:
+        """Run one writing statement; returns every change it made, triggers' and FTS merges' too."""
+        assert self._db is not None
+        async with self.lock:
+            before = self._db.total_changes
+            try:
+                await self._db.execute(sql)
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+            return self._db.total_changes - before
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one statement (also pragmas that change things, such as incremental_vacuum)."""
+        assert self._db is not None
+        async with self.lock:
+            return list(await self._db.execute_fetchall(sql, params))
 
     async def rollback(self) -> None:
         """Abandon a failed transaction so the next batch starts clean."""
         if self._db is not None:
-            await self._db.rollback()
+            async with self.lock:
+                await self._db.rollback()
 
     async def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -69,6 +169,20 @@ class Store:
         async with self._db.execute("SELECT COUNT(*) FROM logs") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+def _strip_text(values: dict[str, Any]) -> None:
+    """Metadata mode: no prompt, answer or body text; tool calls keep only their names."""
+    for column in TEXT_COLUMNS:
+        values[column] = None
+    if values["tool_calls"]:
+        calls = orjson.loads(values["tool_calls"])
+        names = [
+            {"function": {"name": (c.get("function") or {}).get("name")}}
+            for c in calls
+            if isinstance(c, dict)
+        ]
+        values["tool_calls"] = orjson.dumps(names).decode()
 
 
 def row_dicts(cursor_rows: Iterable[Sequence[Any]], names: Sequence[str]) -> list[dict[str, Any]]:

@@ -1,0 +1,261 @@
+"""The read side of the audit trail: filters, full-text search, one exchange, stats, export.
+
+Everything here opens the database read-only (``mode=ro``), so reading never
+creates, migrates or locks it, and works while the proxy writes. A database
+from an older schema is read as far as it goes (no ``-q`` before migration
+0002, no turns before 0003).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import AuditError
+from .compact import join
+from .when import stamp
+
+# Columns that exist only to store a body compactly; readers see the body itself.
+PART_COLUMNS = {"request_body": "request_parts", "backend_request": "backend_request_parts"}
+BLOB_CACHE = 256  # blobs kept while exporting: a turn's system prompt and tools are reused
+
+
+def connect(path: str) -> Reader:
+    """Open the database at ``path`` read-only; AuditError with one clear line if it is not there."""
+    if not os.path.exists(path):
+        raise AuditError(f"no database at {path} (the proxy creates it on start; use --db PATH or --config)")
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        conn.execute("PRAGMA busy_timeout=5000")
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        raise AuditError(f"cannot read {path}: {exc}") from None
+    if "logs" not in names:
+        conn.close()
+        raise AuditError(f"{path} has no logs table: is it an llm-proxy database?")
+    return Reader(conn, names)
+
+
+@dataclass
+class Filters:
+    """What ``logs``, ``logs export`` and ``stats`` select."""
+
+    model: str | None = None
+    endpoint: str | None = None
+    status: str | None = None  # "404", or a class such as "5xx"
+    errors: bool = False
+    since: datetime | None = None
+    until: datetime | None = None
+    query: str | None = None  # full-text search
+    turn: int | None = None
+
+
+@dataclass
+class _Where:
+    clauses: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+
+    def add(self, clause: str, *params: Any) -> None:
+        self.clauses.append(clause)
+        self.params.extend(params)
+
+    def sql(self) -> str:
+        return f"WHERE {' AND '.join(self.clauses)}" if self.clauses else ""
+
+
+class Reader:
+    """A read-only connection to an audit database."""
+
+    def __init__(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+        self.conn = conn
+        self.tables = tables
+        self.columns = [r[1] for r in conn.execute("PRAGMA table_info(logs)")]
+        # What a reader sees: the stored columns minus the compaction recipes.
+        self.shown = [c for c in self.columns if c not in PART_COLUMNS.values()]
+        self._blobs: OrderedDict[str, str] = OrderedDict()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    # -- selecting -------------------------------------------------------------
+
+    def _where(self, f: Filters) -> _Where:
+        w = _Where()
+        if f.model:
+            w.add("(logs.model IN (?, ?) OR logs.backend_model = ?)", f.model, f"{f.model}:latest", f.model)
+        if f.endpoint:
+            endpoint = f.endpoint if f.endpoint.startswith("/") else f"/api/{f.endpoint}"
+            w.add("logs.endpoint = ?", endpoint)
+        if f.status:
+            low, high = _status_range(f.status)
+            w.add("logs.status_code BETWEEN ? AND ?", low, high)
+        if f.errors:
+            w.add("(logs.error IS NOT NULL OR logs.status_code >= 400)")
+        if f.since:
+            w.add("logs.timestamp >= ?", stamp(f.since))
+        if f.until:
+            w.add("logs.timestamp < ?", stamp(f.until))
+        if f.turn is not None:
+            if "turn_id" not in self.columns:
+                raise AuditError("this database has no turns yet: run 'llm-proxy migrate' to upgrade it")
+            w.add("logs.turn_id = ?", f.turn)
+        if f.query:
+            if "logs_fts" not in self.tables:
+                raise AuditError("this database has no search index yet: run 'llm-proxy migrate' to add it")
+            w.add("logs_fts MATCH ?", fts_query(f.query))
+        return w
+
+    def rows(
+        self, f: Filters, limit: int | None = None, oldest_first: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Matching exchanges, complete, one at a time (constant memory).
+
+        Newest first unless ``oldest_first``; with a search, best match first.
+        """
+        w = self._where(f)
+        source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        if f.query and not oldest_first:
+            order = "logs_fts.rank, logs.id DESC"
+        else:
+            order = "logs.id" if oldest_first else "logs.id DESC"
+        sql = (
+            f"SELECT {', '.join(f'logs.{c}' for c in self.columns)} FROM {source} {w.sql()} ORDER BY {order}"
+        )
+        params = list(w.params)
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        try:
+            cursor = self.conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise AuditError(f"cannot search: {exc}") from None
+        for values in cursor:
+            yield self._complete(dict(zip(self.columns, values, strict=True)))
+
+    def get(self, row_id: int) -> dict[str, Any]:
+        """One exchange, complete; AuditError when there is no such id."""
+        values = self.conn.execute(
+            f"SELECT {', '.join(self.columns)} FROM logs WHERE id = ?", (row_id,)
+        ).fetchone()
+        if values is None:
+            raise AuditError(f"no exchange with id {row_id}")
+        return self._complete(dict(zip(self.columns, values, strict=True)))
+
+    def _complete(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Put compacted bodies back together; drop the recipe columns."""
+        for column, parts in PART_COLUMNS.items():
+            recipe = row.pop(parts, None)
+            if recipe is not None and row.get(column) is None:
+                row[column] = join(recipe, self._blob)
+        return row
+
+    def _blob(self, key: str) -> str:
+        if key in self._blobs:
+            self._blobs.move_to_end(key)
+            return self._blobs[key]
+        found = self.conn.execute("SELECT data FROM blobs WHERE hash = ?", (key,)).fetchone()
+        if found is None:
+            raise AuditError(f"the database is missing blob {key}: it was deleted by hand")
+        self._blobs[key] = found[0]
+        if len(self._blobs) > BLOB_CACHE:
+            self._blobs.popitem(last=False)
+        return str(found[0])
+
+    # -- stats -----------------------------------------------------------------
+
+    def stats(self, f: Filters) -> dict[str, list[dict[str, Any]]]:
+        """Per model and per endpoint: counts, errors, latency and TTFT percentiles, tokens."""
+        w = self._where(f)
+        source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        sql = (
+            "SELECT logs.model, logs.endpoint, logs.latency_ms, logs.ttft_ms, logs.prompt_tokens, "
+            "logs.completion_tokens, (logs.error IS NOT NULL OR logs.status_code >= 400) "
+            f"FROM {source} {w.sql()}"
+        )
+        by_model: dict[str, _Group] = {}
+        by_endpoint: dict[str, _Group] = {}
+        for model, endpoint, latency, ttft, p_tok, c_tok, failed in self.conn.execute(sql, w.params):
+            for groups, key in ((by_model, model or "-"), (by_endpoint, endpoint)):
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group()
+                group.add(latency, ttft, p_tok, c_tok, bool(failed))
+        return {
+            "by_model": [{"model": k, **g.summary()} for k, g in sorted(by_model.items())],
+            "by_endpoint": [{"endpoint": k, **g.summary()} for k, g in sorted(by_endpoint.items())],
+        }
+
+
+class _Group:
+    """Running numbers for one model or endpoint."""
+
+    def __init__(self) -> None:
+        self.requests = self.errors = 0
+        self.prompt_tokens = self.completion_tokens = 0
+        self.timed_tokens = self.timed_ms = 0  # completion tokens and latency of rows having both
+        self.latencies: list[int] = []
+        self.ttfts: list[int] = []
+
+    def add(
+        self, latency: int | None, ttft: int | None, p_tok: int | None, c_tok: int | None, failed: bool
+    ) -> None:
+        self.requests += 1
+        self.errors += failed
+        if latency is not None:
+            self.latencies.append(latency)
+        if ttft is not None:
+            self.ttfts.append(ttft)
+        self.prompt_tokens += p_tok or 0
+        self.completion_tokens += c_tok or 0
+        if c_tok and latency:
+            self.timed_tokens += c_tok
+            self.timed_ms += latency
+
+    def summary(self) -> dict[str, Any]:
+        self.latencies.sort()
+        self.ttfts.sort()
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "latency_ms_p50": percentile(self.latencies, 50),
+            "latency_ms_p95": percentile(self.latencies, 95),
+            "latency_ms_p99": percentile(self.latencies, 99),
+            "ttft_ms_p50": percentile(self.ttfts, 50),
+            "ttft_ms_p95": percentile(self.ttfts, 95),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_s": round(self.timed_tokens * 1000 / self.timed_ms, 1) if self.timed_ms else None,
+        }
+
+
+def percentile(ordered: list[int], p: float) -> int | None:
+    """Nearest-rank percentile of sorted values: the smallest value with p% of values at or below it."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def fts_query(text: str) -> str:
+    """A user's words as an FTS5 query: each word quoted, all must match (no query syntax surprises)."""
+    words = text.split()
+    if not words:
+        raise AuditError("the search text is empty")
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def _status_range(text: str) -> tuple[int, int]:
+    t = text.strip().lower()
+    if len(t) == 3 and t[0] in "12345" and t[1:] == "xx":
+        return int(t[0]) * 100, int(t[0]) * 100 + 99
+    if t.isdigit() and 100 <= int(t) <= 599:
+        return int(t), int(t)
+    raise AuditError(f"--status wants a code such as 404 or a class such as 5xx, got {text!r}")

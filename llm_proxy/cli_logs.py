@@ -1,0 +1,413 @@
+"""The audit-trail commands: ``llm-proxy logs [show|export]``, ``stats`` and ``prune``.
+
+``logs``, ``logs show``, ``logs export`` and ``stats`` only read: they open the
+database read-only and never create or migrate it. ``prune`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sqlite3
+import sys
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+from .audit import query
+from .audit.migrate import migrate
+from .audit.retention import prune
+from .audit.when import parse_age, parse_when, stamp
+from .config import Config
+from .errors import AuditError
+
+COMMANDS = ("logs", "stats", "prune")
+DEFAULT_COUNT = 20
+
+
+def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add the commands to the top-level sub-parsers."""
+    logs = commands.add_parser(
+        "logs",
+        help="list recorded exchanges (newest first); 'logs show ID', 'logs export'",
+        description="List recorded exchanges, newest first (best match first with -q).",
+        epilog="Examples: llm-proxy logs -n 5 --model llama3.2 ; "
+        "llm-proxy logs -q 'kitchen light' --since 2h",
+    )
+    _common(logs, add_config)
+    logs.add_argument(
+        "-n", "--count", type=int, default=DEFAULT_COUNT, metavar="N",
+        help=f"how many to show (default {DEFAULT_COUNT}; 0 for all)",
+    )  # fmt: skip
+    _filters(logs)
+    out = logs.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object per line, every column")
+    out.add_argument("--full", action="store_true", help="the whole prompt, answer, tool calls and error")
+    logs.set_defaults(run=_logs)
+    sub = logs.add_subparsers(dest="logs_command", metavar="{show,export}")
+
+    show = sub.add_parser(
+        "show",
+        help="one exchange in full",
+        description="One exchange in full: client request, backend request, answer, tool calls, "
+        "thinking, timings, tokens and error.",
+    )
+    _common(show, add_config)
+    show.add_argument("id", type=int, help="the exchange's id (first column of 'llm-proxy logs')")
+    what = show.add_mutually_exclusive_group()
+    what.add_argument("--json", action="store_true", help="the whole row as one JSON object")
+    what.add_argument(
+        "--request", action="store_true", help="only the client's request body, byte for byte as received"
+    )
+    what.add_argument("--backend-request", action="store_true", help="only the request sent to the backend")
+    show.set_defaults(run=_show)
+
+    export = sub.add_parser(
+        "export",
+        help="every matching exchange as JSON lines or CSV",
+        description="Write every matching exchange, complete, oldest first, as JSON lines or CSV. "
+        "Rows are streamed, so memory stays flat however large the database is.",
+    )
+    _common(export, add_config)
+    _filters(export)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="default: jsonl")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.add_argument(
+        "-n", "--count", type=int, default=0, metavar="N", help="at most N rows (default all)"
+    )
+    export.set_defaults(run=_export)
+    _inherit(logs, (show, export))
+
+    stats = commands.add_parser(
+        "stats",
+        help="requests, errors, latency, time to first token and tokens per model and endpoint",
+        description="Per model and per endpoint: requests, errors, latency p50/p95/p99, time to first "
+        "token p50/p95, prompt and completion tokens, and completion tokens per second of request time.",
+        epilog="Example: llm-proxy stats --since 7d",
+    )
+    _common(stats, add_config)
+    _filters(stats)
+    stats.add_argument("--json", action="store_true", help="the numbers as one JSON object")
+    stats.set_defaults(run=_stats)
+
+    prune_cmd = commands.add_parser(
+        "prune",
+        help="delete old exchanges and shrink the database file",
+        description="Delete exchanges older than --older-than and/or the oldest ones beyond "
+        "--max-size-mb, in small batches (safe while the proxy runs), then shrink the file.",
+        epilog="Example: llm-proxy prune --older-than 30d",
+    )
+    _common(prune_cmd, add_config)
+    prune_cmd.add_argument("--older-than", metavar="AGE", help="an age such as 12h, 30d or 8w")
+    prune_cmd.add_argument(
+        "--max-size-mb", type=int, metavar="MB", help="delete the oldest rows beyond this size"
+    )
+    prune_cmd.add_argument("--dry-run", action="store_true", help="count what --older-than would delete")
+    prune_cmd.set_defaults(run=_prune)
+
+
+def _inherit(parent: argparse.ArgumentParser, children: Iterable[argparse.ArgumentParser]) -> None:
+    """Let options given before a sub-command count (``logs --db X show 1``).
+
+    argparse fills a sub-command's defaults in over what the parent parsed, so
+    the options both define get no default in the child. ``--count`` is left
+    alone: ``logs`` shows 20 by default, ``logs export`` everything.
+    """
+    shared = {a.dest for a in parent._actions} - {"count", "help"}
+    for child in children:
+        for action in child._actions:
+            if action.dest in shared:
+                action.default = argparse.SUPPRESS
+
+
+def _common(parser: argparse.ArgumentParser, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    add_config(parser)
+    parser.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", help="only this model (as the client or the backend named it)")
+    parser.add_argument("--endpoint", help="only this endpoint: /api/chat, or just chat")
+    parser.add_argument("--status", help="only this status: 404, or a class such as 5xx")
+    parser.add_argument("--errors", action="store_true", help="only failed exchanges")
+    parser.add_argument("--since", metavar="WHEN", help="from: an age (2h, 7d) or an ISO date/time (UTC)")
+    parser.add_argument("--until", metavar="WHEN", help="before: an age (2h, 7d) or an ISO date/time (UTC)")
+    parser.add_argument("-q", "--query", metavar="TEXT", help="full-text search in prompts and answers")
+    parser.add_argument("--turn", type=int, metavar="ID", help="only the rounds of this conversation turn")
+
+
+def _filters_from(args: argparse.Namespace) -> query.Filters:
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        raise AuditError(str(exc)) from None
+    return query.Filters(
+        model=args.model, endpoint=args.endpoint, status=args.status, errors=args.errors,
+        since=since, until=until, query=args.query, turn=args.turn,
+    )  # fmt: skip
+
+
+def _path(args: argparse.Namespace, config: Config) -> str:
+    return str(args.db or config.database.path)
+
+
+# -- logs ------------------------------------------------------------------------
+
+
+def _logs(args: argparse.Namespace, config: Config) -> int:
+    reader = query.connect(_path(args, config))
+    try:
+        f = _filters_from(args)
+        rows = reader.rows(f, limit=args.count or None, oldest_first=f.turn is not None)
+        if args.json:
+            for row in rows:
+                sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        elif args.full:
+            _print_full(rows)
+        else:
+            _print_table(rows)
+    finally:
+        reader.close()
+    return 0
+
+
+def _print_table(rows: Iterable[dict[str, Any]]) -> None:
+    width = shutil.get_terminal_size((120, 24)).columns
+    header = f"{'ID':>6}  {'TIME (UTC)':19}  {'MODEL':16}  {'ENDPOINT':14}  {'STATUS':>6}  {'MS':>7}  "
+    print(header + "PROMPT → RESPONSE")
+    room = max(20, width - len(header))
+    for r in rows:
+        text = f"{_flat(r['prompt'])} → {_flat(r['response'] or r['error'])}"
+        if r.get("tool_calls"):
+            text += f" [tools: {', '.join(_tool_names(r['tool_calls']))}]"
+        if len(text) > room:
+            text = text[: room - 1] + "…"
+        print(
+            f"{r['id']:>6}  {_time(r['timestamp']):19}  {_cut(r['model'] or '-', 16):16}  "
+            f"{_cut(r['endpoint'], 14):14}  {_or_dash(r['status_code']):>6}  "
+            f"{_or_dash(r['latency_ms']):>7}  {text}"
+        )
+
+
+def _print_full(rows: Iterable[dict[str, Any]]) -> None:
+    for r in rows:
+        print(
+            f"## {r['id']}  {r['timestamp']}  {r['method']} {r['endpoint']}  {r['model'] or '-'}  "
+            f"status {_or_dash(r['status_code'])}  {_or_dash(r['latency_ms'])} ms"
+        )
+        for label, column in (("prompt", "prompt"), ("response", "response"), ("error", "error")):
+            if r.get(column):
+                print(f"{label}:\n{r[column]}")
+        if r.get("tool_calls"):
+            print(f"tool calls:\n{_pretty(r['tool_calls'])}")
+        print()
+
+
+# -- logs show -------------------------------------------------------------------
+
+
+def _show(args: argparse.Namespace, config: Config) -> int:
+    reader = query.connect(_path(args, config))
+    try:
+        row = reader.get(args.id)
+    finally:
+        reader.close()
+    if args.request or args.backend_request:
+        text = row["request_body"] if args.request else row["backend_request"]
+        if text is None:
+            what = "client request body" if args.request else "backend request"
+            raise AuditError(f"exchange {args.id} has no stored {what}")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
+        return 0
+    if args.json:
+        print(orjson.dumps(row).decode())
+        return 0
+    r = row
+    status = _or_dash(r["status_code"])
+    print(f"exchange {r['id']}  {r['timestamp']}  {r['method']} {r['endpoint']}  status {status}")
+    model = r["model"] or "-"
+    if r.get("backend_model") and r["backend_model"] != r["model"]:
+        model += f" → {r['backend_model']}"
+    print(f"model:      {model}  ({r['backend_type']} backend, {r.get('api', 'ollama')} API, "
+          f"stream: {_yes(r['stream'])})")  # fmt: skip
+    client = f"{r['client_addr'] or '-'}  {r['user_agent'] or '-'}"
+    print(f"client:     {client}  request id {r['request_id'] or '-'}")
+    if r.get("turn_id") is not None:
+        print(f"turn:       {r['turn_id']}  (llm-proxy logs --turn {r['turn_id']})")
+    print(f"timings:    latency {_ms(r['latency_ms'])}, first byte {_ms(r['ttfb_ms'])}, "
+          f"first token {_ms(r['ttft_ms'])}")  # fmt: skip
+    tokens = f"tokens:     prompt {_or_dash(r['prompt_tokens'])}, "
+    tokens += f"completion {_or_dash(r['completion_tokens'])}"
+    if r["completion_tokens"] and r["latency_ms"]:
+        tokens += f", {r['completion_tokens'] * 1000 / r['latency_ms']:.1f} tokens/s"
+    print(tokens)
+    if r["done_reason"]:
+        print(f"done:       {r['done_reason']}")
+    if r["error"]:
+        print(f"error:      {r['error']}")
+    sections = (
+        ("client request", r["request_body"]), ("backend request", r["backend_request"]),
+        ("thinking", r["thinking"]), ("response", r["response"]),
+        ("tool calls", r["tool_calls"] and _pretty(r["tool_calls"])),
+        ("response body", r["response_body"]),
+    )  # fmt: skip
+    for title, text in sections:
+        if text:
+            print(f"\n--- {title} ---\n{text}")
+    return 0
+
+
+# -- export ----------------------------------------------------------------------
+
+
+def _export(args: argparse.Namespace, config: Config) -> int:
+    reader = query.connect(_path(args, config))
+    try:
+        rows = reader.rows(_filters_from(args), limit=args.count or None, oldest_first=True)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8", newline="") as out:
+                n = _write_export(rows, reader.shown, args.format, out)
+            print(f"exported {n} exchanges to {args.output}", file=sys.stderr)
+        else:
+            _write_export(rows, reader.shown, args.format, sys.stdout)
+    finally:
+        reader.close()
+    return 0
+
+
+def _write_export(rows: Iterable[dict[str, Any]], columns: list[str], fmt: str, out: IO[str]) -> int:
+    n = 0
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row.get(c) for c in columns])
+            n += 1
+    else:
+        for row in rows:
+            out.write(orjson.dumps(row).decode() + "\n")
+            n += 1
+    return n
+
+
+# -- stats -----------------------------------------------------------------------
+
+
+def _stats(args: argparse.Namespace, config: Config) -> int:
+    reader = query.connect(_path(args, config))
+    try:
+        f = _filters_from(args)
+        result = reader.stats(f)
+    finally:
+        reader.close()
+    window = {
+        "since": stamp(f.since) if f.since else None,
+        "until": stamp(f.until) if f.until else None,
+    }
+    if args.json:
+        print(orjson.dumps({**window, **result}).decode())
+        return 0
+    span = f"{window['since'] or 'the first exchange'} to {window['until'] or 'now'}"
+    print(f"from {span}")
+    for title, key, rows in (
+        ("model", "model", result["by_model"]),
+        ("endpoint", "endpoint", result["by_endpoint"]),
+    ):
+        print(f"\nby {title}:")
+        print(
+            f"  {title.upper():24} {'REQ':>6} {'ERR':>5} {'P50 ms':>8} {'P95 ms':>8} {'P99 ms':>8} "
+            f"{'TTFT50':>7} {'TTFT95':>7} {'PROMPT TOK':>11} {'COMPL TOK':>10} {'TOK/S':>7}"
+        )
+        for s in rows:
+            print(
+                f"  {_cut(s[key], 24):24} {s['requests']:>6} {s['errors']:>5} "
+                f"{_or_dash(s['latency_ms_p50']):>8} {_or_dash(s['latency_ms_p95']):>8} "
+                f"{_or_dash(s['latency_ms_p99']):>8} {_or_dash(s['ttft_ms_p50']):>7} "
+                f"{_or_dash(s['ttft_ms_p95']):>7} {s['prompt_tokens']:>11} {s['completion_tokens']:>10} "
+                f"{_or_dash(s['tokens_per_s']):>7}"
+            )
+        if not rows:
+            print("  (no exchanges)")
+    return 0
+
+
+# -- prune -----------------------------------------------------------------------
+
+
+def _prune(args: argparse.Namespace, config: Config) -> int:
+    path = _path(args, config)
+    if not args.older_than and not args.max_size_mb:
+        raise AuditError("say what to delete: --older-than AGE (e.g. 30d) and/or --max-size-mb MB")
+    if not os.path.exists(path):
+        raise AuditError(f"no database at {path} (nothing to prune; use --db PATH or --config)")
+    try:
+        before = stamp(datetime.now(UTC) - parse_age(args.older_than)) if args.older_than else None
+    except ValueError as exc:
+        raise AuditError(f"--older-than: {exc}") from None
+    try:
+        if not args.dry_run:
+            migrate(path)  # the triggers that free blobs and search entries come with the schema
+        result = prune(path, before, (args.max_size_mb or 0) * 1024 * 1024, dry_run=args.dry_run)
+    except sqlite3.Error as exc:
+        raise AuditError(f"cannot prune {path}: {exc}") from None
+    if args.dry_run:
+        print(f"would delete {result.deleted} exchanges older than {before}")
+    else:
+        print(
+            f"deleted {result.deleted} exchanges; {path}: "
+            f"{_mb(result.bytes_before)} → {_mb(result.bytes_after)}"
+        )
+    return 0
+
+
+# -- formatting --------------------------------------------------------------------
+
+
+def _flat(text: str | None) -> str:
+    return " ".join(text.split()) if text else ""
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _time(ts: str) -> str:
+    return ts[:19].replace("T", " ")
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _ms(value: int | None) -> str:
+    return "-" if value is None else f"{value} ms"
+
+
+def _yes(value: Any) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024 / 1024:.2f} MB"
+
+
+def _pretty(text: str) -> str:
+    try:
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _tool_names(text: str) -> list[str]:
+    try:
+        calls = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    return [str((c.get("function") or {}).get("name")) for c in calls if isinstance(c, dict)]

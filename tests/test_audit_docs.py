@@ -1,0 +1,89 @@
+"""docs/audit-trail.md and the README tell the truth: the schema, the queries, the commands."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import ollama
+import pytest
+
+from llm_proxy import cli
+from llm_proxy.audit.migrate import migrate
+
+from .conftest import Proxy
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = (ROOT / "docs" / "audit-trail.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+COMMANDS = [["logs"], ["logs", "show"], ["logs", "export"], ["stats"], ["prune"]]
+
+
+def schema(db: Path) -> str:
+    """What the migrations created, as the doc prints it (FTS5 shadow tables left out)."""
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+            " AND NOT (type = 'table' AND name LIKE 'logs_fts_%') ORDER BY rowid"
+        ).fetchall()
+    return "\n\n".join(f"{sql};" for (sql,) in rows)
+
+
+def test_the_documented_schema_is_what_the_migrations_create(tmp_path: Path) -> None:
+    db = tmp_path / "fresh.db"
+    migrate(str(db))
+    match = re.search(r"<!-- schema:start -->\n```sql\n(.*?)\n```\n<!-- schema:end -->", DOC, re.S)
+    assert match, "docs/audit-trail.md lost its schema markers"
+    actual = schema(db)
+    assert match[1] == actual, f"update the schema in docs/audit-trail.md to:\n{actual}"
+
+
+def sql_blocks(text: str, after: str) -> list[str]:
+    section = text.split(after, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)
+
+
+async def test_the_example_queries_run(proxy: Proxy) -> None:
+    c = ollama.AsyncClient(host=proxy.url)
+    system = {"role": "system", "content": "You control the lights of this house. " * 40}
+    for text in ("Turn on the kitchen light", "And the hallway", "hello"):  # the prompt is resent each time
+        await c.chat(model="llama2", messages=[system, {"role": "user", "content": text}])
+    await proxy.wait_rows(3)
+    queries = sql_blocks(DOC, "## Example queries") + sql_blocks(DOC, "## How it is stored")
+    assert len(queries) >= 6
+    with closing(sqlite3.connect(proxy.db)) as conn:
+        for query in queries:
+            conn.execute(query).fetchall()
+        whole, stored = conn.execute(queries[-2]).fetchone()  # the savings query
+        assert stored < whole
+        [(row_id, body)] = conn.execute(queries[-1].replace("id = 42", "id = 1")).fetchall()
+        assert row_id == 1 and "kitchen light" in body
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help_and_a_readme_example(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main([*command, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: llm-proxy {' '.join(command)}")
+    assert f"llm-proxy {' '.join(command)}" in README
+    assert f"llm-proxy {' '.join(command)}" in DOC
+
+
+async def test_the_readme_commands_work(proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ollama.AsyncClient(host=proxy.url)
+    await c.chat(model="llama2", messages=[{"role": "user", "content": "Turn on the kitchen light"}])
+    await proxy.wait_rows(1)
+    block = README.split("## Reading the audit trail", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line) for line in block.strip().splitlines()]
+    assert len(lines) >= 8 and all(line[0] == "llm-proxy" for line in lines)
+    outputs = []
+    for line in lines:
+        assert cli.main([*line[1:], "--db", str(proxy.db)]) == 0, line
+        outputs.append(capsys.readouterr().out)
+    assert "kitchen light" in outputs[1]  # the search found the request
