@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, demo
 from . import config as config_mod
 from .audit.migrate import migrate
 from .config import Config
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(mig)
     mig.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
+    demo.add_parser(commands)
     return parser
 
 
@@ -58,10 +59,12 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in ("serve", "migrate", "-h", "--help", "--version"):
+    if not args_list or args_list[0] not in ("serve", "migrate", "demo", "-h", "--help", "--version"):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     try:
+        if args.command == "demo":  # self-contained: no config file
+            return demo.run(args)
         config = config_mod.load(config_mod.find_config_file(args.config))
         if args.command == "migrate":
             return _migrate(config, args.db)
@@ -87,7 +90,7 @@ def _migrate(config: Config, db: str | None) -> int:
     return 0
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, banner: str | None = None) -> int:
     from . import logs
     from .app import create_app
     from .notify import Notifier
@@ -102,11 +105,13 @@ def _serve(config: Config) -> int:
         # the moment systemd may send traffic.
         print(
             f"{PROG} {__version__} listening on http://{server.host}:{server.port} "
-            f"→ {config.backend.type} backend at {config.backend.endpoint}; "
+            f"→ {_backend_target(config)}; "
             f"audit trail in {config.database.path}",
             flush=True,
         )
         notifier.ready(f"listening on {server.host}:{server.port}")
+        if banner:
+            print(banner, flush=True)
 
     try:
         web.run_app(
@@ -124,3 +129,10 @@ def _serve(config: Config) -> int:
         print(f"{PROG}: cannot open the database {config.database.path}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _backend_target(config: Config) -> str:
+    backend = config.backend
+    if backend.type == "llamacpp":
+        return f"llama-server on demand for {', '.join(backend.models)}"
+    return f"{backend.type} backend at {backend.endpoint}"
