@@ -254,6 +254,47 @@ async def test_a_server_that_cannot_start_says_why(
     assert "unknown model architecture" in rows[0]["error"]
 
 
+# A llama-server that never finishes loading: it answers every request as the real
+# one does while loading (tests/fixtures/llama-server/health-loading.body).
+LOADING_FOREVER = """\
+import http.server, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+body = b'{"error":{"message":"Loading model","type":"unavailable_error","code":503}}'
+class Loading(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Loading).serve_forever()
+"""
+
+
+async def test_a_model_that_loads_too_long_is_a_503(
+    make_proxy: MakeProxy, tmp_path: Path, client: Any
+) -> None:
+    fake = tmp_path / "llama-server"
+    fake.write_text(f"#!{sys.executable}\n{LOADING_FOREVER}")
+    fake.chmod(0o755)
+    gguf = tmp_path / "big.gguf"
+    gguf.write_bytes(b"GGUF")
+    backend = {"server_binary": str(fake), "timeout": 1, "models": {"big": str(gguf)}}
+    proxy = await make_proxy("", "llamacpp", backend=backend)
+    with pytest.raises(ollama.ResponseError) as caught:
+        await client(proxy).chat(model="big", messages=[USER])
+    assert caught.value.status_code == 503 and "model 'big' is still loading" in caught.value.error
+    [row] = await proxy.wait_rows(1)
+    assert (row["status_code"], row["model"]) == (503, "big")
+    # The load goes on in the background; the proxy's shutdown stops it.
+    pid = pid_of(proxy, "big")
+    assert alive(pid)
+    await proxy.server.close()  # shuts the app down, as SIGTERM would
+    assert await gone(pid)
+
+
 @pytest.fixture
 def config_file(tmp_path: Path, gguf: Path) -> Path:
     """A config with two managed models that may run together."""

@@ -276,6 +276,14 @@ class ServerPool:
                 f"(its llama-server has been starting for more than {self.wait_limit:g} s)",
                 503,
             ) from None
+        except asyncio.CancelledError:
+            server.in_use -= 1
+            task = asyncio.current_task()
+            if server.starting.cancelled() and task is not None and not task.cancelling():
+                # Its start was called off (shutdown), not this request: say so, as an error.
+                why = f"llama-server for model '{name}' was stopped while loading"
+                raise BackendUnavailable(why) from None
+            raise
         except BaseException:
             server.in_use -= 1
             raise
