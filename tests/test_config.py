@@ -75,7 +75,25 @@ def test_flags_override_the_file() -> None:
         ("server: {port: 70000}\n", "'server.port' must be between 0 and 65535"),
         ("server: {enable_cors: 'yes'}\n", "'server.enable_cors' must be true or false"),
         ("server: {log_format: yaml}\n", "'server.log_format' must be one of 'text', 'json', got 'yaml'"),
-        ("backend: {type: vllm}\n", "'backend.type' must be one of 'ollama', 'openai', got 'vllm'"),
+        (
+            "backend: {type: vllm}\n",
+            "'backend.type' must be one of 'ollama', 'openai', 'llamacpp', got 'vllm'",
+        ),
+        (
+            "backend: {type: llamacpp, models: {smollm2: {path: /no/such.gguf}}}\n",
+            "'backend.models.smollm2.path': file not found: /no/such.gguf",
+        ),
+        ("backend: {type: llamacpp}\n", "'backend.models' must name at least one GGUF file"),
+        ("backend: {models: {smollm2: {ctx: 10}}}\n", "'backend.models.smollm2.path' is required"),
+        (
+            "backend: {models: {smollm2: {path: a, args: '--jinja'}}}\n",
+            "'backend.models.smollm2.args' must be a list of llama-server arguments",
+        ),
+        ("backend: {models: {smollm2: {path: a, gpu: 1}}}\n", "unknown key 'backend.models.smollm2.gpu'"),
+        (
+            "backend: {models: {smollm2: {path: a, ctx: big}}}\n",
+            "'backend.models.smollm2.ctx' must be an integer",
+        ),
         ("backend: {endpoint: 'localhost:8080'}\n", "'backend.endpoint' must be an http:// or https:// URL"),
         ("backend: {timeout: -1}\n", "'backend.timeout' must be a positive number"),
         ("models: {mappings: [a, b]}\n", "'models.mappings' must be a mapping"),
@@ -121,3 +139,21 @@ def test_every_command_has_help() -> None:
         [sys.executable, "-m", "llm_proxy", "--version"], capture_output=True, text=True, timeout=30
     )
     assert done.stdout.startswith("llm-proxy ")
+
+
+def test_llamacpp_models_and_their_limits(tmp_path: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "backend:\n  type: llamacpp\n  max_running: 2\n  idle_timeout: 0\n  models:\n"
+        f"    a: {{path: {gguf}, ctx: 2048, args: [--jinja, -t, 1]}}\n    b: {gguf}\n"
+    )
+    backend = config_mod.load(str(path)).backend
+    assert (backend.max_running, backend.idle_timeout) == (2, 0.0)
+    assert backend.models["a"] == config_mod.LlamaModel(str(gguf), 2048, ("--jinja", "-t", "1"))
+    assert backend.models["b"] == config_mod.LlamaModel(str(gguf))
+    # The limits only matter to the backend that uses them.
+    assert config_mod.from_dict({"backend": {"type": "openai", "max_running": 0}}).backend.max_running == 0
+    with pytest.raises(ConfigError, match=r"'backend\.max_running' must be at least 1"):
+        config_mod.from_dict({"backend": {"type": "llamacpp", "max_running": 0, "models": {"a": str(gguf)}}})

@@ -18,4 +18,8 @@ def create(config: Config) -> Backend:
         from .openai import OpenAIBackend
 
         return OpenAIBackend(config)
+    if kind == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(config)
     raise ConfigError(f"'backend.type' {kind!r} is not available in this version")

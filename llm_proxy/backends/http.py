@@ -84,4 +84,6 @@ def health_timeout() -> aiohttp.ClientTimeout:
 
 def describe(config: BackendConfig) -> dict[str, Any]:
     """The backend as shown by /health (never the API key)."""
+    if config.type == "llamacpp":  # no one endpoint: a llama-server per model, started on demand
+        return {"type": config.type, "models": list(config.models)}
     return {"type": config.type, "endpoint": config.endpoint}

