@@ -88,19 +88,6 @@ def make_app(kind: str, chunks: int, delay: float) -> web.Application:
     async def stream(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         count, frames = frames_for(body)
-        if kind == "sse" and body.get("stream") is not True:
-            text = "".join(f" tok{i}" for i in range(count))
-            answer = {
-                "choices": [
-                    {"finish_reason": "stop", "index": 0, "message": {"role": "assistant", "content": text}}
-                ],
-                "created": 1795319481,
-                "model": MODEL,
-                "object": "chat.completion",
-                "usage": {"completion_tokens": count, "prompt_tokens": 10, "total_tokens": count + 10},
-                "timings": {"prompt_n": 10, "prompt_ms": 1.0, "predicted_n": count, "predicted_ms": 2.0},
-            }
-            return web.Response(body=orjson.dumps(answer), content_type="application/json")
         if kind == "ndjson" and body.get("stream") is False:
             answer = orjson.loads(frames[-1])
             answer["message"] = {"role": "assistant", "content": "".join(f" tok{i}" for i in range(count))}

@@ -122,16 +122,16 @@ class Target:
 
 
 def chat_body(kind: str, stream: bool, chunks: int = CHUNKS) -> bytes:
-    if kind == "sse-direct":  # what the proxy itself sends to llama-server
-        body: dict[str, object] = {
-            "model": "bench",
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": stream,
-            "max_tokens": chunks,
-        }
-        if stream:
-            body["stream_options"] = {"include_usage": True}
-        return orjson.dumps(body)
+    if kind == "sse-direct":
+        return orjson.dumps(
+            {
+                "model": "bench",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "max_tokens": chunks,
+            }
+        )
     return orjson.dumps(
         {
             "model": "bench",
@@ -362,9 +362,9 @@ async def main(quick: bool) -> str:
         sse_direct = fakes["sse"].url + "/v1/chat/completions"
         pairs_nonstream = [
             (
-                Target("direct OpenAI", sse_direct, chat_body("sse-direct", False)),
+                Target("direct SSE", sse_direct, chat_body("sse-direct", True)),
                 Target(
-                    "openai backend (stream:false)",
+                    "openai backend (SSE→Ollama, stream:false)",
                     proxies["openai"].url + "/api/chat",
                     chat_body("ollama", False),
                     proxies["openai"],

@@ -113,7 +113,7 @@ class LlamaServerDouble:
             meta = orjson.loads((FIXTURES / f"{scenario}.meta.json").read_bytes())
             return _replay_json(scenario, meta["status"])
         if body.get("stream") is not True and not scenario:
-            # Non-streamed (stream:false clients): the recorded whole answers.
+            # Non-streamed (only /v1/* clients ask for it): the recorded whole answers.
             return _replay_json("chat-tools" if body.get("tools") else "chat", 200)
         if scenario == "mid-stream-error":
             events = sse_events("chat-stream")[:3]

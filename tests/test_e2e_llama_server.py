@@ -136,9 +136,8 @@ def assert_recorded(
     for field in ("done_reason", "prompt_eval_count", "eval_count", "eval_duration", "total_duration"):
         assert body[field] == getattr(final, field), field
     sent = orjson.loads(row["backend_request"])
-    # Streaming clients get a backend stream with usage; stream:false ones one whole answer.
-    assert sent["model"] == MODEL and sent["stream"] is stream
-    assert sent.get("stream_options") == ({"include_usage": True} if stream else None)
+    assert sent["model"] == MODEL and sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
     return sent, body
 
 

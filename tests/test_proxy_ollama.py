@@ -106,10 +106,12 @@ async def test_show_ps_embed_pull_version(proxy: Proxy) -> None:
             assert (await resp.json())["version"] == "0.12.3"
         async with http.get(f"{proxy.url}/") as resp:
             assert await resp.text() == "Ollama is running"
-    rows = await proxy.wait_rows(8)
+        async with http.head(f"{proxy.url}/") as resp:  # the ollama CLI's server check
+            assert resp.status == 200
+    rows = await proxy.wait_rows(9)
     assert [r["endpoint"] for r in rows] == [
         "/api/show", "/api/ps", "/api/embed", "/api/embeddings", "/api/pull", "/api/pull",
-        "/api/version", "/",
+        "/api/version", "/", "/",
     ]  # fmt: skip
     by_endpoint = {r["endpoint"]: r for r in rows}
     assert by_endpoint["/api/embed"]["prompt"] == "a\nb"

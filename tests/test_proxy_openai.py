@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from .conftest import MakeProxy, Proxy
-from .llama_double import LlamaServerDouble, fixture, sse_events
+from .llama_double import LlamaServerDouble, sse_events
 
 USER = [{"role": "user", "content": "Say hello in five words."}]
 # The recorded chat-stream.body's deltas, concatenated: what the client must see.
@@ -38,11 +38,15 @@ async def test_list_show_ps_version(oproxy: Proxy) -> None:
     assert (await c.show("smollm2:latest")).modelinfo == shown.modelinfo  # x and x:latest alike
     running = await c.ps()
     assert [m.model for m in running.models] == ["smollm2:latest"]
-    async with aiohttp.ClientSession() as http, http.get(f"{oproxy.url}/api/version") as resp:
-        assert "version" in await resp.json()
-    rows = await oproxy.wait_rows(5)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{oproxy.url}/api/version") as resp:
+            assert "version" in await resp.json()
+        async with http.head(f"{oproxy.url}/") as resp:  # the ollama CLI's server check
+            assert resp.status == 200
+    rows = await oproxy.wait_rows(6)
     assert [(r["endpoint"], r["status_code"]) for r in rows] == [
         ("/api/tags", 200), ("/api/show", 200), ("/api/show", 200), ("/api/ps", 200), ("/api/version", 200),
+        ("/", 200),
     ]  # fmt: skip
 
 
@@ -87,34 +91,15 @@ async def test_chat_stream_translates_and_records(
     assert row["ttft_ms"] is not None and row["error"] is None and row["backend_type"] == "openai"
 
 
-async def test_chat_and_generate_without_streaming(
-    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
-) -> None:
-    # stream:false asks the backend for one whole answer (the recorded chat.body).
-    whole = orjson.loads(fixture("chat"))
-    text = whole["choices"][0]["message"]["content"]
+async def test_chat_and_generate_without_streaming(oproxy: Proxy) -> None:
     chat = await client(oproxy).chat(model="smollm2", messages=USER, stream=False)
-    assert chat.message.content == text and chat.done and chat.done_reason == "stop"
-    assert (chat.prompt_eval_count, chat.eval_count) == (21, 7)
-    assert chat.eval_duration == int(whole["timings"]["predicted_ms"] * 1e6)
+    assert chat.message.content == RECORDED_TEXT and chat.done and chat.eval_count == 12
     gen = await client(oproxy).generate(model="smollm2", prompt="Say hello", stream=False)
-    assert gen.response == text and gen.done_reason == "stop"
-    sent = [body for _, body in llama_double[0].requests]
-    assert all(b["stream"] is False and "stream_options" not in b for b in sent)
+    assert gen.response == RECORDED_TEXT and gen.done_reason == "length"
     rows = await oproxy.wait_rows(2)
-    assert [(r["endpoint"], r["stream"], r["response"], r["completion_tokens"]) for r in rows] == [
-        ("/api/chat", 0, text, 7), ("/api/generate", 0, text, 7),
+    assert [(r["endpoint"], r["stream"], r["response"]) for r in rows] == [
+        ("/api/chat", 0, RECORDED_TEXT), ("/api/generate", 0, RECORDED_TEXT),
     ]  # fmt: skip
-
-
-async def test_whole_answer_tool_call(oproxy: Proxy) -> None:
-    tools = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {"type": "object"}}}]
-    chat = await client(oproxy).chat(model="smollm2", messages=USER, tools=tools, stream=False)
-    [call] = chat.message.tool_calls or []
-    assert call.function.name == "HassTurnOn" and call.function.arguments == {"name": "HassTurnOn"}
-    assert chat.done_reason == "stop"
-    [row] = await oproxy.wait_rows(1)
-    assert [c["function"]["name"] for c in orjson.loads(row["tool_calls"])] == ["HassTurnOn"]
 
 
 async def test_generate_uses_chat_template_and_raw_uses_completions(
@@ -315,3 +300,13 @@ async def test_backend_down_is_502(make_proxy: MakeProxy, unused_tcp_port: int) 
         assert caught.value.status_code == 502 and "unreachable" in caught.value.error
     rows = await proxy.wait_rows(2)
     assert [r["status_code"] for r in rows] == [502, 502]
+
+
+async def test_tool_call_without_streaming(oproxy: Proxy) -> None:
+    tools = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {"type": "object"}}}]
+    chat = await client(oproxy).chat(model="smollm2", messages=USER, tools=tools, stream=False)
+    [call] = chat.message.tool_calls or []
+    assert call.function.name == "HassTurnOn" and call.function.arguments == {"name": "HassTurnOn"}
+    assert chat.done_reason == "stop" and chat.message.content  # the content before the call, kept
+    [row] = await oproxy.wait_rows(1)
+    assert [c["function"]["name"] for c in orjson.loads(row["tool_calls"])] == ["HassTurnOn"]

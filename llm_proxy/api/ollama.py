@@ -29,7 +29,7 @@ ROUTES = (
     ("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
     ("DELETE", "/api/delete"), ("GET", "/api/tags"), ("GET", "/api/ps"),
     ("GET", "/api/version"), ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"),
-    ("GET", "/"),
+    ("GET", "/"), ("HEAD", "/"),
 )  # fmt: skip
 
 # Routes whose JSON body names a model (in "model", or the older "name").

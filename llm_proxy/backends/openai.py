@@ -251,13 +251,6 @@ class OpenAIBackend:
             path, body = tr.CHAT_PATH, tr.chat_request(call.body, served, params)
         else:
             path, body = tr.generate_request(call.body, served, params)
-        whole = not call.stream and path == tr.CHAT_PATH
-        if whole:
-            # One whole answer costs the proxy far less than a stream of chunks.
-            # (Raw /v1/completions keep streaming: their whole form is not
-            # recorded from a real server here, so it is not relied on.)
-            body = {k: v for k, v in body.items() if k != "stream_options"}
-            body["stream"] = False
         call.exchange.backend_request = body
         resp = await http.send(
             self.session, "POST", f"{self.endpoint}{path}", backend=self.endpoint,
@@ -266,26 +259,14 @@ class OpenAIBackend:
         if resp.status >= 400:
             async with resp:
                 raise tr.error_from_backend(resp.status, await http.read_body(resp, self.endpoint))
-        translator = tr.StreamTranslator(kind, call.model)
-        if not whole:
-            lines = self._translate(resp, translator, call)
-            if call.stream:
-                return Reply(200, NDJSON, lines=lines)
-            assembler = ChunkAssembler()
-            async with aclosing(lines):
-                async for batch in lines:
-                    for _, chunk in batch:
-                        assembler.feed(chunk)
-            return _json(assembler.result())
-        async with resp:
-            raw = await http.read_body(resp, self.endpoint)
-        # The whole answer goes through the stream translator as a one-chunk
-        # stream, so both kinds of client get exactly the same translation.
-        chunks = translator.feed(_as_chunk(_event_json(raw.decode("utf-8", errors="replace"))))
-        elapsed = time.perf_counter() - call.exchange.started_mono
+        lines = self._translate(resp, tr.StreamTranslator(kind, call.model), call)
+        if call.stream:
+            return Reply(200, NDJSON, lines=lines)
         assembler = ChunkAssembler()
-        for chunk in [*chunks, *translator.finish(int(elapsed * 1e9))]:
-            assembler.feed(chunk)
+        async with aclosing(lines):
+            async for batch in lines:
+                for _, chunk in batch:
+                    assembler.feed(chunk)
         return _json(assembler.result())
 
     async def _translate(
@@ -387,26 +368,6 @@ def _event_json(event: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise BackendError(f"backend sent an event that is not a JSON object: {event[:200]!r}", 502)
     return chunk
-
-
-def _as_chunk(answer: dict[str, Any]) -> dict[str, Any]:
-    """A whole ``chat.completion`` in the shape of one stream chunk (message → delta)."""
-    choices = answer.get("choices")
-    if not isinstance(choices, list):
-        return answer  # the translator reports what is wrong with it
-    shaped = []
-    for choice in choices:
-        if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
-            delta = dict(choice["message"])
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list):
-                # Whole answers number their calls by position; stream deltas say "index".
-                delta["tool_calls"] = [
-                    {**c, "index": i} if isinstance(c, dict) else c for i, c in enumerate(calls)
-                ]
-            choice = {k: v for k, v in choice.items() if k != "message"} | {"delta": delta}
-        shaped.append(choice)
-    return {**answer, "choices": shaped}
 
 
 def _json(obj: Any) -> Reply:
