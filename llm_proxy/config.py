@@ -118,16 +118,19 @@ class ModelsConfig:
             return self.mappings[f"{client_name}:latest"]
         return client_name
 
+    def aliases(self, backend_name: str) -> list[str]:
+        """Every client-side name mapped to a backend model (``x`` and ``x:latest`` alike)."""
+        return aliases(backend_name, self.mappings)
+
     def client_name(self, backend_name: str) -> str:
-        """The client-side name under which a backend model is shown."""
-        bare = backend_name.removesuffix(":latest")
-        for client, backend in self.mappings.items():
-            if backend in (backend_name, bare):
-                # Keep Ollama's habit of showing the tag when the backend did.
-                if backend_name != bare and ":" not in client:
-                    return f"{client}:latest"
-                return client
-        return backend_name
+        """The one client-side name under which a backend model is shown (its first alias)."""
+        found = self.aliases(backend_name)
+        if not found:
+            return backend_name
+        # Keep Ollama's habit of showing the tag when the backend did.
+        if backend_name.endswith(":latest") and ":" not in found[0]:
+            return f"{found[0]}:latest"
+        return found[0]
 
     def params_for(self, client_name: str) -> Mapping[str, Any]:
         """Extra backend request fields configured for a client-side model name."""
@@ -156,6 +159,16 @@ class AuthConfig:
     rate_limit: float = 0.0
     # Requests that may come at once on top of the steady rate.
     rate_burst: int = 10
+
+
+def aliases(backend_name: str, mappings: Mapping[str, str]) -> list[str]:
+    """The client-side names in ``mappings`` that map to ``backend_name``, ignoring ``:latest``.
+
+    The one place that answers "what do clients call this model": /api/tags,
+    /api/ps, /v1/models and the managed backend all list models through it.
+    """
+    wanted = backend_name.removesuffix(":latest")
+    return [client for client, backend in mappings.items() if backend.removesuffix(":latest") == wanted]
 
 
 @dataclass(frozen=True)

@@ -310,3 +310,18 @@ async def test_tool_call_without_streaming(oproxy: Proxy) -> None:
     assert chat.done_reason == "stop" and chat.message.content  # the content before the call, kept
     [row] = await oproxy.wait_rows(1)
     assert [c["function"]["name"] for c in orjson.loads(row["tool_calls"])] == ["HassTurnOn"]
+
+
+async def test_a_mapping_to_a_tagged_name_shows_its_alias_everywhere(
+    make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    # llama-server calls its model "smollm2"; the mapping names it with its tag.
+    proxy = await make_proxy(
+        llama_double[1], backend_type="openai", models={"mappings": {"assistant": "smollm2:latest"}}
+    )
+    assert [m.model for m in (await client(proxy).list()).models] == ["assistant:latest"]
+    assert [m.model for m in (await client(proxy).ps()).models] == ["assistant:latest"]
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/v1/models") as resp:
+        assert [m["id"] for m in (await resp.json())["data"]] == ["assistant"]
+    reply = await client(proxy).chat(model="assistant", messages=USER)
+    assert reply.message.content == RECORDED_TEXT

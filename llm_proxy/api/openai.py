@@ -26,7 +26,7 @@ from ..config import Config, ModelsConfig
 from ..console import Console
 from ..errors import BackendError, BadRequest, PayloadTooLarge, ProxyError
 from ..middlewares import openai_error
-from ..translate.ollama_openai import error_from_backend, normalize_model_name
+from ..translate.ollama_openai import error_from_backend
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
 from .ollama import _json_object
 
@@ -269,6 +269,4 @@ def _client_side(obj: dict[str, Any], exchange: Exchange, models: ModelsConfig) 
 
 def _client_names(backend_id: str, models: ModelsConfig) -> list[str]:
     """Every name a client can ask for ``backend_id`` by: its aliases, else its own id."""
-    wanted = normalize_model_name(backend_id)
-    aliases = [client for client, name in models.mappings.items() if normalize_model_name(name) == wanted]
-    return aliases or [backend_id]
+    return models.aliases(backend_id) or [backend_id]

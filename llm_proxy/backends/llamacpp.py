@@ -212,9 +212,7 @@ class LlamaCppBackend:
 
     def _names(self, name: str) -> list[str]:
         """The names clients know a configured model by: its mapped aliases, else its own."""
-        mappings = self.config.models.mappings
-        names = [tr.normalize_model_name(c) for c, b in mappings.items() if b.removesuffix(":latest") == name]
-        return list(dict.fromkeys(names)) or [tr.normalize_model_name(name)]
+        return tr.client_names(name, self.config.models.mappings)
 
     def _file(self, name: str) -> tuple[int, float]:
         """Size and modification time of a model's file (0, now when it went away)."""

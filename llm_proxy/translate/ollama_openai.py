@@ -35,11 +35,13 @@ from typing import Any, Literal, TypeGuard
 
 import orjson
 
+from llm_proxy.config import aliases
 from llm_proxy.errors import BackendError, BadRequest
 
 __all__ = [
     "StreamTranslator",
     "chat_request",
+    "client_names",
     "dropped_options",
     "embed_request",
     "embed_response",
@@ -1025,12 +1027,10 @@ def _context_length(entry: Mapping[str, Any] | None, props_json: Mapping[str, An
     return 0
 
 
-def _client_names(model_id: str, mappings: Mapping[str, str]) -> list[str]:
-    """The names clients know a backend model by: its mapped aliases, else its id."""
-    names = [normalize_model_name(client) for client, backend in mappings.items() if backend == model_id]
-    if not names:
-        names = [normalize_model_name(model_id)]
-    return list(dict.fromkeys(names))
+def client_names(model_id: str, mappings: Mapping[str, str]) -> list[str]:
+    """The names clients know a backend model by, tagged: its mapped aliases, else its id."""
+    names = [normalize_model_name(client) for client in aliases(model_id, mappings)]
+    return list(dict.fromkeys(names)) or [normalize_model_name(model_id)]
 
 
 def _entries(models_json: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
@@ -1055,7 +1055,7 @@ def tags_from_models(
         size = _meta(entry).get("size")
         details = _details(entry, props_json)
         modified_at = _rfc3339_from_unix(entry.get("created"))
-        for name in _client_names(model_id, mappings):
+        for name in client_names(model_id, mappings):
             models.append(
                 {
                     "name": name,
@@ -1081,7 +1081,7 @@ def ps_from_models(
         size = _meta(entry).get("size")
         details = _details(entry, props_json)
         context_length = _context_length(entry, props_json)
-        for name in _client_names(model_id, mappings):
+        for name in client_names(model_id, mappings):
             models.append(
                 {
                     "name": name,
