@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from llm_proxy.api import validate
-from llm_proxy.api.ollama import MAX_DEPTH
+from llm_proxy.api.body import MAX_DEPTH
 from llm_proxy.audit.exchange import COLUMNS, Exchange
 from llm_proxy.errors import BadRequest
 

@@ -18,8 +18,9 @@ from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Call, Reply
 from ..config import Config
 from ..console import Console
-from ..errors import BadRequest, PayloadTooLarge, ProxyError
+from ..errors import BadRequest, ProxyError
 from ..translate.ndjson import ChunkAssembler
+from . import body as body_mod
 from . import validate
 
 # (method, route) pairs of the Ollama API that clients call.
@@ -82,11 +83,11 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Ca
     endpoint = exchange.endpoint
     if endpoint in RAW_ROUTES:
         validate.digest(request.match_info["digest"])
-    raw = await _read(request)
+    raw = await body_mod.read(request)
     exchange.request_body = raw or None
     body: dict[str, Any] | None = None
     if request.method in ("POST", "DELETE") and endpoint not in RAW_ROUTES:
-        body = _json_object(raw)
+        body = body_mod.json_object(raw)
         validate.request(endpoint, body)
     model = backend_model = None
     if body is not None and endpoint in MODEL_ROUTES:
@@ -108,53 +109,6 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Ca
         exchange=exchange,
         stream=stream,
     )
-
-
-async def _read(request: web.Request) -> bytes:
-    """The whole body, up to ``server.max_body_mb``; 413 beyond it."""
-    limit = request.client_max_size
-    too_large = PayloadTooLarge(
-        f"request body is larger than the limit of {limit / 1048576:g} MiB (server.max_body_mb)"
-    )
-    # A declared length over the limit is refused before a byte of it is read.
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        raise BadRequest("missing request body")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON in request body: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    _check_depth(body)
-    return body
-
-
-# orjson parses 1024 levels of nesting but writes only 254, and everything after
-# the parse writes with orjson: the body re-encoded after model mapping, the
-# translated request (which puts client fields a few levels deeper), the audit
-# row, the console. Writing the body inside DEPTH_HEADROOM more lists proves, at
-# C speed, that all of those will fit.
-DEPTH_HEADROOM = 14
-MAX_DEPTH = 254 - DEPTH_HEADROOM
-
-
-def _check_depth(body: dict[str, Any]) -> None:
-    wrapped: Any = body
-    for _ in range(DEPTH_HEADROOM):
-        wrapped = [wrapped]
-    try:
-        orjson.dumps(wrapped)
-    except TypeError:
-        raise BadRequest(f"request body is nested more than {MAX_DEPTH} levels deep") from None
 
 
 def _map_model(endpoint: str, body: dict[str, Any], config: Config) -> tuple[str, str, dict[str, Any]]:

@@ -24,11 +24,11 @@ from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Call, Reply
 from ..config import Config, ModelsConfig
 from ..console import Console
-from ..errors import BackendError, BadRequest, PayloadTooLarge, ProxyError
+from ..errors import BackendError, BadRequest, ProxyError
 from ..middlewares import openai_error
 from ..translate.ollama_openai import error_from_backend
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
-from .ollama import _json_object
+from . import body as body_mod
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 MODELS, MODEL = "/v1/models", "/v1/models/{model}"
@@ -73,19 +73,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tuple[Call, bool]:
     """The call to relay, and whether the client asked for usage in its stream."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"request body is larger than the limit of {request.client_max_size} bytes"
-        ) from None
+    raw = await body_mod.read(request)
     endpoint = exchange.endpoint
     exchange.request_body = raw or None
     body: dict[str, Any] | None = None
     model = backend_model = None
     stream = usage_asked = False
     if request.method == "POST":
-        received = body = _json_object(raw)
+        received = body = body_mod.json_object(raw)
         model = body.get("model")
         if model is None or model == "":
             model = config.models.default
@@ -198,6 +193,7 @@ async def _relay_stream(
         await response.write_eof()
     except ProxyError as exc:
         exchange.status_code, exchange.error = exc.status, exc.message
+        request[keys.FAILURE] = exc  # counted by kind in the metrics, as on /api/*
         with suppress(ConnectionError):
             error = orjson.dumps(openai_error(exc.message, exc.status))
             await response.write(b"data: " + error + b"\n\n")

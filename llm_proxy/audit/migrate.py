@@ -2,6 +2,11 @@
 
 A migration and the row that records it commit together, so a crash leaves the
 database either before or after a migration, never half-way.
+
+Numbers only grow and are never reused. 0004 was never shipped (the branches
+that became 0002-0003 and 0005 were written side by side): a new migration
+takes the next number after the highest, never a gap, or it would run before
+0005 on a fresh database and after it on an upgraded one.
 """
 
 from __future__ import annotations

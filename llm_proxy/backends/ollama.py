@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from ..config import Config
+from ..errors import ProxyError
 from ..translate.ndjson import LineDecoder
 from . import http, relay
 from .base import Batch, Call, Reply, StreamItem
@@ -53,8 +54,8 @@ class OllamaBackend:
                 self.session, "GET", f"{self.endpoint}/api/version",
                 backend=self.endpoint, limits=http.health_timeout(),
             )  # fmt: skip
-        except Exception as exc:  # any failure means "not healthy"; the reason is reported
-            return str(exc)
+        except ProxyError as exc:  # http.send turns every transport failure into one
+            return exc.message
         async with resp:
             if resp.status != 200:
                 return f"backend {self.endpoint} answered {resp.status}"
