@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import orjson
 
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
 from ..translate import ollama_openai as tr
-from . import http
+from . import http, replies
 from .base import Call, Reply
-from .openai import _MANAGEMENT, JSON, NDJSON, OLLAMA_VERSION, OpenAIBackend, _is_load_request, _one_line
+from .openai import OpenAIBackend, _is_load_request
 from .pool import ModelServer, ServerPool, find_binary, parse_keep_alive
 
 # Routes that need a model's server running.
@@ -104,29 +103,26 @@ class LlamaCppBackend:
             return await self._on_server(call)
         if endpoint == "/api/tags":
             models = self.config.backend.models
-            return _json({"models": [self._tag(n, c) for n in models for c in self._names(n)]})
+            return replies.json_reply({"models": [self._tag(n, c) for n in models for c in self._names(n)]})
         if endpoint == "/api/ps":
             running = self.pool.running()
-            return _json({"models": [self._ps(s, c) for s in running for c in self._names(s.name)]})
+            return replies.json_reply(
+                {"models": [self._ps(s, c) for s in running for c in self._names(s.name)]}
+            )
         if endpoint == "/api/pull":
             return self._pull(call)
-        if endpoint == "/api/version":
-            return _json({"version": OLLAMA_VERSION})
-        if endpoint == "/":
-            return Reply(200, "text/plain; charset=utf-8", body=b"Ollama is running")
-        if endpoint in _MANAGEMENT:
-            raise ProxyError(
-                f"{endpoint} is not available: the llamacpp backend serves the GGUF files named in "
-                "backend.models and does not manage model files",
-                501,
-            )
-        raise ProxyError(f"{endpoint} is not supported by the llamacpp backend", 501)
+        local = replies.answer_locally(call, "llamacpp", "serves the GGUF files named in backend.models")
+        if local is not None:
+            return local
+        raise replies.unsupported(call, "llamacpp")
 
     async def openai(self, call: Call) -> Reply:
         if call.endpoint == "/v1/models":
-            return _json({"object": "list", "data": [self._v1_entry(n) for n in self.config.backend.models]})
+            return replies.json_reply(
+                {"object": "list", "data": [self._v1_entry(n) for n in self.config.backend.models]}
+            )
         if call.endpoint == "/v1/models/{model}":
-            return _json(self._v1_entry(self._model(call)))
+            return replies.json_reply(self._v1_entry(self._model(call)))
         return await self._on_server(call, v1=True)
 
     # -- requests that need a server ---------------------------------------------
@@ -141,7 +137,7 @@ class LlamaCppBackend:
         completes = call.endpoint in ("/api/chat", "/api/generate") and call.body is not None
         if completes and keep == 0 and call.body is not None and _is_load_request(call.body, kind):
             await self.pool.unload(name)  # Ollama's "ollama stop": an empty prompt, keep_alive 0
-            return _unloaded(call, kind)
+            return replies.empty_answer(call, kind, "unload")
         server = await self.pool.acquire(name)
         client = self._client(server)
         try:
@@ -261,27 +257,8 @@ class LlamaCppBackend:
                 f"backend.models has: {served}",
                 404,
             ) from None
-        if not call.stream:
-            return _json({"status": "success"})
-        return Reply(200, NDJSON, lines=_one_line({"status": "success"}))
-
-
-def _unloaded(call: Call, kind: str) -> Reply:
-    """Ollama's answer to an empty prompt with ``keep_alive: 0``: the model is unloaded."""
-    final: dict[str, Any] = {"model": call.model, "created_at": tr.rfc3339_now()}
-    if kind == "chat":
-        final["message"] = {"role": "assistant", "content": ""}
-    else:
-        final["response"] = ""
-    final.update(done=True, done_reason="unload")
-    if call.stream:
-        return Reply(200, NDJSON, lines=_one_line(final))
-    return _json(final)
+        return replies.pulled(call)
 
 
 def _rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _json(obj: Any) -> Reply:
-    return Reply(200, JSON, body=orjson.dumps(obj))

@@ -1,8 +1,9 @@
 """An OpenAI-style backend (llama.cpp's llama-server): the Ollama API translated.
 
-Chat and generate always stream from the backend: the SSE stream is decoded,
-translated chunk by chunk and relayed as Ollama NDJSON, or folded into one
-object for ``stream: false`` clients. Model endpoints are built from
+Chat and generate always stream from the backend, so ``backend.timeout`` only
+ever bounds the wait for the next bytes: the SSE stream is decoded, translated
+chunk by chunk and relayed as Ollama NDJSON, or folded into one object for
+``stream: false`` clients. Model endpoints are built from
 ``/v1/models`` and ``/props``, fetched together and cached briefly.
 
 The OpenAI-compatible API (``/v1/*``) needs no translation: it is relayed to
@@ -27,18 +28,12 @@ from ..errors import BackendError, ModelNotFound, ProxyError
 from ..translate import ollama_openai as tr
 from ..translate.ndjson import ChunkAssembler
 from ..translate.sse import SSEDecoder
-from . import http, relay
+from . import http, relay, replies
 from .base import Batch, Call, Reply
 
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
 CATALOG_TIMEOUT = 3.0  # seconds a catalog refresh may take before a stale copy is used
-# The Ollama version we answer /api/version with: the API level we speak.
-OLLAMA_VERSION = "0.12.6"
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
-
-# Ollama routes that manage model files, which an OpenAI-style server cannot do.
-_MANAGEMENT = frozenset({"/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}"})
+JSON, NDJSON = replies.JSON, replies.NDJSON
 
 
 @dataclass(slots=True)
@@ -123,44 +118,43 @@ class OpenAIBackend:
             return await self._complete(call, "generate")
         if endpoint == "/api/tags":
             catalog = await self.catalog()
-            return _json(tr.tags_from_models(catalog.models, catalog.props, self.config.models.mappings))
+            return replies.json_reply(
+                tr.tags_from_models(catalog.models, catalog.props, self.config.models.mappings)
+            )
         if endpoint == "/api/ps":
             catalog = await self.catalog()
-            return _json(tr.ps_from_models(catalog.models, catalog.props, self.config.models.mappings))
+            return replies.json_reply(
+                tr.ps_from_models(catalog.models, catalog.props, self.config.models.mappings)
+            )
         if endpoint == "/api/show":
             assert call.model is not None and call.backend_model is not None
             catalog = await self.catalog()
             entry = catalog.entry(call.backend_model)
             if entry is None:
                 raise ModelNotFound(call.model)
-            return _json(tr.show_from_props(call.model, entry, catalog.props))
+            return replies.json_reply(tr.show_from_props(call.model, entry, catalog.props))
         if endpoint in ("/api/embed", "/api/embeddings"):
             return await self._embed(call)
         if endpoint == "/api/pull":
             return await self._pull(call)
-        if endpoint == "/api/version":
-            return _json({"version": OLLAMA_VERSION})
-        if endpoint == "/":
-            return Reply(200, "text/plain; charset=utf-8", body=b"Ollama is running")
-        if endpoint in _MANAGEMENT:
-            raise ProxyError(
-                f"{endpoint} is not available: the openai backend serves the models its server "
-                "has loaded and does not manage model files",
-                501,
-            )
-        raise ProxyError(f"{endpoint} is not supported by the openai backend", 501)
+        local = replies.answer_locally(call, "openai", "serves the models its server has loaded")
+        if local is not None:
+            return local
+        raise replies.unsupported(call, "openai")
 
     async def openai(self, call: Call) -> Reply:
         if call.endpoint == "/v1/models":
             entries = (await self.catalog()).models.get("data")
             # Only OpenAI's "data": llama-server's extra Ollama-looking "models" array is left out.
-            return _json({"object": "list", "data": entries if isinstance(entries, list) else []})
+            return replies.json_reply(
+                {"object": "list", "data": entries if isinstance(entries, list) else []}
+            )
         if call.endpoint == "/v1/models/{model}":
             assert call.model is not None and call.backend_model is not None
             entry = (await self.catalog()).entry(call.backend_model)
             if entry is None:
                 raise ModelNotFound(call.model)
-            return _json(entry)
+            return replies.json_reply(entry)
         if call.body is not None and call.model is not None:
             # llama-server answers whatever model is asked for: check it here so an
             # unknown one is a 404, and send the id the server knows it by.
@@ -235,16 +229,14 @@ class OpenAIBackend:
                 f"its server serves: {served}",
                 404,
             )
-        if not call.stream:
-            return _json({"status": "success"})
-        return Reply(200, NDJSON, lines=_one_line({"status": "success"}))
+        return replies.pulled(call)
 
     # -- chat and generate ------------------------------------------------------
 
     async def _complete(self, call: Call, kind: tr.Kind) -> Reply:
         assert call.body is not None and call.model is not None
         if _is_load_request(call.body, kind):
-            return self._loaded(call, kind)
+            return replies.empty_answer(call, kind, "load")
         served = await self._served_name(call)
         params = self.config.models.params_for(call.model)
         if kind == "chat":
@@ -267,7 +259,7 @@ class OpenAIBackend:
             async for batch in lines:
                 for _, chunk in batch:
                     assembler.feed(chunk)
-        return _json(assembler.result())
+        return replies.json_reply(assembler.result())
 
     async def _translate(
         self, resp: aiohttp.ClientResponse, translator: tr.StreamTranslator, call: Call
@@ -310,18 +302,6 @@ class OpenAIBackend:
         finally:
             resp.release()
 
-    def _loaded(self, call: Call, kind: tr.Kind) -> Reply:
-        """Ollama's answer to an empty prompt: the model is loaded (llama-server's always is)."""
-        final: dict[str, Any] = {"model": call.model, "created_at": tr.rfc3339_now()}
-        if kind == "chat":
-            final["message"] = {"role": "assistant", "content": ""}
-        else:
-            final["response"] = ""
-        final.update(done=True, done_reason="load")
-        if call.stream:
-            return Reply(200, NDJSON, lines=_one_line(final))
-        return _json(final)
-
     # -- embeddings -------------------------------------------------------------
 
     async def _embed(self, call: Call) -> Reply:
@@ -333,7 +313,7 @@ class OpenAIBackend:
         else:
             body = tr.embed_request(call.body, served)
             if body["input"] == []:
-                return _json({"model": call.model, "embeddings": []})
+                return replies.json_reply({"model": call.model, "embeddings": []})
         call.exchange.backend_request = body
         resp = await http.send(
             self.session, "POST", f"{self.endpoint}/v1/embeddings", backend=self.endpoint,
@@ -348,9 +328,9 @@ class OpenAIBackend:
         except orjson.JSONDecodeError:
             raise BackendError("backend's /v1/embeddings did not answer JSON", 502) from None
         if legacy:
-            return _json(tr.embeddings_legacy_response(answer))
+            return replies.json_reply(tr.embeddings_legacy_response(answer))
         elapsed = time.perf_counter() - call.exchange.started_mono
-        return _json(tr.embed_response(answer, call.model, int(elapsed * 1e9)))
+        return replies.json_reply(tr.embed_response(answer, call.model, int(elapsed * 1e9)))
 
 
 def _is_load_request(body: dict[str, Any], kind: tr.Kind) -> bool:
@@ -368,11 +348,3 @@ def _event_json(event: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise BackendError(f"backend sent an event that is not a JSON object: {event[:200]!r}", 502)
     return chunk
-
-
-def _json(obj: Any) -> Reply:
-    return Reply(200, JSON, body=orjson.dumps(obj))
-
-
-async def _one_line(obj: dict[str, Any]) -> AsyncGenerator[Batch, None]:
-    yield [(orjson.dumps(obj), obj)]

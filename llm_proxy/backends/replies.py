@@ -1,0 +1,82 @@
+"""Answers a backend makes itself, for servers that do not speak the Ollama API.
+
+The ``openai`` and ``llamacpp`` backends both stand in for Ollama in front of
+llama-server: what Ollama would answer without asking a model (its version,
+"Ollama is running", an empty prompt's load answer, a pull of a model that is
+already there, model management it cannot do) is built here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+
+from ..errors import ProxyError
+from ..translate.ollama_openai import rfc3339_now
+from .base import Batch, Call, Reply
+
+# The Ollama version we answer /api/version with: the API level we speak.
+OLLAMA_VERSION = "0.12.6"
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+
+# Ollama routes that manage model files, which a llama-server cannot do.
+MANAGEMENT = frozenset({"/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}"})
+
+
+def json_reply(obj: Any) -> Reply:
+    """A 200 JSON answer."""
+    return Reply(200, JSON, body=orjson.dumps(obj))
+
+
+async def one_line(obj: dict[str, Any]) -> AsyncGenerator[Batch, None]:
+    """A stream of one NDJSON line."""
+    yield [(orjson.dumps(obj), obj)]
+
+
+def single(call: Call, obj: dict[str, Any]) -> Reply:
+    """``obj`` as the client asked for it: one NDJSON line, or one JSON object."""
+    if call.stream:
+        return Reply(200, NDJSON, lines=one_line(obj))
+    return json_reply(obj)
+
+
+def empty_answer(call: Call, kind: str, done_reason: str) -> Reply:
+    """Ollama's answer to a request with nothing to generate ("load", "unload")."""
+    final: dict[str, Any] = {"model": call.model, "created_at": rfc3339_now()}
+    if kind == "chat":
+        final["message"] = {"role": "assistant", "content": ""}
+    else:
+        final["response"] = ""
+    final.update(done=True, done_reason=done_reason)
+    return single(call, final)
+
+
+def pulled(call: Call) -> Reply:
+    """A pull of a model that is already served: nothing to download."""
+    return single(call, {"status": "success"})
+
+
+def answer_locally(call: Call, backend: str, serves: str) -> Reply | None:
+    """What needs no server: version, liveness, and a clear 501 for model management.
+
+    ``serves`` finishes "the <backend> backend ..." in the 501's message.
+    """
+    if call.endpoint == "/api/version":
+        return json_reply({"version": OLLAMA_VERSION})
+    if call.endpoint == "/":
+        return Reply(200, "text/plain; charset=utf-8", body=b"Ollama is running")
+    if call.endpoint in MANAGEMENT:
+        raise ProxyError(
+            f"{call.endpoint} is not available: the {backend} backend {serves} "
+            "and does not manage model files",
+            501,
+        )
+    return None
+
+
+def unsupported(call: Call, backend: str) -> ProxyError:
+    """The error for a route this backend has no answer for."""
+    return ProxyError(f"{call.endpoint} is not supported by the {backend} backend", 501)
