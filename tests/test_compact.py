@@ -28,6 +28,9 @@ def body(*messages: dict[str, object], **extra: object) -> dict[str, object]:
         json.dumps(body({"role": "user", "content": "hi"}), indent=2),
         json.dumps(body({"role": "user", "content": "héllo ✓ \u2028"}), ensure_ascii=False),
         json.dumps(body({"role": "user", "content": 'tricky "quotes" [brackets] {braces} \\ ,:'})),
+        # Backslashes right before a closing quote: an even run does not escape it.
+        json.dumps(body({"role": "user", "content": "ends in a backslash \\"})),
+        json.dumps(body({"role": "user", "content": 'odd \\" even \\\\" ]}["{'}, {"x": ["\\", '\\"']})),
         orjson.dumps(
             body({"role": "user", "content": "x"}, options={"num_ctx": 8192.0}, stream=True)
         ).decode(),
