@@ -150,7 +150,7 @@ async def test_rate_limit_per_key_answers_429_with_retry_after(
             assert resp.status == 429
             assert "error" in await resp.json()
             # One request per minute: the next token is most of a minute away.
-            assert 1 <= int(resp.headers["Retry-After"]) <= 60
+            assert int(resp.headers["Retry-After"]) in range(1, 61)
         async with http.get(f"{proxy.url}/health", headers=headers) as resp:
             assert resp.status == 200  # exempt paths are not counted
     assert (await client(proxy, LAPTOP_KEY).list()).models  # another key has its own bucket
@@ -173,7 +173,7 @@ async def test_rate_limit_per_client_address_without_keys(
                 statuses.append(resp.status)
                 if resp.status == 429:
                     assert "client 127.0.0.1" in (await resp.json())["error"]
-                    assert 1 <= int(resp.headers["Retry-After"]) <= 10
+                    assert int(resp.headers["Retry-After"]) in range(1, 11)
     assert statuses == [200, 429, 429]
     rows = await proxy.wait_rows(3)
     assert [r["status_code"] for r in rows] == [200, 429, 429]
