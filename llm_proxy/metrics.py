@@ -77,7 +77,10 @@ class Metrics:
         failure: ProxyError | None,
     ) -> None:
         """Count one finished request."""
-        model = (exchange.model if exchange else None) or ""
+        # A client's mistake (4xx: a misspelt or made-up model name, say) is not
+        # labelled with its model: any string a client sends would otherwise
+        # become a new series, and a proxy that runs for months would grow.
+        model = (exchange.model if exchange is not None and not 400 <= status < 500 else None) or ""
         self.requests.labels(endpoint, model, str(status)).inc()
         self.latency.labels(endpoint, model).observe(seconds)
         if exchange is not None:
