@@ -1043,30 +1043,38 @@ def _entries(models_json: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     return [e for e in data if isinstance(e, Mapping) and isinstance(e.get("id"), str) and e.get("id")]
 
 
+def _listed(
+    models_json: Mapping[str, Any], props_json: Mapping[str, Any] | None, mappings: Mapping[str, str]
+) -> list[tuple[Mapping[str, Any], JSONDict]]:
+    """Each served model under each client-side name, with the fields both lists share."""
+    out = []
+    for entry in _entries(models_json):
+        model_id = entry["id"]
+        size = _meta(entry).get("size")
+        shared: JSONDict = {
+            "size": int(size) if _is_number(size) and size > 0 else 0,
+            "digest": _digest(model_id),
+            "details": _details(entry, props_json),
+        }
+        for name in client_names(model_id, mappings):
+            out.append(
+                (name, entry, {"name": name, "model": name, **shared, "details": dict(shared["details"])})
+            )
+    return out
+
+
 def tags_from_models(
     models_json: Mapping[str, Any],
     props_json: Mapping[str, Any] | None,
     mappings: Mapping[str, str],
 ) -> JSONDict:
     """Build the Ollama ``/api/tags`` body from llama-server's ``/v1/models``."""
-    models = []
-    for entry in _entries(models_json):
-        model_id = entry["id"]
-        size = _meta(entry).get("size")
-        details = _details(entry, props_json)
-        modified_at = _rfc3339_from_unix(entry.get("created"))
-        for name in client_names(model_id, mappings):
-            models.append(
-                {
-                    "name": name,
-                    "model": name,
-                    "modified_at": modified_at,
-                    "size": int(size) if _is_number(size) and size > 0 else 0,
-                    "digest": _digest(model_id),
-                    "details": dict(details),
-                }
-            )
-    return {"models": models}
+    return {
+        "models": [
+            {**fields, "modified_at": _rfc3339_from_unix(entry.get("created"))}
+            for entry, fields in _listed(models_json, props_json, mappings)
+        ]
+    }
 
 
 def ps_from_models(
@@ -1075,27 +1083,18 @@ def ps_from_models(
     mappings: Mapping[str, str],
 ) -> JSONDict:
     """Build the Ollama ``/api/ps`` body: every served model is loaded, in RAM or VRAM."""
-    models = []
-    for entry in _entries(models_json):
-        model_id = entry["id"]
-        size = _meta(entry).get("size")
-        details = _details(entry, props_json)
-        context_length = _context_length(entry, props_json)
-        for name in client_names(model_id, mappings):
-            models.append(
-                {
-                    "name": name,
-                    "model": name,
-                    "size": int(size) if _is_number(size) and size > 0 else 0,
-                    # The proxy cannot tell where llama-server put the weights.
-                    "size_vram": 0,
-                    "digest": _digest(model_id),
-                    "details": dict(details),
-                    "expires_at": _FAR_FUTURE,
-                    "context_length": context_length,
-                }
-            )
-    return {"models": models}
+    return {
+        "models": [
+            # The proxy cannot tell where llama-server put the weights: size_vram 0.
+            {
+                **fields,
+                "size_vram": 0,
+                "expires_at": _FAR_FUTURE,
+                "context_length": _context_length(entry, props_json),
+            }
+            for entry, fields in _listed(models_json, props_json, mappings)
+        ]
+    }
 
 
 def _capabilities(props: Mapping[str, Any]) -> list[str]:
