@@ -1057,9 +1057,7 @@ def _listed(
             "details": _details(entry, props_json),
         }
         for name in client_names(model_id, mappings):
-            out.append(
-                (name, entry, {"name": name, "model": name, **shared, "details": dict(shared["details"])})
-            )
+            out.append((entry, {"name": name, "model": name, **shared, "details": dict(shared["details"])}))
     return out
 
 
