@@ -1,4 +1,5 @@
-"""The request body: read within ``server.max_body_mb``, parsed as one JSON object.
+"""The request body: read within ``server.max_body_mb``, parsed as one JSON object,
+its model name mapped, and turned into the :class:`Call` a backend answers.
 
 Shared by every API the proxy speaks, so a body is refused the same way, with
 the same words, whichever endpoint it was sent to.
@@ -11,6 +12,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..audit.exchange import Exchange
+from ..backends.base import Call
+from ..config import Config
 from ..errors import BadRequest, PayloadTooLarge
 
 
@@ -64,3 +68,58 @@ def check_depth(body: dict[str, Any]) -> None:
         orjson.dumps(wrapped)
     except TypeError:
         raise BadRequest(f"request body is nested more than {MAX_DEPTH} levels deep") from None
+
+
+def map_model(
+    body: dict[str, Any], key: str, config: Config, use_default: bool
+) -> tuple[str, str, dict[str, Any]]:
+    """The client's model name (``body[key]``), the backend's, and the body naming the backend's."""
+    model = body.get(key)
+    if (model is None or model == "") and use_default:
+        model = config.models.default
+    if model is not None and not isinstance(model, str):
+        raise BadRequest(f"'{key}' must be a string")
+    if not model:
+        raise BadRequest(f"{'model' if key == 'name' else key} is required")
+    backend_model = config.models.backend_name(model)
+    if backend_model != body.get(key):
+        body = {**body, key: backend_model}
+    return model, backend_model, body
+
+
+def stream_flag(body: dict[str, Any] | None, default: bool) -> bool:
+    """``body["stream"]``; absent or null means the API's default (Ollama: true, OpenAI: false)."""
+    value = None if body is None else body.get("stream")
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest("'stream' must be true or false")
+    return value
+
+
+def make_call(
+    request: web.Request,
+    exchange: Exchange,
+    *,
+    body: dict[str, Any] | None,
+    raw: bytes,
+    model: str | None,
+    backend_model: str | None,
+    stream: bool,
+    prompt: str | None,
+) -> Call:
+    """The :class:`Call` for a parsed request; its audit record learns what was asked."""
+    exchange.model, exchange.backend_model, exchange.stream = model, backend_model, stream
+    exchange.prompt = prompt
+    return Call(
+        endpoint=exchange.endpoint,
+        method=request.method,
+        path=request.path,
+        body=body,
+        raw=raw,
+        query=request.query_string,
+        model=model,
+        backend_model=backend_model,
+        exchange=exchange,
+        stream=stream,
+    )

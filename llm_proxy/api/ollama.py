@@ -6,7 +6,7 @@ a model, may it stream) is data in the tables below.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager, nullcontext, suppress
+from contextlib import suppress
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Call, Reply
 from ..config import Config
 from ..console import Console
-from ..errors import BadRequest, ProxyError
+from ..errors import ProxyError
 from ..translate.ndjson import ChunkAssembler
 from . import body as body_mod
 from . import validate
@@ -68,10 +68,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
     # The slot is held until the last byte is relayed: a stream keeps the backend busy.
-    slot: AbstractAsyncContextManager[None] = (
-        app[keys.GATE].slot() if call.endpoint in GATED_ROUTES else nullcontext()
-    )
-    async with slot:
+    async with app[keys.GATE].slot_if(call.endpoint in GATED_ROUTES):
         reply = await backend.call(call)
         if reply.lines is not None:
             return await _relay_stream(request, reply, exchange, console)
@@ -94,21 +91,11 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Ca
         model, backend_model, mapped = _map_model(endpoint, body, config)
         if mapped is not body:
             body, raw = mapped, orjson.dumps(mapped)
-    stream = endpoint in STREAM_ROUTES and _stream_flag(body)
-    exchange.model, exchange.backend_model, exchange.stream = model, backend_model, stream
-    exchange.prompt = _prompt(endpoint, body)
-    return Call(
-        endpoint=endpoint,
-        method=request.method,
-        path=request.path,
-        body=body,
-        raw=raw,
-        query=request.query_string,
-        model=model,
-        backend_model=backend_model,
-        exchange=exchange,
-        stream=stream,
-    )
+    stream = endpoint in STREAM_ROUTES and body_mod.stream_flag(body, default=True)
+    return body_mod.make_call(
+        request, exchange, body=body, raw=raw, model=model, backend_model=backend_model,
+        stream=stream, prompt=_prompt(endpoint, body),
+    )  # fmt: skip
 
 
 def _map_model(endpoint: str, body: dict[str, Any], config: Config) -> tuple[str, str, dict[str, Any]]:
@@ -117,26 +104,7 @@ def _map_model(endpoint: str, body: dict[str, Any], config: Config) -> tuple[str
         key = "source"  # the destination is a new name, not a model to map
     else:
         key = "model" if body.get("model") is not None or "name" not in body else "name"
-    model = body.get(key)
-    if model is None or model == "":
-        model = config.models.default if endpoint in DEFAULT_MODEL_ROUTES else ""
-    if not isinstance(model, str):
-        raise BadRequest(f"'{key}' must be a string")
-    if not model:
-        raise BadRequest(f"{'model' if key == 'name' else key} is required")
-    backend_model = config.models.backend_name(model)
-    if backend_model != body.get(key):
-        body = {**body, key: backend_model}
-    return model, backend_model, body
-
-
-def _stream_flag(body: dict[str, Any] | None) -> bool:
-    value = True if body is None else body.get("stream", True)
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise BadRequest("'stream' must be true or false")
-    return value
+    return body_mod.map_model(body, key, config, use_default=endpoint in DEFAULT_MODEL_ROUTES)
 
 
 def _prompt(endpoint: str, body: dict[str, Any] | None) -> str | None:

@@ -12,7 +12,7 @@ kept from clients that did not ask for it themselves.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager, nullcontext, suppress
+from contextlib import suppress
 from typing import Any
 
 import orjson
@@ -61,10 +61,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
     # Generation holds a backend slot until its last byte, as on /api/*.
-    slot: AbstractAsyncContextManager[None] = (
-        app[keys.GATE].slot() if call.endpoint in GATED_ROUTES else nullcontext()
-    )
-    async with slot:
+    async with app[keys.GATE].slot_if(call.endpoint in GATED_ROUTES):
         reply = await backend.openai(call)
         if reply.frames is not None:
             return await _relay_stream(request, reply, exchange, console, strip_usage=not usage_asked)
@@ -80,19 +77,10 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tu
     model = backend_model = None
     stream = usage_asked = False
     if request.method == "POST":
-        received = body = body_mod.json_object(raw)
-        model = body.get("model")
-        if model is None or model == "":
-            model = config.models.default
-        if not isinstance(model, str):
-            raise BadRequest("'model' must be a string")
-        if not model:
-            raise BadRequest("model is required")
-        backend_model = config.models.backend_name(model)
-        if backend_model != body.get("model"):
-            body = {**body, "model": backend_model}
+        received = body_mod.json_object(raw)
+        model, backend_model, body = body_mod.map_model(received, "model", config, use_default=True)
         if endpoint in STREAM_ROUTES:
-            stream = _stream_flag(body)
+            stream = body_mod.stream_flag(body, default=False)
         if stream:
             options = body.get("stream_options")
             if options is not None and not isinstance(options, dict):
@@ -106,30 +94,11 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tu
     elif endpoint == MODEL:
         model = request.match_info["model"]
         backend_model = config.models.backend_name(model)
-    exchange.model, exchange.backend_model, exchange.stream = model, backend_model, stream
-    exchange.prompt = _prompt(endpoint, body)
-    call = Call(
-        endpoint=endpoint,
-        method=request.method,
-        path=request.path,
-        body=body,
-        raw=raw,
-        query=request.query_string,
-        model=model,
-        backend_model=backend_model,
-        exchange=exchange,
-        stream=stream,
-    )
+    call = body_mod.make_call(
+        request, exchange, body=body, raw=raw, model=model, backend_model=backend_model,
+        stream=stream, prompt=_prompt(endpoint, body),
+    )  # fmt: skip
     return call, usage_asked
-
-
-def _stream_flag(body: dict[str, Any]) -> bool:
-    value = body.get("stream")
-    if value is None:
-        return False  # OpenAI's default, unlike Ollama's
-    if not isinstance(value, bool):
-        raise BadRequest("'stream' must be true or false")
-    return value
 
 
 def _prompt(endpoint: str, body: dict[str, Any] | None) -> str | None:

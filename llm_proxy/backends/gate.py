@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 from ..errors import Busy
 
@@ -24,6 +24,10 @@ class Gate:
         self.active = 0
         self.waiting = 0
         self._slots = asyncio.Semaphore(limit) if limit > 0 else None
+
+    def slot_if(self, gated: bool) -> AbstractAsyncContextManager[None]:
+        """A slot for requests that make the backend generate; nothing for the rest."""
+        return self.slot() if gated else nullcontext()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
