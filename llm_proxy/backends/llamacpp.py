@@ -111,10 +111,7 @@ class LlamaCppBackend:
             )
         if endpoint == "/api/pull":
             return self._pull(call)
-        local = replies.answer_locally(call, "llamacpp", "serves the GGUF files named in backend.models")
-        if local is not None:
-            return local
-        raise replies.unsupported(call, "llamacpp")
+        return replies.answer_locally(call, "llamacpp", "serves the GGUF files named in backend.models")
 
     async def openai(self, call: Call) -> Reply:
         if call.endpoint == "/v1/models":

@@ -137,10 +137,7 @@ class OpenAIBackend:
             return await self._embed(call)
         if endpoint == "/api/pull":
             return await self._pull(call)
-        local = replies.answer_locally(call, "openai", "serves the models its server has loaded")
-        if local is not None:
-            return local
-        raise replies.unsupported(call, "openai")
+        return replies.answer_locally(call, "openai", "serves the models its server has loaded")
 
     async def openai(self, call: Call) -> Reply:
         if call.endpoint == "/v1/models":

@@ -59,8 +59,8 @@ def pulled(call: Call) -> Reply:
     return single(call, {"status": "success"})
 
 
-def answer_locally(call: Call, backend: str, serves: str) -> Reply | None:
-    """What needs no server: version, liveness, and a clear 501 for model management.
+def answer_locally(call: Call, backend: str, serves: str) -> Reply:
+    """What needs no server: version, liveness; a clear 501 for model management and the rest.
 
     ``serves`` finishes "the <backend> backend ..." in the 501's message.
     """
@@ -74,9 +74,4 @@ def answer_locally(call: Call, backend: str, serves: str) -> Reply | None:
             "and does not manage model files",
             501,
         )
-    return None
-
-
-def unsupported(call: Call, backend: str) -> ProxyError:
-    """The error for a route this backend has no answer for."""
-    return ProxyError(f"{call.endpoint} is not supported by the {backend} backend", 501)
+    raise ProxyError(f"{call.endpoint} is not supported by the {backend} backend", 501)
