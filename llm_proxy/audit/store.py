@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -43,6 +43,7 @@ class Store:
         self.lock = asyncio.Lock()
         self.turns = TurnTracker()
         self._db: aiosqlite.Connection | None = None
+        self._next_id: int | None = None  # the id the next row gets; None = read it from the table
 
     async def open(self) -> list[str]:
         """Apply pending migrations, then open the writer connection; returns migrations applied."""
@@ -69,22 +70,22 @@ class Store:
             try:
                 # Rows get their ids from us, following AUTOINCREMENT's rule (after
                 # the largest id ever used), so that a turn is named after its first
-                # row in the same statement. Read before the write transaction; if
-                # someone else inserted meanwhile, the primary key refuses the batch
-                # and the writer retries it.
-                [(last,)] = await db.execute_fetchall(_LAST_ID)
+                # row in the same statement. Should anyone else insert a row, the
+                # primary key refuses the batch, and the retry reads the ids again.
+                if self._next_id is None:
+                    [(last,)] = await db.execute_fetchall(_LAST_ID)
+                    self._next_id = last + 1
+                first = self._next_id
                 blobs: dict[str, str] = {}
                 values = [
-                    self._prepare(dict(zip(COLUMNS, row, strict=True)), last + 1 + i, blobs)
+                    self._prepare(dict(zip(COLUMNS, row, strict=True)), first + i, blobs)
                     for i, row in enumerate(rows)
                 ]
-                if blobs:
-                    await db.executemany(_INSERT_BLOB, blobs.items())
-                await db.executemany(_INSERT, values)
-                await db.commit()
+                await _in_thread(db, _write_batch, list(blobs.items()), values)
+                self._next_id = first + len(values)
             except BaseException:
                 self.turns.restore(turns)
-                await db.rollback()
+                self._next_id = None
                 raise
 
     def _prepare(self, values: dict[str, Any], row_id: int, blobs: dict[str, str]) -> tuple[Any, ...]:
@@ -169,6 +170,35 @@ class Store:
         async with self._db.execute("SELECT COUNT(*) FROM logs") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+async def _in_thread(db: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(connection, *args)`` on aiosqlite's thread, as one step.
+
+    A batch is several statements; sent one by one, each waits for the event
+    loop in between, and the write lock is held all that while. Under steady
+    load the writer then holds it almost without a break, and a user's
+    ``BEGIN IMMEDIATE`` in ``sqlite3`` could wait out its whole busy timeout.
+    """
+    # aiosqlite's own primitive for queueing work on its thread (every public
+    # method goes through it); pyproject bounds the version it is known in.
+    return await db._execute(fn, db._conn, *args)
+
+
+def _write_batch(conn: sqlite3.Connection, blobs: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
+    """One batch in one transaction, taken with the write lock up front."""
+    # IMMEDIATE: busy_timeout then waits out a user's write. A deferred
+    # transaction that has read first is refused at once when someone else
+    # wrote in between.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if blobs:
+            conn.executemany(_INSERT_BLOB, blobs)
+        conn.executemany(_INSERT, rows)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def _strip_text(values: dict[str, Any]) -> None:
