@@ -7,11 +7,12 @@ become keys of the JSON object; the text format carries them in the message.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import copy
 import logging
-import logging.handlers
 import sys
+import threading
 from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import IO, Any
@@ -19,6 +20,7 @@ from typing import IO, Any
 import orjson
 
 ACCESS = logging.getLogger("llm_proxy.access")
+HAND_OFF_DELAY = 0.02  # seconds a log record may wait to be passed to the writer
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Keys that every LogRecord has; anything else on a record came from ``extra=``.
@@ -50,23 +52,72 @@ def formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
 
 
-class _HandOff(logging.handlers.QueueHandler):
-    """Queues records for the writer thread, their message fixed but not yet formatted."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # Arguments are merged now (they may change once this returns) and a
-        # traceback is rendered now (its frames go away); the rest waits.
-        record = copy.copy(record)
-        record.msg, record.args = record.getMessage(), None
-        if record.exc_info:
-            record.exc_text = record.exc_text or logging.Formatter().formatException(record.exc_info)
-            record.exc_info = None
-        return record
+def _fixed(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy of ``record`` that can wait: its message merged, its traceback rendered."""
+    # Arguments are merged now (they may change once this returns) and a
+    # traceback is rendered now (its frames go away); formatting waits.
+    record = copy.copy(record)
+    record.msg, record.args = record.getMessage(), None
+    if record.exc_info:
+        record.exc_text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+    return record
 
 
-_handler: logging.Handler | None = None
-_listener: logging.handlers.QueueListener | None = None
-_hand_off: logging.Handler | None = None
+class _HandOff(logging.Handler):
+    """Gathers records on the event loop and passes them to the writer thread in batches.
+
+    Waking the thread for every access line cost the loop a thread switch per
+    request; a batch every :data:`HAND_OFF_DELAY` seconds costs one.
+    """
+
+    def __init__(self, queue: SimpleQueue[list[logging.LogRecord] | None]) -> None:
+        super().__init__()
+        self.queue = queue
+        self.batch: list[logging.LogRecord] = []
+        self._swap = threading.Lock()  # the batch is taken at stop() from another thread
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # another thread, or no loop yet: straight to the writer
+            self.queue.put([_fixed(record)])
+            return
+        record = _fixed(record)
+        with self._swap:
+            self.batch.append(record)
+            first = len(self.batch) == 1
+        if first:
+            loop.call_later(HAND_OFF_DELAY, self.flush)
+
+    def flush(self) -> None:
+        with self._swap:
+            batch, self.batch = self.batch, []
+        if batch:
+            self.queue.put(batch)
+
+
+def _write(
+    queue: SimpleQueue[list[logging.LogRecord] | None], handler: logging.StreamHandler[IO[str]]
+) -> None:
+    """The writer thread: each batch formatted and written with one write; ``None`` ends it."""
+    while (batch := queue.get()) is not None:
+        lines = []
+        for record in batch:
+            try:
+                lines.append(handler.format(record) + "\n")
+            except Exception:  # a record that cannot be formatted must not stop the rest
+                handler.handleError(record)
+        try:
+            handler.stream.write("".join(lines))
+            handler.stream.flush()
+        except Exception:  # stderr closed: nothing else can say so
+            handler.handleError(batch[0])
+
+
+_handler: logging.StreamHandler[IO[str]] | None = None
+_writer: threading.Thread | None = None
+_hand_off: _HandOff | None = None
 
 
 def setup(log_format: str, stream: IO[str] | None = None) -> None:
@@ -76,14 +127,16 @@ def setup(log_format: str, stream: IO[str] | None = None) -> None:
     per request would otherwise cost the event loop a write() each (a tenth of
     its time under load, measured with py-spy).
     """
-    global _handler, _listener, _hand_off
+    global _handler, _writer, _hand_off
     root = logging.getLogger()
     stop()
+    # No record needs the process id (one getpid() call per record otherwise).
+    logging.logProcesses = False
     _handler = logging.StreamHandler(stream or sys.stderr)
     _handler.setFormatter(formatter(log_format))
-    queue: SimpleQueue[logging.LogRecord] = SimpleQueue()
-    _listener = logging.handlers.QueueListener(queue, _handler)
-    _listener.start()
+    queue: SimpleQueue[list[logging.LogRecord] | None] = SimpleQueue()
+    _writer = threading.Thread(target=_write, args=(queue, _handler), name="log-writer", daemon=True)
+    _writer.start()
     _hand_off = _HandOff(queue)
     root.addHandler(_hand_off)
     root.setLevel(logging.INFO)
@@ -91,14 +144,15 @@ def setup(log_format: str, stream: IO[str] | None = None) -> None:
 
 
 def stop() -> None:
-    """Write what is queued and stop the writer thread (at exit, or before a new setup)."""
-    global _listener, _hand_off
+    """Write what is gathered and stop the writer thread (at exit, or before a new setup)."""
+    global _writer, _hand_off
     if _hand_off is not None:
         logging.getLogger().removeHandler(_hand_off)
-        _hand_off = None
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+        _hand_off.flush()
+        if _writer is not None:
+            _hand_off.queue.put(None)
+            _writer.join()
+        _hand_off = _writer = None
 
 
 def set_format(log_format: str) -> None:
