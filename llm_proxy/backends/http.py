@@ -1,85 +1,67 @@
-"""HTTP plumbing shared by the backends: one session, and transport errors as ProxyErrors."""
+"""HTTP plumbing shared by the backends: one client, and transport errors as ProxyErrors."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
-
+from .. import __version__
 from ..config import BackendConfig
 from ..errors import BackendError, BackendTimeout, BackendUnavailable
+from .wire import Client, Response, WireError, WireTimeout
 
-HEALTH_TIMEOUT = 3.0  # seconds a health probe may take
+HEALTH_TIMEOUT = 3.0  # seconds a health probe may wait
 
 
-def new_session(config: BackendConfig) -> aiohttp.ClientSession:
-    """The one client session a backend reuses for every request."""
+def new_client(config: BackendConfig) -> Client:
+    """The one client a backend reuses for every request."""
     # `timeout` bounds each wait for the backend (connecting, or the next bytes
     # of an answer) rather than the whole answer: a long generation that keeps
     # streaming must not be cut off at 300 s.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.timeout, sock_read=config.timeout)
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else None
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-    return aiohttp.ClientSession(
-        timeout=timeout,
-        headers=headers,
-        connector=connector,
-    )
+    return Client(limit=config.timeout, headers=headers, agent=f"llm-proxy/{__version__}")
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    client: Client,
     method: str,
     url: str,
     *,
     backend: str,
     data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
-    limits: aiohttp.ClientTimeout | None = None,
-) -> aiohttp.ClientResponse:
+    limits: float | None = None,
+) -> Response:
     """Send one request; connection failures become 502, time-outs 504."""
-    extra: dict[str, Any] = {"timeout": limits} if limits is not None else {}
     try:
-        return await session.request(method, url, data=data, headers=headers, **extra)
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+        return await client.request(method, url, data=data, headers=headers, limit=limits)
+    except WireTimeout:
         raise BackendTimeout(f"backend {backend} did not answer in time") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise BackendUnavailable(f"backend {backend} is unreachable: {_reason(exc)}") from None
-    except aiohttp.ClientError as exc:
-        raise BackendUnavailable(f"backend {backend} failed: {_reason(exc)}") from None
+    except WireError as exc:
+        if exc.connecting:
+            raise BackendUnavailable(f"backend {backend} is unreachable: {exc}") from None
+        raise BackendUnavailable(f"backend {backend} failed: {exc}") from None
 
 
-async def read_body(resp: aiohttp.ClientResponse, backend: str) -> bytes:
+async def read_body(resp: Response, backend: str) -> bytes:
     """The whole response body; failures mid-way become ProxyErrors."""
     try:
         return await resp.read()
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+    except WireTimeout:
         raise BackendTimeout(f"backend {backend} stopped answering") from None
-    except aiohttp.ClientError as exc:
-        raise BackendError(f"backend {backend} broke off its answer: {_reason(exc)}") from None
+    except WireError as exc:
+        raise BackendError(f"backend {backend} broke off its answer: {exc}") from None
 
 
-async def iter_chunks(resp: aiohttp.ClientResponse, backend: str) -> AsyncIterator[bytes]:
+async def iter_chunks(resp: Response, backend: str) -> AsyncIterator[bytes]:
     """The response body as it arrives; failures mid-stream become ProxyErrors."""
     try:
-        async for data in resp.content.iter_any():
+        async for data in resp.iter_any():
             yield data
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+    except WireTimeout:
         raise BackendTimeout(f"backend {backend} stopped answering mid-stream") from None
-    except aiohttp.ClientError as exc:
-        raise BackendError(f"backend {backend} broke off the stream: {_reason(exc)}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.strerror or str(exc.os_error) or type(exc).__name__
-    return str(exc) or type(exc).__name__
-
-
-def health_timeout() -> aiohttp.ClientTimeout:
-    """A short timeout for health probes."""
-    return aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
+    except WireError as exc:
+        raise BackendError(f"backend {backend} broke off the stream: {exc}") from None
 
 
 def describe(config: BackendConfig) -> dict[str, Any]:

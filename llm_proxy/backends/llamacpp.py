@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
-
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
 from ..translate import ollama_openai as tr
@@ -49,7 +47,7 @@ class LlamaCppBackend:
     def __init__(self, config: Config) -> None:
         self._config = config
         self.binary = find_binary(config.backend.server_binary)
-        self._session: aiohttp.ClientSession | None = None
+        self._http: http.Client | None = None
         self._pool: ServerPool | None = None
         self._clients: dict[str, OpenAIBackend] = {}  # by model name, for its current server
 
@@ -72,14 +70,14 @@ class LlamaCppBackend:
 
     async def start(self) -> None:
         backend = self.config.backend
-        self._session = http.new_session(backend)
+        self._http = http.new_client(backend)
         self._pool = ServerPool(
             self.binary,
             backend.models,
             max_running=backend.max_running,
             idle_timeout=backend.idle_timeout,
             wait_limit=backend.timeout,
-            session=self._session,
+            client=self._http,
         )
         self._pool.start()
 
@@ -88,9 +86,9 @@ class LlamaCppBackend:
             await self._pool.close()
         for client in self._clients.values():
             await client.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def health(self) -> str | None:
         if not os.access(self.binary, os.X_OK):
@@ -185,7 +183,7 @@ class LlamaCppBackend:
         """The OpenAI-style client of ``server``'s current process."""
         client = self._clients.get(server.name)
         if client is None or client.endpoint != server.url:
-            client = OpenAIBackend(self.config, endpoint=server.url, session=self._session)
+            client = OpenAIBackend(self.config, endpoint=server.url, client=self._http)
             self._clients[server.name] = client
         return client
 

@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from ..config import Config
@@ -33,26 +32,26 @@ class OllamaBackend:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.endpoint = config.backend.endpoint.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        self._client: http.Client | None = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "OllamaBackend.start() was not awaited"
-        return self._session
+    def client(self) -> http.Client:
+        assert self._client is not None, "OllamaBackend.start() was not awaited"
+        return self._client
 
     async def start(self) -> None:
-        self._session = http.new_session(self.config.backend)
+        self._client = http.new_client(self.config.backend)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def health(self) -> str | None:
         try:
             resp = await http.send(
-                self.session, "GET", f"{self.endpoint}/api/version",
-                backend=self.endpoint, limits=http.health_timeout(),
+                self.client, "GET", f"{self.endpoint}/api/version",
+                backend=self.endpoint, limits=http.HEALTH_TIMEOUT,
             )  # fmt: skip
         except ProxyError as exc:  # http.send turns every transport failure into one
             return exc.message
@@ -68,7 +67,7 @@ class OllamaBackend:
         data = call.raw
         headers = {"Content-Type": "application/json"} if call.body is not None else None
         resp = await http.send(
-            self.session, call.method, url, backend=self.endpoint, data=data or None, headers=headers
+            self.client, call.method, url, backend=self.endpoint, data=data or None, headers=headers
         )
         content_type = resp.headers.get("Content-Type", "application/json")
         if resp.status < 400 and content_type.startswith("application/x-ndjson"):
@@ -84,9 +83,9 @@ class OllamaBackend:
         if path == "/v1/models/{model}":
             assert call.backend_model is not None
             path = f"/v1/models/{quote(call.backend_model, safe='/:')}"
-        return await relay.forward(self.session, self.endpoint, path, call)
+        return await relay.forward(self.client, self.endpoint, path, call)
 
-    async def _lines(self, resp: aiohttp.ClientResponse, call: Call) -> AsyncGenerator[Batch, None]:
+    async def _lines(self, resp: http.Response, call: Call) -> AsyncGenerator[Batch, None]:
         """Relay NDJSON lines as they arrive; re-serialise only to rename the model."""
         rename = call.model if call.model != call.backend_model else None
         decoder = LineDecoder()

@@ -20,7 +20,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..config import Config
@@ -64,37 +63,37 @@ class OpenAIBackend:
     type = "openai"
 
     def __init__(
-        self, config: Config, endpoint: str | None = None, session: aiohttp.ClientSession | None = None
+        self, config: Config, endpoint: str | None = None, client: http.Client | None = None
     ) -> None:
         self.config = config
-        # The llamacpp backend gives each of its servers' URLs and its one session.
+        # The llamacpp backend gives each of its servers' URLs and its one client.
         self.endpoint = (endpoint or config.backend.endpoint).rstrip("/")
-        self._session: aiohttp.ClientSession | None = session
-        self._owns_session = session is None
+        self._client: http.Client | None = client
+        self._owns_client = client is None
         self._catalog: Catalog | None = None
         self._refresh: asyncio.Task[Catalog] | None = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "OpenAIBackend.start() was not awaited"
-        return self._session
+    def client(self) -> http.Client:
+        assert self._client is not None, "OpenAIBackend.start() was not awaited"
+        return self._client
 
     async def start(self) -> None:
-        if self._owns_session:
-            self._session = http.new_session(self.config.backend)
+        if self._owns_client:
+            self._client = http.new_client(self.config.backend)
 
     async def close(self) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
-        if self._session is not None and self._owns_session:
-            await self._session.close()
-            self._session = None
+        if self._client is not None and self._owns_client:
+            await self._client.close()
+            self._client = None
 
     async def health(self) -> str | None:
         try:
             resp = await http.send(
-                self.session, "GET", f"{self.endpoint}/health",
-                backend=self.endpoint, limits=http.health_timeout(),
+                self.client, "GET", f"{self.endpoint}/health",
+                backend=self.endpoint, limits=http.HEALTH_TIMEOUT,
             )  # fmt: skip
         except ProxyError as exc:
             return exc.message
@@ -160,7 +159,7 @@ class OpenAIBackend:
             if body != call.body:
                 call.body, call.raw = body, orjson.dumps(body)
                 call.exchange.backend_request = body
-        return await relay.forward(self.session, self.endpoint, call.endpoint, call)
+        return await relay.forward(self.client, self.endpoint, call.endpoint, call)
 
     # -- models ---------------------------------------------------------------
 
@@ -189,7 +188,7 @@ class OpenAIBackend:
         return catalog
 
     async def _get_json(self, path: str, optional: bool = False) -> Any:
-        resp = await http.send(self.session, "GET", f"{self.endpoint}{path}", backend=self.endpoint)
+        resp = await http.send(self.client, "GET", f"{self.endpoint}{path}", backend=self.endpoint)
         async with resp:
             body = await http.read_body(resp, self.endpoint)
         if resp.status >= 400:
@@ -242,7 +241,7 @@ class OpenAIBackend:
             path, body = tr.generate_request(call.body, served, params)
         call.exchange.backend_request = body
         resp = await http.send(
-            self.session, "POST", f"{self.endpoint}{path}", backend=self.endpoint,
+            self.client, "POST", f"{self.endpoint}{path}", backend=self.endpoint,
             data=orjson.dumps(body), headers={"Content-Type": JSON},
         )  # fmt: skip
         if resp.status >= 400:
@@ -259,7 +258,7 @@ class OpenAIBackend:
         return replies.json_reply(assembler.result())
 
     async def _translate(
-        self, resp: aiohttp.ClientResponse, translator: tr.StreamTranslator, call: Call
+        self, resp: http.Response, translator: tr.StreamTranslator, call: Call
     ) -> AsyncGenerator[Batch, None]:
         """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive."""
         decoder = SSEDecoder()
@@ -313,7 +312,7 @@ class OpenAIBackend:
                 return replies.json_reply({"model": call.model, "embeddings": []})
         call.exchange.backend_request = body
         resp = await http.send(
-            self.session, "POST", f"{self.endpoint}/v1/embeddings", backend=self.endpoint,
+            self.client, "POST", f"{self.endpoint}/v1/embeddings", backend=self.endpoint,
             data=orjson.dumps(body), headers={"Content-Type": JSON},
         )  # fmt: skip
         async with resp:

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from ..config import LlamaModel
 from ..errors import BackendUnavailable, BadRequest, ConfigError, ProxyError
+from .wire import Client, WireError
 
 log = logging.getLogger("llm_proxy.llama_server")
 
@@ -204,7 +203,7 @@ class ServerPool:
         max_running: int,
         idle_timeout: float,
         wait_limit: float,
-        session: aiohttp.ClientSession,
+        client: Client,
     ) -> None:
         self.binary = binary
         self.models = models
@@ -213,7 +212,7 @@ class ServerPool:
         self.default_keep = idle_timeout if idle_timeout > 0 else -1.0
         # How long a request waits for a model to load, or for a busy slot, before a 503.
         self.wait_limit = wait_limit
-        self._session = session
+        self._client = client
         self._servers: dict[str, ModelServer] = {}  # starting or running, by model name
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()  # stops and watchers still running
@@ -398,10 +397,9 @@ class ServerPool:
         """Poll ``/health`` until 200 (503 while the model loads); fail as soon as the process exits."""
         assert server.watcher is not None
         deadline = time.monotonic() + LOAD_LIMIT
-        timeout = aiohttp.ClientTimeout(total=2)
         while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with self._session.get(f"{server.url}/health", timeout=timeout) as resp:
+            with contextlib.suppress(WireError):
+                async with await self._client.request("GET", f"{server.url}/health", limit=2) as resp:
                     if resp.status == 200:
                         return
             done, _ = await asyncio.wait({server.watcher}, timeout=READY_POLL)
@@ -446,10 +444,10 @@ class ServerPool:
         """After a failed request: a server that does not answer /health is replaced."""
         server.suspect = False
         try:
-            async with self._session.get(f"{server.url}/health", timeout=aiohttp.ClientTimeout(total=3)) as r:
+            async with await self._client.request("GET", f"{server.url}/health", limit=3) as r:
                 if r.status == 200:
                     return
-        except (aiohttp.ClientError, TimeoutError):
+        except WireError:
             pass
         if self._servers.get(server.name) is server:
             log.warning("%s: llama-server %s; starting it again", server.name, server.ended())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-import aiohttp
 import orjson
 
 from ..translate.sse import SSEDecoder, SSEFramer
@@ -21,12 +20,12 @@ JSON = "application/json"
 SSE = "text/event-stream"
 
 
-async def forward(session: aiohttp.ClientSession, endpoint: str, path: str, call: Call) -> Reply:
+async def forward(client: http.Client, endpoint: str, path: str, call: Call) -> Reply:
     """Send ``call`` to ``endpoint + path``; an SSE answer comes back as frames."""
     data = call.raw if call.method == "POST" else None
     headers = {"Content-Type": JSON} if data is not None else None
     resp = await http.send(
-        session, call.method, f"{endpoint}{path}", backend=endpoint, data=data, headers=headers
+        client, call.method, f"{endpoint}{path}", backend=endpoint, data=data, headers=headers
     )
     content_type = resp.headers.get("Content-Type", JSON)
     if resp.status < 400 and content_type.startswith(SSE):
@@ -36,7 +35,7 @@ async def forward(session: aiohttp.ClientSession, endpoint: str, path: str, call
     return Reply(resp.status, content_type, body=body)
 
 
-async def frames(resp: aiohttp.ClientResponse, backend: str) -> AsyncGenerator[Frame, None]:
+async def frames(resp: http.Response, backend: str) -> AsyncGenerator[Frame, None]:
     """The SSE answer frame by frame as it arrives, each with its parsed data."""
     framer, decoder = SSEFramer(), SSEDecoder()
     try:
