@@ -166,6 +166,18 @@ class Response:
             waiter.set_result(None)
 
 
+def _chunk_size(line: bytes) -> int:
+    """The size on a chunk's first line (hex, perhaps followed by ``;extensions``)."""
+    try:
+        return int(line, 16)
+    except ValueError:
+        pass
+    try:
+        return int(line.split(b";", 1)[0], 16)
+    except ValueError:
+        raise WireError(f"bad chunk size {line[:20]!r}") from None
+
+
 class Connection(asyncio.Protocol):
     """One kept-alive connection to an origin; it parses one answer at a time."""
 
@@ -261,74 +273,89 @@ class Connection(asyncio.Protocol):
     # -- parsing ------------------------------------------------------------------
 
     def _parse(self, data: bytes) -> None:
-        while data:
+        """Take in what arrived; the body bytes found go to the answer in one piece."""
+        self._buf = b""
+        body: list[bytes] = []
+        try:
+            self._walk(data, body)
+        finally:
+            if body and self._resp is not None:
+                self._resp._feed(body[0] if len(body) == 1 else b"".join(body))
+
+    def _walk(self, data: bytes, body: list[bytes]) -> None:
+        # Positions rather than slices of the rest: a read can hold a thousand chunks.
+        pos, end_of_data = 0, len(data)
+        while pos < end_of_data:
             state = self._state
-            if state == _HEAD:
-                end = data.find(b"\r\n\r\n")
+            if state == _CHUNK_SIZE:
+                end = data.find(b"\r\n", pos)
                 if end < 0:
-                    if len(data) > MAX_HEAD:
-                        raise WireError("the answer's headers are too long")
-                    self._buf = data
+                    self._keep_partial(data[pos:])
                     return
-                head, data = data[:end], data[end + 4 :]
-                self._head_parsed(head)
-                continue
-            if state in (_LENGTH, _CHUNK_DATA):
-                left = self._left
-                if len(data) <= left:
-                    piece, data = data, b""
-                else:
-                    piece, data = data[:left], data[left:]
-                self._left = left - len(piece)
-                assert self._resp is not None
-                self._resp._feed(piece)
-                if self._left == 0:
-                    if state == _LENGTH:
-                        self._complete()
-                    else:
-                        self._state = _CHUNK_END
-            elif state == _CHUNK_SIZE:
-                end = data.find(b"\r\n")
-                if end < 0:
-                    self._keep_partial(data)
-                    return
-                line, data = data[:end], data[end + 2 :]
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    raise WireError(f"bad chunk size {line[:20]!r}") from None
-                if size:
-                    self._state, self._left = _CHUNK_DATA, size
-                else:
+                size = _chunk_size(data[pos:end])
+                pos = end + 2
+                if not size:
                     self._state = _TRAILER
+                    continue
+                stop = pos + size
+                if data[stop : stop + 2] == b"\r\n":  # the whole chunk is here
+                    body.append(data[pos:stop])
+                    pos = stop + 2
+                else:
+                    self._state, self._left = _CHUNK_DATA, size
+            elif state in (_LENGTH, _CHUNK_DATA):
+                take = min(self._left, end_of_data - pos)
+                body.append(data[pos : pos + take])
+                pos += take
+                self._left -= take
+                if self._left:
+                    return
+                if state == _LENGTH:
+                    self._end_of_body(body)
+                else:
+                    self._state = _CHUNK_END
             elif state == _CHUNK_END:
-                if len(data) < 2:
-                    self._buf = data
+                if end_of_data - pos < 2:
+                    self._buf = data[pos:]
                     return
-                if data[:2] != b"\r\n":
+                if data[pos : pos + 2] != b"\r\n":
                     raise WireError("a chunk did not end with CRLF")
-                data = data[2:]
+                pos += 2
                 self._state = _CHUNK_SIZE
-            elif state == _TRAILER:
-                end = data.find(b"\r\n")
+            elif state == _HEAD:
+                end = data.find(b"\r\n\r\n", pos)
                 if end < 0:
-                    self._keep_partial(data)
+                    if end_of_data - pos > MAX_HEAD:
+                        raise WireError("the answer's headers are too long")
+                    self._buf = data[pos:]
                     return
-                line, data = data[:end], data[end + 2 :]
-                if not line:  # the blank line that ends the trailers
-                    self._complete()
+                self._head_parsed(data[pos:end])
+                pos = end + 4
+            elif state == _TRAILER:
+                end = data.find(b"\r\n", pos)
+                if end < 0:
+                    self._keep_partial(data[pos:])
+                    return
+                blank = end == pos  # the blank line that ends the trailers
+                pos = end + 2
+                if blank:
+                    self._end_of_body(body)
             elif state == _UNTIL_CLOSE:
-                assert self._resp is not None
-                self._resp._feed(data)
+                body.append(data[pos:] if pos else data)
                 return
             else:  # _DONE: bytes after the answer, unasked for
                 raise WireError("the server sent more than one answer")
-        self._buf = b""
 
     def _keep_partial(self, data: bytes) -> None:
         if len(data) > MAX_HEAD:
             raise WireError("a chunk header is too long")
         self._buf = data
+
+    def _end_of_body(self, body: list[bytes]) -> None:
+        if body and self._resp is not None:
+            self._resp._feed(body[0] if len(body) == 1 else b"".join(body))
+        body.clear()
+        self._complete()
 
     def _head_parsed(self, head: bytes) -> None:
         """Take the status line and headers, and learn how the body is framed."""
