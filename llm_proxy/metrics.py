@@ -9,6 +9,7 @@ so they are exact rather than sampled.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -67,6 +68,9 @@ class Metrics:
         self.in_flight = Gauge("llm_proxy_requests_in_flight", "Requests being answered now.", registry=r)
         for kind in ("unreachable", "timeout", "error"):
             self.backend_errors.labels(kind)  # present at zero, so rate() works from the start
+        # Each request's series, by (endpoint, model, status): ``labels()`` takes a
+        # lock and builds a key every call. Grows exactly as the series do.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def observe(
         self,
@@ -81,11 +85,20 @@ class Metrics:
         # labelled with its model: any string a client sends would otherwise
         # become a new series, and a proxy that runs for months would grow.
         model = (exchange.model if exchange is not None and not 400 <= status < 500 else None) or ""
-        self.requests.labels(endpoint, model, str(status)).inc()
-        self.latency.labels(endpoint, model).observe(seconds)
+        key = (endpoint, model, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.requests.labels(endpoint, model, str(status)),
+                self.latency.labels(endpoint, model),
+                self.ttft.labels(endpoint, model),
+            )
+        requests, latency, ttft = series
+        requests.inc()
+        latency.observe(seconds)
         if exchange is not None:
             if exchange.ttft_ms is not None:
-                self.ttft.labels(endpoint, model).observe(exchange.ttft_ms / 1000)
+                ttft.observe(exchange.ttft_ms / 1000)
             if exchange.prompt_tokens:
                 self.tokens.labels(model, "in").inc(exchange.prompt_tokens)
             if exchange.completion_tokens:
