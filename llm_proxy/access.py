@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import suppress
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -33,6 +34,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared:
+            # A whole answer goes out now, rather than after the log line and the
+            # metrics below (aiohttp would send it once this returns).
+            with suppress(ConnectionError):  # the client left: it is counted all the same
+                await response.prepare(request)
+                await response.write_eof()
         return response
     except web.HTTPException as exc:  # redirects and the like, which the error boundary lets through
         status = exc.status
