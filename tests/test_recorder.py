@@ -50,3 +50,27 @@ async def test_a_locked_database_holds_new_requests_and_loses_nothing(
         prompts = [r[0] for r in conn.execute("SELECT prompt FROM logs ORDER BY id")]
     assert prompts == [f"question {n}" for n in range(4)]
     assert recorder.written == 4
+
+
+async def test_a_large_batch_lands_whole_and_in_order(tmp_path: Path) -> None:
+    """87 rows in one transaction (statements of 64, 16, 4 and 1 rows): every column in place."""
+    store = Store(str(tmp_path / "audit.db"))
+    await store.open()
+    rows = []
+    for n in range(87):
+        e = exchange(n)
+        e.request_body = b'{"model":"m%d","messages":[{"role":"user","content":"question %d"}]}' % (n, n)
+        e.response, e.completion_tokens = f"answer {n}", n
+        rows.append(e.row())
+    await store.insert(rows)
+    await store.insert([exchange(87).row()])  # the next batch carries on from the ids in memory
+    await store.close()
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        found = conn.execute(
+            "SELECT id, prompt, response, completion_tokens, request_body FROM logs_full ORDER BY id"
+        ).fetchall()
+    assert [r[0] for r in found] == list(range(1, 89))
+    expected = [(f"question {n}", f"answer {n}", n) for n in range(87)]
+    assert [(r[1], r[2], r[3]) for r in found[:87]] == expected
+    assert found[86][4] == '{"model":"m86","messages":[{"role":"user","content":"question 86"}]}'
+    assert found[87][1:4] == ("question 87", None, None)
