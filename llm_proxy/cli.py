@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sqlite3
 import sys
@@ -129,6 +130,12 @@ def _serve(config: Config, banner: str | None = None) -> int:
         print(f"{PROG}: {warning}", file=sys.stderr, flush=True)
 
     def announce(*_: object) -> None:
+        # Everything made so far (modules, the app, its connections) lives as
+        # long as the process: out of the collector's sight, a full collection
+        # no longer walks it. One took 13 ms here, a stall every request then
+        # in flight would have waited out.
+        gc.collect()
+        gc.freeze()
         # run_app prints once the port is bound (and migrations ran, at startup):
         # the moment systemd may send traffic.
         print(
