@@ -13,6 +13,7 @@ import copy
 import logging
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from queue import SimpleQueue
 from typing import IO, Any
@@ -64,6 +65,15 @@ def _fixed(record: logging.LogRecord) -> logging.LogRecord:
     return record
 
 
+# An access line on its way to the writer thread: when, and its fields in
+# :data:`ACCESS_FIELDS` order. The thread makes the LogRecord: one per request
+# was a good part of what logging cost the event loop.
+AccessLine = tuple[float, tuple[Any, ...]]
+Item = logging.LogRecord | AccessLine
+ACCESS_FIELDS = ("request_id", "method", "path", "status", "latency_ms", "model", "backend")
+ACCESS_MESSAGE = "%s %s %d %dms model=%s backend=%s id=%s"
+
+
 class _HandOff(logging.Handler):
     """Gathers records on the event loop and passes them to the writer thread in batches.
 
@@ -71,10 +81,10 @@ class _HandOff(logging.Handler):
     request; a batch every :data:`HAND_OFF_DELAY` seconds costs one.
     """
 
-    def __init__(self, queue: SimpleQueue[list[logging.LogRecord] | None]) -> None:
+    def __init__(self, queue: SimpleQueue[list[Item] | None]) -> None:
         super().__init__()
         self.queue = queue
-        self.batch: list[logging.LogRecord] = []
+        self.batch: list[Item] = []
         self._swap = threading.Lock()  # the batch is taken at stop() from another thread
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -83,9 +93,12 @@ class _HandOff(logging.Handler):
         except RuntimeError:  # another thread, or no loop yet: straight to the writer
             self.queue.put([_fixed(record)])
             return
-        record = _fixed(record)
+        self.gather(_fixed(record), loop)
+
+    def gather(self, item: Item, loop: asyncio.AbstractEventLoop) -> None:
+        """Add to the batch the loop passes on :data:`HAND_OFF_DELAY` seconds from now."""
         with self._swap:
-            self.batch.append(record)
+            self.batch.append(item)
             first = len(self.batch) == 1
         if first:
             loop.call_later(HAND_OFF_DELAY, self.flush)
@@ -97,13 +110,23 @@ class _HandOff(logging.Handler):
             self.queue.put(batch)
 
 
-def _write(
-    queue: SimpleQueue[list[logging.LogRecord] | None], handler: logging.StreamHandler[IO[str]]
-) -> None:
+def _access_record(when: float, values: tuple[Any, ...]) -> logging.LogRecord:
+    """The LogRecord of an access line, dated when the request ended."""
+    fields = dict(zip(ACCESS_FIELDS, values, strict=True))
+    args = (*values[1:5], values[5] or "-", values[6], values[0])
+    record = ACCESS.makeRecord(
+        ACCESS.name, logging.INFO, __file__, 0, ACCESS_MESSAGE, args, None, extra=fields
+    )
+    record.created, record.msecs = when, int((when - int(when)) * 1000) + 0.0
+    return record
+
+
+def _write(queue: SimpleQueue[list[Item] | None], handler: logging.StreamHandler[IO[str]]) -> None:
     """The writer thread: each batch formatted and written with one write; ``None`` ends it."""
     while (batch := queue.get()) is not None:
         lines = []
-        for record in batch:
+        for item in batch:
+            record = item if isinstance(item, logging.LogRecord) else _access_record(*item)
             try:
                 lines.append(handler.format(record) + "\n")
             except Exception:  # a record that cannot be formatted must not stop the rest
@@ -112,7 +135,7 @@ def _write(
             handler.stream.write("".join(lines))
             handler.stream.flush()
         except Exception:  # stderr closed: nothing else can say so
-            handler.handleError(batch[0])
+            handler.handleError(logging.makeLogRecord({"msg": "log lines lost"}))
 
 
 _handler: logging.StreamHandler[IO[str]] | None = None
@@ -139,7 +162,7 @@ def setup(log_format: str, stream: IO[str] | None = None) -> None:
     logging.logMultiprocessing = False
     _handler = logging.StreamHandler(stream or sys.stderr)
     _handler.setFormatter(formatter(log_format))
-    queue: SimpleQueue[list[logging.LogRecord] | None] = SimpleQueue()
+    queue: SimpleQueue[list[Item] | None] = SimpleQueue()
     _writer = threading.Thread(target=_write, args=(queue, _handler), name="log-writer", daemon=True)
     _writer.start()
     _hand_off = _HandOff(queue)
@@ -177,17 +200,17 @@ def access(
     backend: str,
 ) -> None:
     """The one access line a request leaves."""
-    fields = {
-        "request_id": request_id,
-        "method": method,
-        "path": path,
-        "status": status,
-        "latency_ms": latency_ms,
-        "model": model,
-        "backend": backend,
-    }
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    values = (request_id, method, path, status, latency_ms, model, backend)
+    hand_off = _hand_off
+    if hand_off is not None:
+        try:
+            hand_off.gather((time.time(), values), asyncio.get_running_loop())
+            return
+        except RuntimeError:  # not on the event loop: the ordinary way below
+            pass
     ACCESS.info(
-        "%s %s %d %dms model=%s backend=%s id=%s",
-        method, path, status, latency_ms, model or "-", backend, request_id,
-        extra=fields,
+        ACCESS_MESSAGE, method, path, status, latency_ms, model or "-", backend, request_id,
+        extra=dict(zip(ACCESS_FIELDS, values, strict=True)),
     )  # fmt: skip
