@@ -21,25 +21,28 @@ from ..errors import BadRequest, PayloadTooLarge
 async def read(request: web.Request) -> bytes:
     """The whole body, up to ``server.max_body_mb``; 413 beyond it."""
     limit = request.client_max_size
-    too_large = PayloadTooLarge(
-        f"request body is larger than the limit of {limit / 1048576:g} MiB (server.max_body_mb)"
-    )
     # A declared length over the limit is refused before a byte of it is read.
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body is larger than the limit of {limit / 1048576:g} MiB (server.max_body_mb)"
+    )
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object; 400 for anything else."""
-    if not raw.strip():
-        raise BadRequest("missing request body")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            raise BadRequest("missing request body") from None
         raise BadRequest(f"invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
