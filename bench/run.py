@@ -34,6 +34,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CHUNKS = 20  # tokens per answer in the latency phases
 LONG_CHUNKS = 2000  # tokens per answer when measuring per-chunk cost
+# Direct and proxied take turns this many times per measurement: this machine's
+# speed drifts (a shared VM), and short runs of each let the drift hit both alike.
+ROUNDS = 10
+FLOOR = "floor: bare pass-through (bench/bare_proxy.py)"
 
 
 def free_port() -> int:
@@ -95,6 +99,14 @@ def start_proxy(workdir: Path, name: str, kind: str, backend: Proc) -> Proc:
             env=env,
         )
     return Proc(popen, f"http://127.0.0.1:{port}", db=db, log=log)
+
+
+def start_bare(workdir: Path, backend: Proc) -> Proc:
+    """bench/bare_proxy.py: what an aiohttp pass-through costs with nothing else to do."""
+    port = free_port()
+    db = workdir / "bare.db"
+    cmd = [sys.executable, str(HERE / "bare_proxy.py"), str(port), backend.url, str(db)]
+    return Proc(subprocess.Popen(cmd), f"http://127.0.0.1:{port}", db=db)
 
 
 async def wait_up(session: aiohttp.ClientSession, url: str, path: str) -> None:
@@ -196,9 +208,9 @@ async def latency_phase(
             rates: dict[str, list[float]] = {direct.name: [], proxied.name: []}
             for t in (direct, proxied):
                 t.latencies.clear()
-            for _ in range(4):  # interleaved rounds, so drift hits both alike
+            for _ in range(ROUNDS):  # interleaved rounds, so drift hits both alike
                 for t in (direct, proxied):
-                    rates[t.name].append(await load(session, t, total // 4, concurrency))
+                    rates[t.name].append(await load(session, t, total // ROUNDS, concurrency))
             d, p = direct.latencies, proxied.latencies
             d_rate, p_rate = statistics.mean(rates[direct.name]), statistics.mean(rates[proxied.name])
             rows.append(
@@ -223,9 +235,9 @@ async def stream_phase(
     for direct, proxied in pairs:
         for t in (direct, proxied):
             t.ttfts.clear()
-        for _ in range(4):
+        for _ in range(ROUNDS):
             for t in (direct, proxied):
-                await load(session, t, n // 4, 1)
+                await load(session, t, n // ROUNDS, 1)
         d, p = direct.ttfts, proxied.ttfts
         rows.append(
             [
@@ -336,7 +348,7 @@ def machine() -> str:
 
 async def main(quick: bool) -> str:
     scale = 0.25 if quick else 1.0
-    counts = {1: int(400 * scale), 20: int(2000 * scale), 100: int(4000 * scale)}
+    counts = {1: int(2000 * scale), 20: int(4000 * scale), 100: int(6000 * scale)}
     workdir = Path(tempfile.mkdtemp(prefix="llm-proxy-bench-"))
     fakes = {"sse": start_fake("sse", CHUNKS), "ndjson": start_fake("ndjson", CHUNKS)}
     slow = start_fake("sse", 40, delay=0.05)
@@ -345,6 +357,7 @@ async def main(quick: bool) -> str:
         "ollama": start_proxy(workdir, "ollama", "ollama", fakes["ndjson"]),
         "memory": start_proxy(workdir, "memory", "openai", slow),
     }
+    bare = start_bare(workdir, fakes["ndjson"])
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out: list[str] = [
         f"# llm-proxy benchmark\n\nMachine: {machine()}\n",
@@ -359,6 +372,7 @@ async def main(quick: bool) -> str:
             await wait_up(session, p.url, "/health" if p in (fakes["sse"], slow) else "/api/version")
         for p in proxies.values():
             await wait_up(session, p.url, "/health")
+        await wait_up(session, bare.url, "/api/chat")  # a GET: 405 once it listens
         sse_direct = fakes["sse"].url + "/v1/chat/completions"
         pairs_nonstream = [
             (
@@ -378,6 +392,10 @@ async def main(quick: bool) -> str:
                     chat_body("ollama", False),
                     proxies["ollama"],
                 ),
+            ),
+            (
+                Target("direct NDJSON", fakes["ndjson"].url + "/api/chat", chat_body("ollama", False)),
+                Target(FLOOR, bare.url + "/api/chat", chat_body("ollama", False)),
             ),
         ]
         pairs_stream = [
@@ -446,12 +464,15 @@ async def main(quick: bool) -> str:
                 ],
                 rows,
             )
-            + "\n"
+            + f"\nThe {FLOOR.split(':')[0]} rows are an aiohttp server, llm-proxy's backend client and "
+            "batched aiosqlite writes of the two bodies, and nothing else: what any aiohttp proxy "
+            "costs on this machine, before validation, model mapping, audit columns, metrics and "
+            "log lines.\n"
         )
 
         print("streaming time to first token", flush=True)
         rows = []
-        await stream_phase(session, pairs_stream, int(400 * scale), rows)
+        await stream_phase(session, pairs_stream, int(2000 * scale), rows)
         out.append(
             "## Streaming: time to first byte of the answer (concurrency 1)\n\n"
             + table(["path", "direct p50 ms", "proxied p50 ms", "added p50 ms", "added p99 ms"], rows)
@@ -460,7 +481,7 @@ async def main(quick: bool) -> str:
 
         print("per-chunk cost", flush=True)
         rows = []
-        await chunk_phase(session, pairs_long, max(5, int(20 * scale)), rows)
+        await chunk_phase(session, pairs_long, max(5, int(40 * scale)), rows)
         out.append(
             f"## Streaming: {LONG_CHUNKS}-token answers (concurrency 1)\n\n"
             + table(["path", "direct chunks/s", "proxied chunks/s", "added µs per chunk"], rows)
@@ -492,7 +513,7 @@ async def main(quick: bool) -> str:
                 peak_match.group(1) if peak_match else "?",
             ]
         )
-    for p in (*fakes.values(), slow):
+    for p in (*fakes.values(), slow, bare):
         p.popen.terminate()
         p.popen.wait(10)
     rate = await writer_rate(workdir, int(20000 * scale))
