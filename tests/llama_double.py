@@ -75,6 +75,8 @@ class LlamaServerDouble:
     scenario: str | None = None
     # When set, a stream sends its first frames, then waits for this event.
     hold: asyncio.Event | None = None
+    # Seconds a stream waits after each frame: a model generating token by token.
+    pace: float = 0.0
     loading: bool = False
     # Streams sent to the end (their last frame written).
     streams_finished: int = 0
@@ -161,6 +163,8 @@ class LlamaServerDouble:
             await response.write(body[start : start + PIECE])
             if self.hold is not None and start < first_frame_end <= start + PIECE:
                 await self.hold.wait()
+            if self.pace and b"\n\n" in body[start : start + PIECE + 1]:
+                await asyncio.sleep(self.pace)
         self.streams_finished += 1
         await response.write_eof()
         return response

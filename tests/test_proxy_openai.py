@@ -225,6 +225,26 @@ async def test_stream_is_not_buffered(oproxy: Proxy, llama_double: tuple[LlamaSe
     assert "I" + rest == RECORDED_TEXT
 
 
+async def test_backend_timeout_bounds_each_silence_not_the_whole_answer(
+    make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    """stream:false with backend.timeout 0.4 s: a 2 s answer that keeps coming is whole; a stall is 504."""
+    double, url = llama_double
+    slow = await make_proxy(url, backend_type="openai", backend={"timeout": 0.4})
+    double.pace = 2.0 / len(sse_events("chat-stream"))  # every frame in time, the answer not
+    started = asyncio.get_running_loop().time()
+    answer = await client(slow).chat(model="smollm2", messages=USER, stream=False)
+    assert asyncio.get_running_loop().time() - started > 1.0
+    assert answer.message.content == RECORDED_TEXT and answer.done
+    double.pace, double.hold = 0.0, asyncio.Event()  # now it stops after two frames
+    with pytest.raises(ollama.ResponseError) as caught:
+        await client(slow).chat(model="smollm2", messages=USER, stream=False)
+    assert caught.value.status_code == 504 and "stopped answering" in caught.value.error
+    double.hold.set()
+    rows = await slow.wait_rows(2)
+    assert [(r["status_code"], r["response"]) for r in rows] == [(200, RECORDED_TEXT), (504, None)]
+
+
 async def test_embed_and_legacy_embeddings(
     oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:

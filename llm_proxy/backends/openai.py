@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,15 +246,15 @@ class OpenAIBackend:
         if resp.status >= 400:
             async with resp:
                 raise tr.error_from_backend(resp.status, await http.read_body(resp, self.endpoint))
-        lines = self._translate(resp, tr.StreamTranslator(kind, call.model), call)
+        translator = tr.StreamTranslator(kind, call.model)
         if call.stream:
-            return Reply(200, NDJSON, lines=lines)
-        assembler = ChunkAssembler()
-        async with aclosing(lines):
-            async for batch in lines:
-                for _, chunk in batch:
-                    assembler.feed(chunk)
-        return replies.json_reply(assembler.result())
+            return Reply(200, NDJSON, lines=self._translate(resp, translator, call))
+        async with resp:
+            # Still a stream from the backend (backend.timeout bounds each silence,
+            # not the answer), but read whole and folded at once: one wake-up per
+            # answer instead of one per SSE frame, and no NDJSON lines to write.
+            raw = await http.read_body(resp, self.endpoint)
+        return replies.json_reply(self._fold(raw, translator, call))
 
     async def _translate(
         self, resp: http.Response, translator: tr.StreamTranslator, call: Call
@@ -297,6 +296,21 @@ class OpenAIBackend:
             yield [(orjson.dumps(c), c) for c in translator.finish(int(elapsed * 1e9))]
         finally:
             resp.release()
+
+    def _fold(self, raw: bytes, translator: tr.StreamTranslator, call: Call) -> dict[str, Any]:
+        """A whole SSE answer as one Ollama object, as a ``stream: false`` client wants it."""
+        decoder, assembler = SSEDecoder(), ChunkAssembler()
+        for event in decoder.feed(raw) + decoder.flush():
+            if event == "[DONE]":
+                break
+            for chunk in translator.feed(_event_json(event)):
+                assembler.feed(chunk)
+        else:
+            raise translator.eof_without_done()
+        elapsed = time.perf_counter() - call.exchange.started_mono
+        for chunk in translator.finish(int(elapsed * 1e9)):
+            assembler.feed(chunk)
+        return assembler.result()
 
     # -- embeddings -------------------------------------------------------------
 

@@ -71,7 +71,10 @@ class Origin:
 class Response:
     """An answer: status and headers at once, the body as it arrives."""
 
-    __slots__ = ("_conn", "_done", "_error", "_held", "_pieces", "_timeout", "_waiter", "headers", "status")
+    __slots__ = (
+        "_conn", "_done", "_error", "_fed_at", "_held", "_pieces", "_timeout", "_timer", "_waiter", "_whole",
+        "headers", "status",
+    )  # fmt: skip
 
     def __init__(self, conn: Connection, status: int, headers: Headers, timeout: float | None) -> None:
         self.status = status
@@ -82,12 +85,26 @@ class Response:
         self._done = False
         self._error: WireError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._timeout = timeout
+        self._whole = False  # read() is waiting for the end: no wake-up per piece
+        self._fed_at = 0.0
 
     async def read(self) -> bytes:
-        """The whole body."""
-        parts = [data async for data in self.iter_any()]
-        return b"".join(parts)
+        """The whole body, waking once at its end rather than for every piece.
+
+        The time-out still bounds each silence, not the whole answer: a long
+        generation that keeps sending is not cut off.
+        """
+        self._whole = True
+        if self._conn is not None:
+            self._fed_at = self._conn.loop.time()
+        while not self._done:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        pieces, self._pieces = self._pieces, []
+        return b"".join(pieces)
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body in the pieces it arrived in, joined when several are waiting."""
@@ -124,6 +141,10 @@ class Response:
 
     def _feed(self, data: bytes) -> None:
         self._pieces.append(data)
+        if self._whole:
+            assert self._conn is not None  # fed by it, so still reading
+            self._fed_at = self._conn.loop.time()
+            return
         self._held += len(data)
         if self._held >= HIGH_WATER and self._conn is not None:
             self._conn.pause()
@@ -148,22 +169,28 @@ class Response:
         assert self._conn is not None  # not done, not failed: its connection is still reading
         loop = self._conn.loop
         waiter = self._waiter = loop.create_future()
-        timer = None
         if self._timeout is not None:
-            timer = loop.call_later(self._timeout, self._timed_out, waiter)
+            self._timer = loop.call_later(self._timeout, self._timed_out, waiter)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def _timed_out(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            self._error = WireTimeout("timed out")
-            if self._conn is not None:
-                self._conn.abort()
-            waiter.set_result(None)
+        if waiter.done():
+            return
+        if self._whole and self._conn is not None and self._timeout is not None:
+            silent = self._conn.loop.time() - self._fed_at
+            if silent < self._timeout:  # bytes came meanwhile: wait out the rest of a silence
+                self._timer = self._conn.loop.call_later(self._timeout - silent, self._timed_out, waiter)
+                return
+        self._error = WireTimeout("timed out")
+        if self._conn is not None:
+            self._conn.abort()
+        waiter.set_result(None)
 
 
 def _chunk_size(line: bytes) -> int:
