@@ -65,13 +65,45 @@ def _fixed(record: logging.LogRecord) -> logging.LogRecord:
     return record
 
 
-# An access line on its way to the writer thread: when, and its fields in
-# :data:`ACCESS_FIELDS` order. The thread makes the LogRecord: one per request
-# was a good part of what logging cost the event loop.
-AccessLine = tuple[float, tuple[Any, ...]]
-Item = logging.LogRecord | AccessLine
+# An item for the writer thread: a record to format, or an access line
+# formatted already. Access lines are made on the event loop without a
+# LogRecord: a record per request, made on the loop or formatted by the
+# thread, was Python work either way, and the thread's held the GIL.
+Item = logging.LogRecord | str
 ACCESS_FIELDS = ("request_id", "method", "path", "status", "latency_ms", "model", "backend")
 ACCESS_MESSAGE = "%s %s %d %dms model=%s backend=%s id=%s"
+
+
+class AccessLines:
+    """Access lines in the format :func:`formatter` gives, with the date part made once a second."""
+
+    def __init__(self, log_format: str) -> None:
+        self.json = log_format == "json"
+        self._second = -1
+        self._date = ""
+
+    def line(self, when: float, values: tuple[Any, ...]) -> str:
+        """The line for ``values`` (in :data:`ACCESS_FIELDS` order), logged at ``when``."""
+        request_id, method, path, status, latency_ms, model, backend = values
+        message = ACCESS_MESSAGE % (method, path, status, latency_ms, model or "-", backend, request_id)
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            if self.json:
+                self._date = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            else:
+                self._date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        millis = int((when - second) * 1000)
+        if not self.json:  # logging.Formatter's asctime, then TEXT_FORMAT
+            return f"{self._date},{millis:03d} INFO {ACCESS.name}: {message}"
+        data = {
+            "time": f"{self._date}.{millis:03d}Z",
+            "level": "INFO",
+            "logger": ACCESS.name,
+            "message": message,
+        }
+        data.update(zip(ACCESS_FIELDS, values, strict=True))
+        return orjson.dumps(data).decode()
 
 
 class _HandOff(logging.Handler):
@@ -110,27 +142,18 @@ class _HandOff(logging.Handler):
             self.queue.put(batch)
 
 
-def _access_record(when: float, values: tuple[Any, ...]) -> logging.LogRecord:
-    """The LogRecord of an access line, dated when the request ended."""
-    fields = dict(zip(ACCESS_FIELDS, values, strict=True))
-    args = (*values[1:5], values[5] or "-", values[6], values[0])
-    record = ACCESS.makeRecord(
-        ACCESS.name, logging.INFO, __file__, 0, ACCESS_MESSAGE, args, None, extra=fields
-    )
-    record.created, record.msecs = when, int((when - int(when)) * 1000) + 0.0
-    return record
-
-
 def _write(queue: SimpleQueue[list[Item] | None], handler: logging.StreamHandler[IO[str]]) -> None:
     """The writer thread: each batch formatted and written with one write; ``None`` ends it."""
     while (batch := queue.get()) is not None:
         lines = []
         for item in batch:
-            record = item if isinstance(item, logging.LogRecord) else _access_record(*item)
+            if isinstance(item, str):
+                lines.append(item + "\n")
+                continue
             try:
-                lines.append(handler.format(record) + "\n")
+                lines.append(handler.format(item) + "\n")
             except Exception:  # a record that cannot be formatted must not stop the rest
-                handler.handleError(record)
+                handler.handleError(item)
         try:
             handler.stream.write("".join(lines))
             handler.stream.flush()
@@ -139,6 +162,7 @@ def _write(queue: SimpleQueue[list[Item] | None], handler: logging.StreamHandler
 
 
 _handler: logging.StreamHandler[IO[str]] | None = None
+_access_lines = AccessLines("text")
 _writer: threading.Thread | None = None
 _hand_off: _HandOff | None = None
 
@@ -150,7 +174,7 @@ def setup(log_format: str, stream: IO[str] | None = None) -> None:
     per request would otherwise cost the event loop a write() each (a tenth of
     its time under load, measured with py-spy).
     """
-    global _handler, _writer, _hand_off
+    global _handler, _writer, _hand_off, _access_lines
     root = logging.getLogger()
     stop()
     # What no format here uses, records need not gather (the logging docs'
@@ -162,6 +186,7 @@ def setup(log_format: str, stream: IO[str] | None = None) -> None:
     logging.logMultiprocessing = False
     _handler = logging.StreamHandler(stream or sys.stderr)
     _handler.setFormatter(formatter(log_format))
+    _access_lines = AccessLines(log_format)
     queue: SimpleQueue[list[Item] | None] = SimpleQueue()
     _writer = threading.Thread(target=_write, args=(queue, _handler), name="log-writer", daemon=True)
     _writer.start()
@@ -185,8 +210,10 @@ def stop() -> None:
 
 def set_format(log_format: str) -> None:
     """Switch the format of the handler :func:`setup` installed (a reload)."""
+    global _access_lines
     if _handler is not None:
         _handler.setFormatter(formatter(log_format))
+        _access_lines = AccessLines(log_format)
 
 
 def access(
@@ -206,7 +233,7 @@ def access(
     hand_off = _hand_off
     if hand_off is not None:
         try:
-            hand_off.gather((time.time(), values), asyncio.get_running_loop())
+            hand_off.gather(_access_lines.line(time.time(), values), asyncio.get_running_loop())
             return
         except RuntimeError:  # not on the event loop: the ordinary way below
             pass
