@@ -19,7 +19,7 @@ import orjson
 from .compact import pack
 from .exchange import COLUMNS
 from .migrate import migrate
-from .turns import TurnTracker, chat_messages
+from .turns import TurnTracker, chat_messages, message_keys
 
 # What ``database.store_bodies: metadata`` leaves out of a row.
 TEXT_COLUMNS = ("prompt", "response", "request_body", "backend_request", "response_body", "thinking")
@@ -102,8 +102,9 @@ class Store:
         turn_id = None
         if messages:
             client = (values["client_addr"], values["user_agent"], values["model"])
-            turn_id = self.turns.continues(client, messages) or row_id
-            self.turns.record(client, messages, turn_id)
+            keys = message_keys(messages)
+            turn_id = self.turns.continues(client, messages, keys) or row_id
+            self.turns.record(client, keys, turn_id)
         values["turn_id"] = turn_id
         values["request_parts"] = values["backend_request_parts"] = None
         if self.store_bodies == "metadata":

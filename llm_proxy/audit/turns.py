@@ -32,12 +32,11 @@ class TurnTracker:
     def __init__(self) -> None:
         self._last: OrderedDict[tuple[Any, ...], _Last] = OrderedDict()
 
-    def continues(self, client: tuple[Any, ...], messages: list[Any]) -> int | None:
-        """The turn these messages continue, or None when they start a new one."""
+    def continues(self, client: tuple[Any, ...], messages: list[Any], keys: tuple[str, ...]) -> int | None:
+        """The turn these messages (whose :func:`message_keys` are ``keys``) continue, or None."""
         last = self._last.get(client)
         if last is None:
             return None
-        keys = _keys(messages)
         n = len(last.messages)
         if len(keys) <= n or keys[:n] != last.messages:
             return None
@@ -46,9 +45,9 @@ class TurnTracker:
             return None
         return last.turn_id
 
-    def record(self, client: tuple[Any, ...], messages: list[Any], turn_id: int) -> None:
-        """Remember the request just stored for ``client``."""
-        self._last[client] = _Last(turn_id, _keys(messages))
+    def record(self, client: tuple[Any, ...], keys: tuple[str, ...], turn_id: int) -> None:
+        """Remember the request just stored for ``client`` by its messages' keys."""
+        self._last[client] = _Last(turn_id, keys)
         self._last.move_to_end(client)
         while len(self._last) > MAX_CLIENTS:
             self._last.popitem(last=False)
@@ -74,7 +73,8 @@ def chat_messages(request_body: str | None) -> list[Any] | None:
     return messages if isinstance(messages, list) else None
 
 
-def _keys(messages: list[Any]) -> tuple[str, ...]:
+def message_keys(messages: list[Any]) -> tuple[str, ...]:
+    """A digest per message, to compare conversations without keeping them."""
     return tuple(
         hashlib.blake2b(orjson.dumps(m, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
         for m in messages
