@@ -386,26 +386,25 @@ class Connection(asyncio.Protocol):
 
     def _head_parsed(self, head: bytes) -> None:
         """Take the status line and headers, and learn how the body is framed."""
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
+        lines = head.decode("latin-1").split("\r\n")  # one decode: header bytes are latin-1
+        parts = lines[0].split(" ", 2)
         try:
             version, status = parts[0], int(parts[1])
         except (IndexError, ValueError):
             raise WireError(f"bad status line {lines[0][:60]!r}") from None
-        if not version.startswith(b"HTTP/1."):
+        if not version.startswith("HTTP/1."):
             raise WireError(f"bad status line {lines[0][:60]!r}")
         if 100 <= status < 200:  # 100 Continue and the like: the real answer follows
             return
         headers = Headers()
         for line in lines[1:]:
-            name, sep, value = line.partition(b":")
+            name, sep, value = line.partition(":")
             if not sep:
                 raise WireError(f"bad header line {line[:60]!r}")
-            key = name.strip().decode("latin-1").lower()
-            text = value.strip().decode("latin-1")
+            key, text = name.strip().lower(), value.strip()
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         connection = headers.get("connection", "").lower()
-        self._keep = "close" not in connection and (version != b"HTTP/1.0" or "keep-alive" in connection)
+        self._keep = "close" not in connection and (version != "HTTP/1.0" or "keep-alive" in connection)
         self._cancel_timer()
         self._resp = Response(self, status, headers, self._timeout)
         if self._head is not None and not self._head.done():
