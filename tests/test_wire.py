@@ -243,3 +243,96 @@ async def test_bad_answers_are_refused() -> None:
             await c.request("GET", f"{url}/")
         assert not isinstance(caught.value, WireTimeout)
     await c.close()
+
+
+async def test_read_resumes_a_socket_paused_before_it_was_called() -> None:
+    """A large answer that filled the buffer before read() began is read whole, not timed out."""
+    payload = b'{"embeddings":[' + b",".join(b"[0.125]" for _ in range(150_000)) + b"]}"
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=payload, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    c = client(limit=2)
+    try:
+        for _ in range(3):
+            resp = await c.request("GET", str(server.make_url("/big")))
+            await asyncio.sleep(0.2)  # the answer arrives (and the socket pauses) meanwhile
+            assert await asyncio.wait_for(resp.read(), 1.5) == payload
+    finally:
+        await c.close()
+        await server.close()
+
+
+async def test_a_cancelled_caller_never_cuts_a_connection_another_request_took() -> None:
+    """Cancelled after its answer was complete: the connection, back in the pool, is left alone."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append((await read_request(reader)).split(b" ", 2)[1])
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    c = client()
+    async with raw_server(answer) as url:
+        first = asyncio.create_task(c.request("GET", f"{url}/a"))
+        await asyncio.sleep(0.01)
+        [origin] = c._origins.values()
+        for _ in range(100_000):  # until the answer to /a is complete and its connection pooled
+            if origin.idle:
+                break
+            await asyncio.sleep(0)
+        first.cancel()  # before the first caller ran again
+        resp = await c.request("POST", f"{url}/b", data=b"{}")  # takes that connection
+        assert await resp.read() == b"ok"
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    await c.close()
+    assert seen == [b"/a", b"/b"]  # /b was sent once
+
+
+async def test_a_target_is_never_sent_with_raw_line_breaks_or_non_latin_1() -> None:
+    """Whatever reaches the client as a URL, the request line stays one line."""
+    received: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            received.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    c = client()
+    async with raw_server(answer) as url:
+        for target in ("/api/tags?a= HTTP/1.1\r\nX-Injected: yes\r\n\r\nDELETE /x", "/api/tags?a=€"):
+            resp = await c.request("GET", url + target)
+            assert await resp.read() == b"ok"
+    await c.close()
+    assert [r.split(b"\r\n", 1)[0] for r in received] == [
+        b"GET /api/tags?a=%20HTTP/1.1%0D%0AX-Injected:%20yes%0D%0A%0D%0ADELETE%20/x HTTP/1.1",
+        b"GET /api/tags?a=%E2%82%AC HTTP/1.1",
+    ]
+    assert not any(b"X-Injected: yes" in r for r in received)
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: -1\r\n", b"Transfer-Encoding: chunked\r\n"])
+async def test_bad_lengths_are_refused(framing: bytes) -> None:
+    """A negative length, or a chunk size int() would take ("-1", "0x10"), is an error."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        body = b"0x10\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n" if b"chunked" in framing else b""
+        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n" + body)
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    c = client(limit=2)
+    async with raw_server(answer) as url:
+        with pytest.raises(WireError, match="bad"):
+            resp = await c.request("GET", f"{url}/")
+            await resp.read()
+    await c.close()

@@ -18,11 +18,16 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
+from urllib.parse import quote
 
 # Bytes of answer held for a slow reader before the socket stops being read.
 HIGH_WATER = 256 * 1024
 MAX_HEAD = 64 * 1024  # a status line and headers longer than this are refused
 IDLE_LIMIT = 30.0  # seconds a pooled connection may sit unused before it is dropped
+
+# What a request target may keep as it is when it needs quoting (RFC 3986 path,
+# query and the percent sign of escapes already made).
+_TARGET_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
 
@@ -99,6 +104,10 @@ class Response:
         self._whole = True
         if self._conn is not None:
             self._fed_at = self._conn.loop.time()
+            # Pieces that came before read() may have filled the high-water mark
+            # and paused the socket: read() takes everything, so reading goes on.
+            self._held = 0
+            self._conn.resume()
         while not self._done:
             if self._error is not None:
                 raise self._error
@@ -195,14 +204,10 @@ class Response:
 
 def _chunk_size(line: bytes) -> int:
     """The size on a chunk's first line (hex, perhaps followed by ``;extensions``)."""
-    try:
-        return int(line, 16)
-    except ValueError:
-        pass
-    try:
-        return int(line.split(b";", 1)[0], 16)
-    except ValueError:
-        raise WireError(f"bad chunk size {line[:20]!r}") from None
+    size = line.split(b";", 1)[0].strip()
+    if not size or size.strip(b"0123456789abcdefABCDEF"):  # int() would take "-1", "0x10", "1_0"
+        raise WireError(f"bad chunk size {line[:20]!r}")
+    return int(size, 16)
 
 
 class Connection(asyncio.Protocol):
@@ -417,10 +422,9 @@ class Connection(asyncio.Protocol):
             return
         length = headers.get("content-length")
         if length is not None:
-            try:
-                self._left = int(length)
-            except ValueError:
-                raise WireError(f"bad Content-Length {length[:20]!r}") from None
+            if not length.isdigit() or not length.isascii():
+                raise WireError(f"bad Content-Length {length[:20]!r}")
+            self._left = int(length)
             if self._left == 0:
                 self._complete()
             else:
@@ -486,6 +490,10 @@ class Client:
         if self._closed:
             raise WireError("the client is closed")
         origin, target = self._split(url)
+        if not (target.isascii() and target.isprintable()) or " " in target:
+            # A query passed on decoded could hold CR LF (a header, or a whole
+            # second request, smuggled to the backend) or bytes no request line takes.
+            target = quote(target, safe=_TARGET_SAFE)
         limit = self.limit if limit is None else limit
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n", self._extra]
         if headers:
@@ -496,8 +504,12 @@ class Client:
         head = "".join(lines).encode("latin-1")
         while True:
             conn, reused = await self._connection(origin, limit)
+            if self._closed:  # closed while connecting
+                conn.abort()
+                raise WireError("the client is closed")
+            answer = conn.send(head, data, limit, method == "HEAD")
             try:
-                return await conn.send(head, data, limit, method == "HEAD")
+                return await answer
             except WireTimeout:
                 raise
             except WireError:
@@ -507,7 +519,13 @@ class Client:
                     continue
                 raise
             except BaseException:
-                conn.abort()  # cancelled mid-request: the answer can no longer be read
+                # Cancelled. If the answer's head had come, that answer is released
+                # (its connection may already serve another request, and must not be
+                # cut); if not, the connection is mid-request and cannot be reused.
+                if answer.done() and not answer.cancelled() and answer.exception() is None:
+                    answer.result().release()
+                else:
+                    conn.abort()
                 raise
 
     async def close(self) -> None:
@@ -539,6 +557,8 @@ class Client:
         loop = asyncio.get_running_loop()
         if idle:
             now = loop.time()
+            while idle and now - idle[0].idle_since >= IDLE_LIMIT:  # the oldest, unused too long
+                idle.pop(0).abort()
             while idle:
                 conn = idle.pop()
                 alive = not conn.closed and conn.transport is not None and not conn.transport.is_closing()
