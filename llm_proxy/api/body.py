@@ -120,7 +120,7 @@ def make_call(
         path=request.path,
         body=body,
         raw=raw,
-        query=request.query_string,
+        query=request.rel_url.raw_query_string,  # as sent: still percent-encoded
         model=model,
         backend_model=backend_model,
         exchange=exchange,

@@ -164,7 +164,7 @@ async def _relay_stream(
     except ConnectionError:
         exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
     finally:
-        await lines.aclose()
+        await reply.close()
         _record_answer(exchange, assembler)
     return response
 

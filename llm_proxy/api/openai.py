@@ -170,7 +170,7 @@ async def _relay_stream(
     except ConnectionError:
         exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
     finally:
-        await frames.aclose()
+        await reply.close()
         _record(exchange, assembler)
         exchange.response_body = assembler.result()
     return response

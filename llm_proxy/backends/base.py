@@ -14,7 +14,7 @@ they parse to.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,11 +63,28 @@ class Reply:
     body: bytes | None = None
     lines: AsyncGenerator[Batch, None] | None = None
     frames: AsyncGenerator[Frame, None] | None = None  # a relayed SSE stream (``/v1/*``)
+    # What a stream holds until it ends (its backend connection, a llama-server).
+    # The generators free it in ``finally:`` too, but a generator closed before
+    # its first item never runs its body: a client that leaves before the
+    # backend's first byte would leave the connection open, and the backend
+    # writing into it, for good.
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def streaming(self) -> bool:
         """True when the reply is a stream of lines."""
         return self.lines is not None
+
+    async def close(self) -> None:
+        """End the stream, read to its end or not, and free what it holds (once)."""
+        try:
+            for stream in (self.lines, self.frames):
+                if stream is not None:
+                    await stream.aclose()
+        finally:
+            callbacks, self.on_close = self.on_close, []
+            for callback in callbacks:
+                callback()
 
 
 class Backend(Protocol):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,16 +143,26 @@ class LlamaCppBackend:
         except BaseException:
             self.pool.release(server, keep)
             raise
-        if reply.lines is not None:
-            reply.lines = self._hold(reply.lines, server, keep)
-        elif reply.frames is not None:
-            reply.frames = self._hold(reply.frames, server, keep)
-        else:
+        if reply.lines is None and reply.frames is None:
             self.pool.release(server, keep)
+            return reply
+        released = False
+
+        def release(failed: bool = False) -> None:  # once: by the stream's end or by Reply.close()
+            nonlocal released
+            if not released:
+                released = True
+                self.pool.release(server, keep, failed)
+
+        reply.on_close.append(release)
+        if reply.lines is not None:
+            reply.lines = self._hold(reply.lines, server, release)
+        elif reply.frames is not None:
+            reply.frames = self._hold(reply.frames, server, release)
         return reply
 
     async def _hold(
-        self, items: AsyncGenerator[Item, None], server: ModelServer, keep: float | None
+        self, items: AsyncGenerator[Item, None], server: ModelServer, release: Callable[[bool], None]
     ) -> AsyncGenerator[Item, None]:
         """Relay a stream, keeping its server from being stopped until the stream ends."""
         failed = False
@@ -164,7 +174,7 @@ class LlamaCppBackend:
             raise await self._explain(server, exc) from None
         finally:
             await items.aclose()
-            self.pool.release(server, keep, failed)
+            release(failed)
 
     async def _explain(self, server: ModelServer, exc: ProxyError) -> ProxyError:
         """Name the crash when a request failed because its llama-server died."""

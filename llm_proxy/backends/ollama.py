@@ -71,7 +71,7 @@ class OllamaBackend:
         )
         content_type = resp.headers.get("Content-Type", "application/json")
         if resp.status < 400 and content_type.startswith("application/x-ndjson"):
-            return Reply(resp.status, content_type, lines=self._lines(resp, call))
+            return Reply(resp.status, content_type, lines=self._lines(resp, call), on_close=[resp.release])
         async with resp:
             body = await http.read_body(resp, self.endpoint)
         if resp.status < 400 and content_type.startswith("application/json"):

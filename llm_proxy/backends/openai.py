@@ -248,7 +248,7 @@ class OpenAIBackend:
                 raise tr.error_from_backend(resp.status, await http.read_body(resp, self.endpoint))
         translator = tr.StreamTranslator(kind, call.model)
         if call.stream:
-            return Reply(200, NDJSON, lines=self._translate(resp, translator, call))
+            return Reply(200, NDJSON, lines=self._translate(resp, translator, call), on_close=[resp.release])
         async with resp:
             # Still a stream from the backend (backend.timeout bounds each silence,
             # not the answer), but read whole and folded at once: one wake-up per

@@ -29,7 +29,7 @@ async def forward(client: http.Client, endpoint: str, path: str, call: Call) -> 
     )
     content_type = resp.headers.get("Content-Type", JSON)
     if resp.status < 400 and content_type.startswith(SSE):
-        return Reply(resp.status, content_type, frames=frames(resp, endpoint))
+        return Reply(resp.status, content_type, frames=frames(resp, endpoint), on_close=[resp.release])
     async with resp:
         body = await http.read_body(resp, endpoint)
     return Reply(resp.status, content_type, body=body)
