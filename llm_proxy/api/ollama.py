@@ -143,14 +143,16 @@ async def _relay_stream(
     try:
         await response.prepare(request)
         async for batch in lines:
+            # One write per backend read: each line goes out as soon as it is
+            # here, and a burst of lines costs one syscall instead of many.
+            await response.write(b"\n".join([line for line, _ in batch]) + b"\n")
+            # Recorded once written: a client that left keeps in its row only
+            # what reached it.
             token = False
             for line, obj in batch:
                 token = assembler.feed(obj) or token
                 if console.raw_responses:
                     console.response(exchange, line)
-            # One write per backend read: each line goes out as soon as it is
-            # here, and a burst of lines costs one syscall instead of many.
-            await response.write(b"\n".join([line for line, _ in batch]) + b"\n")
             exchange.mark_first_byte()
             if token:
                 exchange.mark_first_token()

@@ -144,14 +144,13 @@ async def _relay_stream(
     try:
         await response.prepare(request)
         async for frame in frames:
-            token = False
-            if frame.event is not None:
-                token = assembler.feed(frame.event)
-                if strip_usage and is_usage_only(frame.event):
-                    continue  # recorded above, but the client did not ask for it
-            elif frame.data == "[DONE]":
-                done = True
+            if frame.event is not None and strip_usage and is_usage_only(frame.event):
+                assembler.feed(frame.event)  # recorded, though the client did not ask for it
+                continue
+            done = done or (frame.event is None and frame.data == "[DONE]")
             await response.write(frame.raw)
+            # Recorded once written: a client that left keeps in its row only what reached it.
+            token = assembler.feed(frame.event) if frame.event is not None else False
             exchange.mark_first_byte()
             if token:
                 exchange.mark_first_token()
