@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +73,22 @@ async def ollama_double(aiohttp_server: Any) -> tuple[OllamaDouble, str]:
 MakeProxy = Callable[..., Awaitable[Proxy]]
 
 
+class ServedAsByTheCli(TestServer):
+    """A test server that runs handlers as ``llm-proxy serve`` does.
+
+    aiohttp's TestServer cancels a handler when its client leaves; web.run_app
+    (what the CLI uses) does not, and the handler then meets the departure as a
+    failed write. Tests should see what users get.
+    """
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return web.AppRunner(self.app, **{**kwargs, "handler_cancellation": False})
+
+
 @pytest.fixture
-def make_proxy(aiohttp_server: Any, tmp_path: Path) -> MakeProxy:
+async def make_proxy(tmp_path: Path) -> AsyncIterator[MakeProxy]:
     """Start a proxy in front of ``endpoint`` with extra config sections merged in."""
+    servers: list[TestServer] = []
 
     async def start(endpoint: str, backend_type: str = "ollama", **sections: dict[str, Any]) -> Proxy:
         db = tmp_path / "llm_proxy.db"
@@ -86,10 +99,14 @@ def make_proxy(aiohttp_server: Any, tmp_path: Path) -> MakeProxy:
         for name, values in sections.items():
             raw[name] = {**raw.get(name, {}), **values}
         app = create_app(config_mod.from_dict(raw))
-        server = await aiohttp_server(app, host="127.0.0.1")
+        server = ServedAsByTheCli(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
         return Proxy(str(server.make_url("")).rstrip("/"), db, app, server)
 
-    return start
+    yield start
+    for server in reversed(servers):
+        await server.close()
 
 
 @pytest.fixture

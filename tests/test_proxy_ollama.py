@@ -13,10 +13,6 @@ import aiohttp
 import ollama
 import orjson
 import pytest
-from aiohttp import web
-
-from llm_proxy import config as config_mod
-from llm_proxy.app import create_app
 
 from .conftest import MakeProxy, Proxy, read_rows
 from .ollama_double import ANSWER, OllamaDouble
@@ -188,12 +184,8 @@ async def test_stream_is_not_buffered(proxy: Proxy, ollama_double: tuple[OllamaD
     assert "".join(["The", *rest]) == "The sky is blue."
 
 
-async def test_client_gone_before_the_first_byte_frees_the_backend(tmp_path: Path) -> None:
-    """The user hangs up while the model loads: once the answer starts, the proxy drops it.
-
-    Served as ``llm-proxy serve`` serves, without handler cancellation (aiohttp's
-    test server would cancel the handler, which takes another path).
-    """
+async def test_client_gone_before_the_first_byte_frees_the_backend(make_proxy: MakeProxy) -> None:
+    """The user hangs up while the model loads: once the answer starts, the proxy drops it."""
     cut = asyncio.Event()
 
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -214,27 +206,19 @@ async def test_client_gone_before_the_first_byte_frees_the_backend(tmp_path: Pat
             writer.close()
 
     server = await asyncio.start_server(backend, "127.0.0.1", 0)
-    endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    db = tmp_path / "llm_proxy.db"
-    app = create_app(config_mod.from_dict({"backend": {"endpoint": endpoint, "type": "ollama"},
-                                           "database": {"path": str(db)}}))  # fmt: skip
-    runner = web.AppRunner(app, handler_cancellation=False)  # as web.run_app does
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    proxy = await make_proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     try:
-        _, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        _, writer = await asyncio.open_connection("127.0.0.1", int(proxy.url.rsplit(":", 1)[1]))
         body = orjson.dumps({"model": "m", "messages": USER})
         writer.write(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         await writer.drain()
         await asyncio.sleep(0.1)
         writer.close()  # gone before the first byte of the answer
         await asyncio.wait_for(cut.wait(), 10)
+        [row] = await proxy.wait_rows(1)
+        assert row["status_code"] == 499 and row["error"] == "client disconnected"
     finally:
-        await runner.cleanup()  # writes the audit row on the way out
         server.close()
-    [row] = read_rows(db, 1)
-    assert row["status_code"] == 499 and row["error"] == "client disconnected"
 
 
 async def test_client_disconnect_mid_stream_is_recorded(
