@@ -86,19 +86,19 @@ class OllamaBackend:
         return await relay.forward(self.client, self.endpoint, path, call)
 
     async def _lines(self, resp: http.Response, call: Call) -> AsyncGenerator[Batch, None]:
-        """Relay NDJSON lines as they arrive; re-serialise only to rename the model."""
+        """Relay NDJSON lines as they arrive; re-serialise only to rename the model.
+
+        Reply.close() releases ``resp``, whether or not this generator ever ran.
+        """
         rename = call.model if call.model != call.backend_model else None
         decoder = LineDecoder()
-        try:
-            async for data in http.iter_chunks(resp, self.endpoint):
-                lines = decoder.feed(data)
-                if lines:
-                    yield [_item(line, rename) for line in lines]
-            rest = decoder.flush()
-            if rest:
-                yield [_item(line, rename) for line in rest]
-        finally:
-            resp.release()
+        async for data in http.iter_chunks(resp, self.endpoint):
+            lines = decoder.feed(data)
+            if lines:
+                yield [_item(line, rename) for line in lines]
+        rest = decoder.flush()
+        if rest:
+            yield [_item(line, rename) for line in rest]
 
     def _rename_body(self, body: bytes, call: Call) -> bytes:
         """Show client-side model names in a JSON answer."""

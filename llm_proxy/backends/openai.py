@@ -32,6 +32,7 @@ from .base import Batch, Call, Reply
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
 CATALOG_TIMEOUT = 3.0  # seconds a catalog refresh may take before a stale copy is used
 JSON, NDJSON = replies.JSON, replies.NDJSON
+JSONDict = tr.JSONDict
 
 
 @dataclass(slots=True)
@@ -259,56 +260,46 @@ class OpenAIBackend:
     async def _translate(
         self, resp: http.Response, translator: tr.StreamTranslator, call: Call
     ) -> AsyncGenerator[Batch, None]:
-        """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive."""
+        """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive.
+
+        Reply.close() releases ``resp``, whether or not this generator ever ran.
+        """
         decoder = SSEDecoder()
         finished = False
-        try:
-            # Read to the end of the body even after [DONE]: leaving bytes unread
-            # would close the connection instead of returning it to the pool.
-            async for data in http.iter_chunks(resp, self.endpoint):
-                if finished:
-                    continue
-                batch: Batch = []
-                try:
-                    for event in decoder.feed(data):
-                        if event == "[DONE]":
-                            finished = True
-                            break
-                        batch.extend((orjson.dumps(c), c) for c in translator.feed(_event_json(event)))
-                except ProxyError:
-                    if batch:  # what came before the error frame still reaches the client
-                        yield batch
-                    raise
-                if batch:
-                    yield batch
-            if not finished:
-                batch = []
-                for event in decoder.flush():
-                    if event == "[DONE]":
-                        finished = True
-                    else:
-                        batch.extend((orjson.dumps(c), c) for c in translator.feed(_event_json(event)))
-                if batch:
-                    yield batch
-            if not finished:
-                raise translator.eof_without_done()
-            elapsed = time.perf_counter() - call.exchange.started_mono
-            yield [(orjson.dumps(c), c) for c in translator.finish(int(elapsed * 1e9))]
-        finally:
-            resp.release()
+        # Read to the end of the body even after [DONE]: leaving bytes unread
+        # would close the connection instead of returning it to the pool.
+        async for data in http.iter_chunks(resp, self.endpoint):
+            if finished:
+                continue
+            chunks: list[JSONDict] = []
+            try:
+                finished = _translate_events(decoder.feed(data), translator, chunks)
+            except ProxyError:
+                if chunks:  # what came before the error frame still reaches the client
+                    yield _as_lines(chunks)
+                raise
+            if chunks:
+                yield _as_lines(chunks)
+        if not finished:
+            chunks = []
+            finished = _translate_events(decoder.flush(), translator, chunks)
+            if chunks:
+                yield _as_lines(chunks)
+        if not finished:
+            raise translator.eof_without_done()
+        elapsed = time.perf_counter() - call.exchange.started_mono
+        yield _as_lines(translator.finish(int(elapsed * 1e9)))
 
     def _fold(self, raw: bytes, translator: tr.StreamTranslator, call: Call) -> dict[str, Any]:
         """A whole SSE answer as one Ollama object, as a ``stream: false`` client wants it."""
-        decoder, assembler = SSEDecoder(), ChunkAssembler()
-        for event in decoder.feed(raw) + decoder.flush():
-            if event == "[DONE]":
-                break
-            for chunk in translator.feed(_event_json(event)):
-                assembler.feed(chunk)
-        else:
+        decoder = SSEDecoder()
+        chunks: list[JSONDict] = []
+        if not _translate_events(decoder.feed(raw) + decoder.flush(), translator, chunks):
             raise translator.eof_without_done()
         elapsed = time.perf_counter() - call.exchange.started_mono
-        for chunk in translator.finish(int(elapsed * 1e9)):
+        chunks.extend(translator.finish(int(elapsed * 1e9)))
+        assembler = ChunkAssembler()
+        for chunk in chunks:
             assembler.feed(chunk)
         return assembler.result()
 
@@ -348,6 +339,25 @@ def _is_load_request(body: dict[str, Any], kind: tr.Kind) -> bool:
     if kind == "chat":
         return body.get("messages") in (None, [])
     return body.get("prompt") in (None, "") and not body.get("images")
+
+
+def _translate_events(
+    events: list[str], translator: tr.StreamTranslator, chunks: list[dict[str, Any]]
+) -> bool:
+    """Append the Ollama chunks of SSE ``events`` to ``chunks``; True once ``[DONE]`` came.
+
+    Chunks made before an error frame are in ``chunks`` when its ProxyError is raised.
+    """
+    for event in events:
+        if event == "[DONE]":
+            return True
+        chunks.extend(translator.feed(_event_json(event)))
+    return False
+
+
+def _as_lines(chunks: list[JSONDict]) -> Batch:
+    """NDJSON lines (without newlines) for chunks, each with its object."""
+    return [(orjson.dumps(c), c) for c in chunks]
 
 
 def _event_json(event: str) -> dict[str, Any]:

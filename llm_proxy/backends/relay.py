@@ -36,18 +36,18 @@ async def forward(client: http.Client, endpoint: str, path: str, call: Call) -> 
 
 
 async def frames(resp: http.Response, backend: str) -> AsyncGenerator[Frame, None]:
-    """The SSE answer frame by frame as it arrives, each with its parsed data."""
+    """The SSE answer frame by frame as it arrives, each with its parsed data.
+
+    Reply.close() releases ``resp``, whether or not this generator ever ran.
+    """
     framer, decoder = SSEFramer(), SSEDecoder()
-    try:
-        async for data in http.iter_chunks(resp, backend):
-            for raw in framer.feed(data):
-                yield _frame(raw, decoder.feed(raw))
-        rest = framer.flush()
-        events = decoder.feed(rest) + decoder.flush()
-        if rest or events:
-            yield _frame(rest, events)
-    finally:
-        resp.release()
+    async for data in http.iter_chunks(resp, backend):
+        for raw in framer.feed(data):
+            yield _frame(raw, decoder.feed(raw))
+    rest = framer.flush()
+    events = decoder.feed(rest) + decoder.flush()
+    if rest or events:
+        yield _frame(rest, events)
 
 
 def _frame(raw: bytes, events: list[str]) -> Frame:
