@@ -74,6 +74,12 @@ ACCESS_FIELDS = ("request_id", "method", "path", "status", "latency_ms", "model"
 ACCESS_MESSAGE = "%s %s %d %dms model=%s backend=%s id=%s"
 
 
+def access_message(values: tuple[Any, ...]) -> str:
+    """The access line's message for ``values`` (in :data:`ACCESS_FIELDS` order)."""
+    request_id, method, path, status, latency_ms, model, backend = values
+    return ACCESS_MESSAGE % (method, path, status, latency_ms, model or "-", backend, request_id)
+
+
 class AccessLines:
     """Access lines in the format :func:`formatter` gives, with the date part made once a second."""
 
@@ -84,8 +90,7 @@ class AccessLines:
 
     def line(self, when: float, values: tuple[Any, ...]) -> str:
         """The line for ``values`` (in :data:`ACCESS_FIELDS` order), logged at ``when``."""
-        request_id, method, path, status, latency_ms, model, backend = values
-        message = ACCESS_MESSAGE % (method, path, status, latency_ms, model or "-", backend, request_id)
+        message = access_message(values)
         second = int(when)
         if second != self._second:
             self._second = second
@@ -237,7 +242,4 @@ def access(
             return
         except RuntimeError:  # not on the event loop: the ordinary way below
             pass
-    ACCESS.info(
-        ACCESS_MESSAGE, method, path, status, latency_ms, model or "-", backend, request_id,
-        extra=dict(zip(ACCESS_FIELDS, values, strict=True)),
-    )  # fmt: skip
+    ACCESS.info(access_message(values), extra=dict(zip(ACCESS_FIELDS, values, strict=True)))
