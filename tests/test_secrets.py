@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -13,10 +10,10 @@ from pathlib import Path
 import aiohttp
 import ollama
 import pytest
-import yaml
 
 from .conftest import Proxy, read_rows
 from .ollama_double import OllamaDouble
+from .process import serve
 
 CLIENT_KEY = "ck-7d1e0c5a93b24f68a1c0"
 WRONG_KEY = "wk-2b9f4e7a10c35d86e2f1"
@@ -53,57 +50,34 @@ def test_migrate_creates_a_private_database(tmp_path: Path) -> None:
     assert done.returncode == 0 and mode(db) == 0o600
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_no_key_in_database_stdout_or_log_after_an_authenticated_session(
     tmp_path: Path, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
     double, backend = ollama_double
-    port, db = _free_port(), tmp_path / "audit.db"
-    config = {
-        "server": {"host": "127.0.0.1", "port": port, "log_messages": True,
-                   "log_raw_requests": True, "log_raw_responses": True},
-        "backend": {"type": "ollama", "endpoint": backend, "api_key": BACKEND_KEY},
-        "database": {"path": str(db)},
-        "auth": {"keys": [{"name": "home-assistant", "key": CLIENT_KEY}]},
-    }  # fmt: skip
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llm_proxy", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):  # bounded: 10 s
-                try:
-                    async with http.get(f"{url}/health") as resp:
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-            ha = ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-            assert "".join([c.message.content async for c in await ha.chat("llama3.2", USER, stream=True)])
-            await ha.generate(model="llama3.2", prompt="p", stream=False)
-            await ha.list()
-            await ha.embed(model="nomic-embed-text", input=["a"])
-            with pytest.raises(ollama.ResponseError):
-                await ha.chat(model="missing", messages=USER)
-            with pytest.raises(ollama.ResponseError):
-                await ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {WRONG_KEY}"}).list()
-            headers = {"X-API-Key": CLIENT_KEY, "Cookie": f"session={CLIENT_KEY}"}
-            async with http.get(f"{url}/api/ps", headers=headers) as resp:
-                assert resp.status == 200
-            async with http.post(f"{url}/api/chat", headers={"X-API-Key": WRONG_KEY}, data=b"{") as resp:
-                assert resp.status == 401
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0
+    async with serve(
+        tmp_path, backend,
+        server={"log_messages": True, "log_raw_requests": True, "log_raw_responses": True},
+        backend={"api_key": BACKEND_KEY},
+        auth={"keys": [{"name": "home-assistant", "key": CLIENT_KEY}]},
+    ) as served, aiohttp.ClientSession() as http:  # fmt: skip
+        url = served.url
+        ha = ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+        assert "".join([c.message.content async for c in await ha.chat("llama3.2", USER, stream=True)])
+        await ha.generate(model="llama3.2", prompt="p", stream=False)
+        await ha.list()
+        await ha.embed(model="nomic-embed-text", input=["a"])
+        with pytest.raises(ollama.ResponseError):
+            await ha.chat(model="missing", messages=USER)
+        with pytest.raises(ollama.ResponseError):
+            await ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {WRONG_KEY}"}).list()
+        headers = {"X-API-Key": CLIENT_KEY, "Cookie": f"session={CLIENT_KEY}"}
+        async with http.get(f"{url}/api/ps", headers=headers) as resp:
+            assert resp.status == 200
+        async with http.post(f"{url}/api/chat", headers={"X-API-Key": WRONG_KEY}, data=b"{") as resp:
+            assert resp.status == 401
+        assert await served.stop() == 0
+    out, err = "\n".join(served.stdout).encode(), "\n".join(served.stderr).encode()
+    db = served.db
     rows = read_rows(db, 8)
     assert len(rows) == 8
     assert {r["key_name"] for r in rows} == {"home-assistant", None}
