@@ -22,6 +22,20 @@ import ollama
 
 from .llama_double import LlamaServerDouble
 
+# One intent tool in the shape Home Assistant sends it, for tests that need just one.
+TURN_ON: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "HassTurnOn",
+        "description": "Turns on a device",
+        "parameters": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "description": "Name of the device"}},
+            "required": ["name"],
+        },
+    },
+}
+
 AREAS = ["Kitchen", "Living Room", "Bedroom", "Office", "Bathroom", "Hallway", "Garage", "Garden"]
 KINDS = [
     ("light", "Ceiling Light", "on"), ("switch", "Socket", "off"), ("sensor", "Temperature", "21.5 °C"),

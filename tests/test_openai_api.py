@@ -20,24 +20,12 @@ import pytest
 from openai import AsyncOpenAI
 
 from .conftest import MakeProxy, Proxy
+from .ha_turn import TURN_ON
 from .llama_double import LlamaServerDouble, fixture, sse_events
 from .ollama_double import ANSWER, THOUGHT, OllamaDouble
 
 USER: Any = [{"role": "user", "content": "Say hello in five words."}]
-TOOLS: Any = [
-    {
-        "type": "function",
-        "function": {
-            "name": "HassTurnOn",
-            "description": "Turns on a device",
-            "parameters": {
-                "type": "object",
-                "properties": {"name": {"type": "string", "description": "Name of the device"}},
-                "required": ["name"],
-            },
-        },
-    }
-]
+TOOLS: Any = [TURN_ON]
 
 
 def _deltas(name: str, key: str) -> str:

@@ -46,6 +46,8 @@ from llm_proxy.translate.ollama_openai import (
 )
 from llm_proxy.translate.sse import SSEDecoder
 
+from .ha_turn import TURN_ON
+
 FIXTURES = Path(__file__).parent / "fixtures" / "llama-server"
 STAMP = "2026-11-22T04:05:06.123456789Z"
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -527,19 +529,6 @@ def test_fold_passed_through_ollama_chunks() -> None:
 
 # ---------------------------------------------------------------------------
 # Requests
-
-TURN_ON = {
-    "type": "function",
-    "function": {
-        "name": "HassTurnOn",
-        "description": "Turns on a device",
-        "parameters": {
-            "type": "object",
-            "properties": {"name": {"type": "string", "description": "Name of the device"}},
-            "required": ["name"],
-        },
-    },
-}
 
 
 def home_assistant_body() -> dict[str, Any]:
