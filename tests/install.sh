@@ -25,8 +25,21 @@ TEMPLATE_DIR="tests/.cache/templates"
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}"
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step says how long the one before it took, and the end gives the total.
 started=$SECONDS
+step_name=""
+step_started=$SECONDS
+step_done() {
+  if [ -n "$step_name" ]; then
+    printf -- '-- %s: %d s\n' "$step_name" "$((SECONDS - step_started))"
+  fi
+}
+step() {
+  step_done
+  step_name="$*"
+  step_started=$SECONDS
+  printf '\n== %s\n' "$*"
+}
 
 step "project and dev tools"
 "$PYTHON" -m pip install --quiet -e '.[dev]'
@@ -83,4 +96,5 @@ fi
 
 step "in place"
 "$PYTHON" tests/llama_server.py paths
+step_done
 echo "done in $((SECONDS - started)) s"
