@@ -94,3 +94,99 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
     [wheel] = tmp_path.glob("llm_proxy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "llm_proxy/migrations/0001_logs.sql" in names
+
+
+# The Go LLM Proxy's schema, exactly as its README documents it (it keeps no migrations table).
+GO_SCHEMA = """
+CREATE TABLE logs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  timestamp DATETIME NOT NULL,
+  endpoint TEXT NOT NULL,
+  method TEXT NOT NULL,
+  model TEXT,
+  prompt TEXT,
+  response TEXT,
+  status_code INTEGER,
+  latency_ms INTEGER,
+  stream BOOLEAN,
+  backend_type TEXT,
+  error TEXT
+);
+"""
+GO_ROWS = [
+    # Go's sqlite driver writes time.Time as text like this; it leaves NULLs where it knows nothing.
+    ("2026-11-30 10:00:00.123456789+00:00", "/api/chat", "POST", "llama3.2", "why is the sky blue",
+     "Rayleigh scattering", 200, 812, 1, "openai", None),
+    ("2026-11-30 10:01:00+00:00", "/api/tags", "GET", None, None, None, 200, 3, 0, "openai", None),
+    ("2026-11-30 10:02:00+00:00", "/api/generate", "POST", "qwen", "hello", None, 502, 40, None,
+     "ollama", "backend unavailable"),
+]  # fmt: skip
+
+
+def go_database(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.executescript(GO_SCHEMA)
+        conn.executemany(
+            "INSERT INTO logs (timestamp, endpoint, method, model, prompt, response, status_code, "
+            "latency_ms, stream, backend_type, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            GO_ROWS,
+        )
+    conn.close()
+
+
+def test_a_go_proxy_database_is_adopted_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "llm_proxy.db"
+    go_database(db)
+    run = [sys.executable, "-m", "llm_proxy", "migrate", "--db", str(db)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "adopted the Go proxy's logs table: 3 rows kept" in done.stdout
+    assert columns(db)[: len(GO_COLUMNS)] == GO_COLUMNS
+    assert set(columns(db)) >= {"request_id", "api", "turn_id", "key_name"}
+    with sqlite3.connect(db) as conn:
+        # Every old row, unchanged, through the Go README's own queries.
+        old = conn.execute(
+            "SELECT timestamp, endpoint, method, model, prompt, response, status_code, latency_ms, "
+            "stream, backend_type, error FROM logs ORDER BY id"
+        ).fetchall()
+        assert old == GO_ROWS
+        by_model = conn.execute(
+            "SELECT model, AVG(latency_ms), COUNT(*) FROM logs WHERE error IS NULL GROUP BY model ORDER BY model"
+        ).fetchall()
+        assert by_model == [(None, 3.0, 1), ("llama3.2", 812.0, 1)]
+        assert conn.execute("SELECT DISTINCT api FROM logs").fetchall() == [("ollama",)]
+        # The search index covers the old rows too.
+        hits = conn.execute("SELECT rowid FROM logs_fts WHERE logs_fts MATCH 'Rayleigh'").fetchall()
+        assert hits == [(1,)]
+        # New rows follow the old ones.
+        conn.execute("INSERT INTO logs (timestamp, endpoint, method) VALUES ('2026-12-01T00:00:00.000Z', '/', 'GET')")
+        assert conn.execute("SELECT max(id) FROM logs").fetchone() == (4,)
+    again = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_the_audit_commands_read_an_adopted_go_database(tmp_path: Path) -> None:
+    db = tmp_path / "llm_proxy.db"
+    go_database(db)
+    migrate(str(db))
+    for args, expected in (
+        (["logs", "--db", str(db)], "why is the sky blue"),
+        (["logs", "--db", str(db), "-q", "Rayleigh"], "llama3.2"),
+        (["logs", "show", "1", "--db", str(db)], "Rayleigh scattering"),
+        (["stats", "--db", str(db)], "qwen"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "llm_proxy", *args], capture_output=True, text=True, timeout=30, cwd=tmp_path
+        )
+        assert done.returncode == 0, (args, done.stderr)
+        assert expected in done.stdout, (args, done.stdout)
+
+
+def test_a_foreign_logs_table_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE logs (line TEXT)")
+    conn.close()
+    with pytest.raises(sqlite3.DatabaseError, match="neither llm-proxy's nor the Go proxy's"):
+        migrate(str(db))
+    assert columns(db) == ["line"]

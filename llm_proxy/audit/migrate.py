@@ -19,6 +19,13 @@ from pathlib import Path
 
 _NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
 
+# The Go LLM Proxy's `logs` table: the twelve columns its README documents.
+GO_COLUMNS = (
+    "id", "timestamp", "endpoint", "method", "model", "prompt", "response",
+    "status_code", "latency_ms", "stream", "backend_type", "error",
+)  # fmt: skip
+FIRST = "0001_logs.sql"
+
 
 def migrations_dir() -> Path:
     """Where the migrations are: inside the installed package, else the checkout's top level."""
@@ -52,8 +59,11 @@ def migrate(path: str, folder: Path | None = None) -> list[str]:
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=5000")
-        done = applied(conn)
         names = []
+        adopted = _adopt_go_table(conn, folder)
+        if adopted is not None:
+            names.append(adopted)
+        done = applied(conn)
         for file in available(folder):
             if file.name in done:
                 continue
@@ -67,6 +77,60 @@ def migrate(path: str, folder: Path | None = None) -> list[str]:
         return names
     finally:
         conn.close()
+
+
+def _adopt_go_table(conn: sqlite3.Connection, folder: Path | None) -> str | None:
+    """Take over a database the Go proxy wrote: its rows stay, 0001's columns are added.
+
+    The Go proxy keeps no migrations table; its ``logs`` has the first twelve
+    columns of 0001. Adding 0001's other columns and recording 0001 as applied
+    (in one transaction) leaves the file as if 0001 had made it, so the later
+    migrations (the search index rebuilds itself over the old rows) apply as
+    usual. Returns a line saying so, or None when there was nothing to adopt.
+    """
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "logs" not in tables or "_migrations" in tables:
+        return None
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(logs)")]
+    if not set(GO_COLUMNS) <= set(columns):
+        raise sqlite3.DatabaseError(
+            "the database has a 'logs' table that is neither llm-proxy's nor the Go proxy's "
+            f"(its columns: {', '.join(columns)}); point database.path at another file"
+        )
+    first = next((f for f in available(folder) if f.name == FIRST), None)
+    if first is None:
+        raise FileNotFoundError(f"{FIRST} is missing from the migrations folder")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(first.read_text(encoding="utf-8")):
+            if _strip_comments(statement).upper().startswith("CREATE TABLE"):
+                for name, declaration in _column_declarations(statement):
+                    if name not in columns:
+                        conn.execute(f"ALTER TABLE logs ADD COLUMN {name} {declaration}")
+            else:  # the indexes
+                conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+        applied(conn)
+        conn.execute(
+            "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+            (FIRST, datetime.now(UTC).isoformat(timespec="seconds")),
+        )
+        [(count,)] = conn.execute("SELECT count(*) FROM logs")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return f"{FIRST} (adopted the Go proxy's logs table: {count} rows kept)"
+
+
+def _column_declarations(create_table: str) -> list[tuple[str, str]]:
+    """(name, type and constraints) of each column in a ``CREATE TABLE`` statement."""
+    body = _strip_comments(create_table)
+    inner = body[body.index("(") + 1 : body.rindex(")")]
+    found = []
+    for part in inner.split(","):
+        name, _, declaration = part.strip().partition(" ")
+        found.append((name, declaration.strip()))
+    return found
 
 
 def create_private(path: str) -> None:
