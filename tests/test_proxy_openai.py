@@ -345,3 +345,26 @@ async def test_a_mapping_to_a_tagged_name_shows_its_alias_everywhere(
         assert [m["id"] for m in (await resp.json())["data"]] == ["assistant"]
     reply = await client(proxy).chat(model="assistant", messages=USER)
     assert reply.message.content == RECORDED_TEXT
+
+
+async def test_load_and_unload_answer_one_json_object_as_ollama_does(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    # Open WebUI's unload: no "stream" field, keep_alive 0; it refuses an NDJSON answer.
+    async with aiohttp.ClientSession() as http:
+        for path, body, reason in (
+            ("/api/generate", {"model": "smollm2", "prompt": "", "keep_alive": 0}, "unload"),
+            ("/api/chat", {"model": "smollm2", "messages": [], "keep_alive": 0}, "unload"),
+            ("/api/chat", {"model": "smollm2", "messages": []}, "load"),
+            ("/api/generate", {"model": "smollm2", "keep_alive": "5m", "stream": True}, "load"),
+        ):
+            async with http.post(f"{oproxy.url}{path}", json=body) as resp:
+                assert resp.status == 200
+                assert resp.content_type == "application/json", (path, body)
+                answer = orjson.loads(await resp.read())
+            assert answer["done"] is True and answer["done_reason"] == reason, (path, body, answer)
+    unloaded = await client(oproxy).generate(model="smollm2", prompt="", keep_alive=0)
+    assert unloaded.done_reason == "unload"
+    assert llama_double[0].requests == []
+    rows = await oproxy.wait_rows(5)
+    assert [r["done_reason"] for r in rows] == ["unload", "unload", "load", "load", "unload"]

@@ -28,6 +28,7 @@ from ..translate.ndjson import ChunkAssembler
 from ..translate.sse import SSEDecoder
 from . import http, relay, replies
 from .base import Batch, Call, Reply
+from .pool import parse_keep_alive
 
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
 CATALOG_TIMEOUT = 3.0  # seconds a catalog refresh may take before a stale copy is used
@@ -232,7 +233,10 @@ class OpenAIBackend:
     async def _complete(self, call: Call, kind: tr.Kind) -> Reply:
         assert call.body is not None and call.model is not None
         if _is_load_request(call.body, kind):
-            return replies.empty_answer(call, kind, "load")
+            # keep_alive 0 with nothing to answer is `ollama stop`: llama-server keeps
+            # its model loaded, but the client is told what Ollama would tell it.
+            unload = parse_keep_alive(call.body.get("keep_alive")) == 0
+            return replies.empty_answer(call, kind, "unload" if unload else "load")
         served = await self._served_name(call)
         params = self.config.models.params_for(call.model)
         if kind == "chat":

@@ -44,14 +44,18 @@ def single(call: Call, obj: dict[str, Any]) -> Reply:
 
 
 def empty_answer(call: Call, kind: str, done_reason: str) -> Reply:
-    """Ollama's answer to a request with nothing to generate ("load", "unload")."""
+    """Ollama's answer to a request with nothing to generate ("load", "unload").
+
+    Always one ``application/json`` object, whatever ``stream`` says, as Ollama
+    answers it: Open WebUI's unload refuses an NDJSON answer.
+    """
     final: dict[str, Any] = {"model": call.model, "created_at": rfc3339_now()}
     if kind == "chat":
         final["message"] = {"role": "assistant", "content": ""}
     else:
         final["response"] = ""
     final.update(done=True, done_reason=done_reason)
-    return single(call, final)
+    return json_reply(final)
 
 
 def pulled(call: Call) -> Reply:
