@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import aiohttp
@@ -23,6 +23,7 @@ from .conftest import MakeProxy, Proxy
 from .ha_turn import TURN_ON
 from .llama_double import LlamaServerDouble, fixture, sse_events
 from .ollama_double import ANSWER, THOUGHT, OllamaDouble
+from .raw_backend import RawRequest, chunk, head, raw_backend, whole
 
 USER: Any = [{"role": "user", "content": "Say hello in five words."}]
 TOOLS: Any = [TURN_ON]
@@ -501,3 +502,38 @@ async def test_ollama_first_frame_reaches_the_client_while_the_backend_holds(
         ollama_double[0].hold.set()
         rest = [chunk.choices[0].delta.content async for chunk in chunks]
     assert "".join([ANSWER[0], *(t or "" for t in rest)]) == "".join(ANSWER)
+
+
+async def test_a_stream_read_to_done_is_complete_though_the_backend_ends_it_later(
+    make_proxy: MakeProxy,
+) -> None:
+    # The openai SDK stops at [DONE] and closes; llama-server may end its chunked
+    # body a moment later. The client got every byte: the row must say 200.
+    ended = asyncio.Event()
+
+    async def late_end(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+        if request.path == "/v1/models":
+            writer.write(whole(fixture("models")))
+            await writer.drain()
+            return True
+        writer.write(head(content_type="text/event-stream", Transfer_Encoding="chunked"))
+        writer.write(chunk(fixture("chat-stream")))  # every frame, [DONE] included
+        await writer.drain()
+        await asyncio.sleep(1.0)  # then the end of the body, late
+        with suppress(ConnectionError):
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        ended.set()
+        return False
+
+    async with raw_backend(late_end) as backend:
+        proxy = await make_proxy(backend.url, backend_type="openai")
+        sdk = AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="none", max_retries=0)
+        stream = await sdk.chat.completions.create(model="smollm2", messages=USER, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await stream.close()
+        assert text == RECORDED_TEXT
+        await asyncio.wait_for(ended.wait(), 5)
+        [row] = await proxy.wait_rows(1)
+    assert row["status_code"] == 200 and row["error"] is None
+    assert row["response"] == RECORDED_TEXT

@@ -156,6 +156,11 @@ async def _relay_stream(
                 exchange.mark_first_token()
             if console.raw_responses and frame.data is not None:
                 console.response(exchange, frame.data.encode())
+            if done:
+                # The client has every byte: end its answer now. The openai SDK stops
+                # reading at [DONE] and closes, and waiting here for the backend's end
+                # of stream made that close look like a client that left (a 499 row).
+                break
         if not done and assembler.error is None:
             raise BackendError(f"backend {exchange.backend_type} ended the stream without [DONE]", 502)
         await response.write_eof()
@@ -167,7 +172,8 @@ async def _relay_stream(
             await response.write(b"data: " + error + b"\n\n")
             await response.write_eof()
     except ConnectionError:
-        exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
+        if not done:  # after [DONE] the client had the whole answer
+            exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
     finally:
         await reply.close()
         _record(exchange, assembler)
