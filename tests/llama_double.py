@@ -80,6 +80,8 @@ class LlamaServerDouble:
     loading: bool = False
     # Streams sent to the end (their last frame written).
     streams_finished: int = 0
+    # SSE bodies the next chat requests stream, first one first (before ``scenario``).
+    queued: list[bytes] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=128 * 1024 * 1024)  # no 1 MB cap, like the real server
@@ -110,6 +112,8 @@ class LlamaServerDouble:
         self.requests.append((request.path, body))
         if loading := self._loading():
             return loading
+        if self.queued:
+            return await self._stream(request, self.queued.pop(0))
         scenario, self.scenario = self.scenario, None
         if scenario and scenario.startswith("error-"):
             meta = orjson.loads((FIXTURES / f"{scenario}.meta.json").read_bytes())

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from .conftest import Proxy
-from .llama_double import LlamaServerDouble
+from .llama_double import LlamaServerDouble, frames
 
 MAX_TOOL_ITERATIONS = 10  # Home Assistant's own bound on tool rounds
 TOOLS = [
@@ -106,3 +106,128 @@ async def test_multi_round_tool_loop(oproxy: Proxy, llama_double: tuple[LlamaSer
     assert rows[1]["response"] == final_text and rows[1]["tool_calls"] is None
     assert all(r["prompt"] == "Turn on the kitchen light" for r in rows)
     assert all("ha-key" not in str(v) for r in rows for v in r.values())  # the key is never stored
+
+
+# -- Home Assistant 2026.11 ------------------------------------------------------------------
+
+# Its tools carry the API's prefix: the name the model must call, and HA executes, is the whole name.
+PREFIXED = ["intent__HassTurnOn", "light__HassLightSet", "homeassistant__GetLiveContext", "llm__GetDateTime"]
+HA_2026_TOOLS = [
+    {"type": "function", "function": {"name": name, "description": name.split("__")[1],
+                                      "parameters": {"type": "object", "properties": {
+                                          "name": {"type": "string"}, "brightness": {"type": "integer"}},
+                                          "required": []}}}
+    for name in PREFIXED
+]  # fmt: skip
+
+
+def two_tool_calls() -> bytes:
+    """A llama-server stream that calls two prefixed tools, arguments in fragments."""
+    base = {"id": "chatcmpl-ha", "object": "chat.completion.chunk", "created": 1, "model": "smollm2"}
+
+    def delta(d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}
+
+    def call(i: int, name: str | None, args: str, call_id: str | None = None) -> dict[str, Any]:
+        fn: dict[str, Any] = {"arguments": args}
+        if name is not None:
+            fn["name"] = name
+        piece: dict[str, Any] = {"index": i, "function": fn}
+        if call_id is not None:
+            piece.update(id=call_id, type="function")
+        return delta({"tool_calls": [piece]})
+
+    return frames(
+        delta({"role": "assistant", "content": None}),
+        delta({"reasoning_content": "The user wants the kitchen light on, at half brightness."}),
+        call(0, "intent__HassTurnOn", '{"name": "Kitch', "call_a"),
+        call(0, None, 'en Light"}'),
+        call(1, "light__HassLightSet", '{"name": "Kitchen Light", ', "call_b"),
+        call(1, None, '"brightness": 50}'),
+        delta({}, "tool_calls"),
+        {
+            **base,
+            "choices": [],
+            "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150},
+        },
+    )
+
+
+async def test_home_assistant_2026_11_turn_with_prefixed_tools_numeric_keep_alive_and_two_calls(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    double = llama_double[0]
+    c = ollama.AsyncClient(host=oproxy.url, timeout=5)  # HA's timeout for the model list
+    assert [m.model for m in (await c.list()).models] == ["smollm2:latest"]
+    double.queued.append(two_tool_calls())
+    messages: list[ollama.Message] = [
+        ollama.Message(role="system", content="You are a voice assistant for Home Assistant."),
+        ollama.Message(role="user", content="Kitchen light on, half brightness"),
+    ]
+    executed: list[tuple[str, dict[str, Any]]] = []
+    final_text = ""
+    for _ in range(MAX_TOOL_ITERATIONS):
+        stream = await c.chat(
+            model="smollm2", messages=messages, tools=HA_2026_TOOLS, stream=True,
+            keep_alive=-1, options={"num_ctx": 8192.0},
+        )  # fmt: skip
+        content, thinking, calls = "", "", []
+        async for chunk in stream:
+            content += chunk.message.content or ""
+            thinking += chunk.message.thinking or ""
+            calls.extend(chunk.message.tool_calls or [])
+        # 2026.11 keeps the thinking in its chat log, and tool calls without ids.
+        messages.append(
+            ollama.Message(
+                role="assistant", content=content or None, thinking=thinking or None, tool_calls=calls or None
+            )
+        )
+        if not calls:
+            final_text = content
+            break
+        for call in calls:
+            executed.append((call.function.name, dict(call.function.arguments)))
+            messages.append(ollama.Message(role="tool", content=json.dumps({"success": True})))
+    assert executed == [
+        ("intent__HassTurnOn", {"name": "Kitchen Light"}),
+        ("light__HassLightSet", {"name": "Kitchen Light", "brightness": 50}),
+    ]  # each call once, under the name HA gave the tool
+    assert final_text
+
+    first, second = (body for _, body in double.requests)
+    assert [t["function"]["name"] for t in first["tools"]] == PREFIXED
+    assert "keep_alive" not in first and "num_ctx" not in first
+    assistant = second["messages"][2]
+    assert [tc["function"]["name"] for tc in assistant["tool_calls"]] == PREFIXED[:2]
+    assert assistant["reasoning_content"].startswith("The user wants")
+    results = second["messages"][3:5]
+    assert [r["tool_call_id"] for r in results] == [tc["id"] for tc in assistant["tool_calls"]]
+
+    rows = await oproxy.wait_rows(3)
+    chats = [r for r in rows if r["endpoint"] == "/api/chat"]
+    assert [r["status_code"] for r in chats] == [200, 200]
+    names = [f["function"]["name"] for f in orjson.loads(chats[0]["tool_calls"])]
+    assert names == PREFIXED[:2]
+    assert chats[0]["thinking"].startswith("The user wants") and chats[0]["completion_tokens"] == 30
+
+
+async def test_home_assistant_2026_11_ai_task_with_a_schema_and_an_image(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    c = ollama.AsyncClient(host=oproxy.url, timeout=5)
+    image = ollama.Image(value=PNG)
+    stream = await c.chat(
+        model="smollm2",
+        messages=[ollama.Message(role="user", content="Describe the camera image", images=[image])],
+        stream=True, keep_alive=-1, options={"num_ctx": 8192.0}, format=SCHEMA,
+    )  # fmt: skip
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].done and "".join(ch.message.content or "" for ch in chunks)
+    [(_, sent)] = llama_double[0].requests
+    assert sent["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": SCHEMA},
+    }
+    assert sent["messages"][0]["content"][1]["image_url"]["url"] == f"data:image/png;base64,{PNG}"
+    [row] = await oproxy.wait_rows(1)
+    assert row["status_code"] == 200 and row["prompt"] == "Describe the camera image"

@@ -151,7 +151,8 @@ def test_a_go_proxy_database_is_adopted_in_place(tmp_path: Path) -> None:
         ).fetchall()
         assert old == GO_ROWS
         by_model = conn.execute(
-            "SELECT model, AVG(latency_ms), COUNT(*) FROM logs WHERE error IS NULL GROUP BY model ORDER BY model"
+            "SELECT model, AVG(latency_ms), COUNT(*) FROM logs WHERE error IS NULL "
+            "GROUP BY model ORDER BY model"
         ).fetchall()
         assert by_model == [(None, 3.0, 1), ("llama3.2", 812.0, 1)]
         assert conn.execute("SELECT DISTINCT api FROM logs").fetchall() == [("ollama",)]
@@ -159,7 +160,9 @@ def test_a_go_proxy_database_is_adopted_in_place(tmp_path: Path) -> None:
         hits = conn.execute("SELECT rowid FROM logs_fts WHERE logs_fts MATCH 'Rayleigh'").fetchall()
         assert hits == [(1,)]
         # New rows follow the old ones.
-        conn.execute("INSERT INTO logs (timestamp, endpoint, method) VALUES ('2026-12-01T00:00:00.000Z', '/', 'GET')")
+        conn.execute(
+            "INSERT INTO logs (timestamp, endpoint, method) VALUES ('2026-12-01T00:00:00.000Z', '/', 'GET')"
+        )
         assert conn.execute("SELECT max(id) FROM logs").fetchone() == (4,)
     again = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert again.returncode == 0 and "up to date" in again.stdout
@@ -176,7 +179,11 @@ def test_the_audit_commands_read_an_adopted_go_database(tmp_path: Path) -> None:
         (["stats", "--db", str(db)], "qwen"),
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "llm_proxy", *args], capture_output=True, text=True, timeout=30, cwd=tmp_path
+            [sys.executable, "-m", "llm_proxy", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
         )
         assert done.returncode == 0, (args, done.stderr)
         assert expected in done.stdout, (args, done.stdout)
