@@ -167,7 +167,7 @@ async def _relay_stream(
         exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
     finally:
         await reply.close()
-        _record_answer(exchange, assembler)
+        _record_answer(exchange, assembler, streamed=True)
     return response
 
 
@@ -195,7 +195,7 @@ def _relay_body(reply: Reply, exchange: Exchange, console: Console) -> web.Respo
     return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
 
 
-def _record_answer(exchange: Exchange, assembler: ChunkAssembler) -> None:
+def _record_answer(exchange: Exchange, assembler: ChunkAssembler, streamed: bool = False) -> None:
     """Copy what the assembled answer says into the exchange record."""
     if assembler.last is None:
         return
@@ -215,6 +215,11 @@ def _record_answer(exchange: Exchange, assembler: ChunkAssembler) -> None:
     exchange.completion_tokens = _int(final.get("eval_count"))
     if assembler.error and exchange.error is None:
         exchange.error = assembler.error
+        # One rule for every backend and API: a stream that broke off after its
+        # 200 header is recorded with the error's status, 500 when none is named
+        # (an Ollama error line names none), as the translating backend does.
+        if streamed and exchange.status_code is not None and exchange.status_code < 400:
+            exchange.status_code = 500
 
 
 def _int(value: Any) -> int | None:
