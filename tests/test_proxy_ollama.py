@@ -14,9 +14,9 @@ import ollama
 import orjson
 import pytest
 
+from . import raw_backend as raw
 from .conftest import MakeProxy, Proxy, read_rows
 from .ollama_double import ANSWER, OllamaDouble
-from .raw_backend import RawRequest, chunk, head, raw_backend
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
 
@@ -444,17 +444,16 @@ async def test_an_error_line_mid_stream_is_recorded_as_the_translating_backend_r
 ) -> None:
     # Ollama reports a failure after the 200 header as an {"error"} line. The row
     # follows the one rule: the error, with status 500 as no other is named.
-    async def breaks(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+    async def breaks(request: raw.RawRequest, writer: asyncio.StreamWriter) -> bool:
         first = b'{"model":"llama3.2","created_at":"2026-12-01T00:00:00Z",'
         first += b'"message":{"role":"assistant","content":"The"},"done":false}\n'
-        writer.write(head(content_type="application/x-ndjson", Transfer_Encoding="chunked"))
-        writer.write(
-            chunk(first) + chunk(b'{"error":"llama runner process has terminated"}\n') + b"0\r\n\r\n"
-        )
+        error = b'{"error":"llama runner process has terminated"}\n'
+        writer.write(raw.head(content_type="application/x-ndjson", Transfer_Encoding="chunked"))
+        writer.write(raw.chunk(first) + raw.chunk(error) + b"0\r\n\r\n")
         await writer.drain()
         return False
 
-    async with raw_backend(breaks) as backend:
+    async with raw.raw_backend(breaks) as backend:
         proxy = await make_proxy(backend.url)
         stream = await ollama.AsyncClient(host=proxy.url).chat(model="llama3.2", messages=USER, stream=True)
         with pytest.raises(ollama.ResponseError) as caught:
