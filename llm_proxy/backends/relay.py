@@ -13,35 +13,38 @@ from collections.abc import AsyncGenerator
 import orjson
 
 from ..translate.sse import SSEDecoder, SSEFramer
-from . import http
+from . import transport
 from .base import Call, Frame, Reply
 
 JSON = "application/json"
 SSE = "text/event-stream"
 
 
-async def forward(client: http.Client, endpoint: str, path: str, call: Call) -> Reply:
-    """Send ``call`` to ``endpoint + path``; an SSE answer comes back as frames."""
+async def forward(session: transport.Session, endpoint: str, path: str, call: Call, limit: int) -> Reply:
+    """Send ``call`` to ``endpoint + path``; an SSE answer comes back as frames.
+
+    ``limit`` is backend.max_answer_mb in bytes: the largest whole answer held.
+    """
     data = call.raw if call.method == "POST" else None
     headers = {"Content-Type": JSON} if data is not None else None
-    resp = await http.send(
-        client, call.method, f"{endpoint}{path}", backend=endpoint, data=data, headers=headers
+    resp = await transport.send(
+        session, call.method, transport.url(endpoint, path), backend=endpoint, data=data, headers=headers
     )
     content_type = resp.headers.get("Content-Type", JSON)
     if resp.status < 400 and content_type.startswith(SSE):
         return Reply(resp.status, content_type, frames=frames(resp, endpoint), on_close=[resp.release])
     async with resp:
-        body = await http.read_body(resp, endpoint)
+        body = await transport.read_body(resp, endpoint, limit)
     return Reply(resp.status, content_type, body=body)
 
 
-async def frames(resp: http.Response, backend: str) -> AsyncGenerator[Frame, None]:
+async def frames(resp: transport.Response, backend: str) -> AsyncGenerator[Frame, None]:
     """The SSE answer frame by frame as it arrives, each with its parsed data.
 
     Reply.close() releases ``resp``, whether or not this generator ever ran.
     """
     framer, decoder = SSEFramer(), SSEDecoder()
-    async for data in http.iter_chunks(resp, backend):
+    async for data in transport.iter_chunks(resp, backend):
         for raw in framer.feed(data):
             yield _frame(raw, decoder.feed(raw))
     rest = framer.flush()
