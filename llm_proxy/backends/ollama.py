@@ -15,6 +15,7 @@ import orjson
 
 from ..config import Config
 from ..errors import ProxyError
+from ..translate import TooLong
 from ..translate.ndjson import LineDecoder
 from . import relay, transport
 from .base import Batch, Call, Reply, StreamItem
@@ -93,9 +94,12 @@ class OllamaBackend:
         Reply.close() releases ``resp``, whether or not this generator ever ran.
         """
         rename = call.model if call.model != call.backend_model else None
-        decoder = LineDecoder()
+        decoder = LineDecoder(self.max_answer)
         async for data in transport.iter_chunks(resp, self.endpoint):
-            lines = decoder.feed(data)
+            try:
+                lines = decoder.feed(data)
+            except TooLong as exc:
+                raise transport.too_long(exc) from None
             if lines:
                 yield [_item(line, rename) for line in lines]
         rest = decoder.flush()

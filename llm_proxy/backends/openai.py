@@ -23,6 +23,7 @@ import orjson
 
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
+from ..translate import TooLong
 from ..translate import ollama_openai as tr
 from ..translate.ndjson import ChunkAssembler
 from ..translate.sse import SSEDecoder
@@ -273,16 +274,20 @@ class OpenAIBackend:
 
         Reply.close() releases ``resp``, whether or not this generator ever ran.
         """
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(self.max_answer)
         finished = False
         # Read to the end of the body even after [DONE]: leaving bytes unread
         # would close the connection instead of returning it to the pool.
         async for data in transport.iter_chunks(resp, self.endpoint):
             if finished:
                 continue
+            try:
+                events = decoder.feed(data)
+            except TooLong as exc:
+                raise transport.too_long(exc) from None
             chunks: list[JSONDict] = []
             try:
-                finished = _translate_events(decoder.feed(data), translator, chunks)
+                finished = _translate_events(events, translator, chunks)
             except ProxyError:
                 if chunks:  # what came before the error frame still reaches the client
                     yield _as_lines(chunks)

@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 
 import orjson
 
+from ..translate import TooLong
 from ..translate.sse import SSEDecoder, SSEFramer
 from . import transport
 from .base import Call, Frame, Reply
@@ -32,23 +33,28 @@ async def forward(session: transport.Session, endpoint: str, path: str, call: Ca
     )
     content_type = resp.headers.get("Content-Type", JSON)
     if resp.status < 400 and content_type.startswith(SSE):
-        return Reply(resp.status, content_type, frames=frames(resp, endpoint), on_close=[resp.release])
+        stream = frames(resp, endpoint, limit)
+        return Reply(resp.status, content_type, frames=stream, on_close=[resp.release])
     async with resp:
         body = await transport.read_body(resp, endpoint, limit)
     return Reply(resp.status, content_type, body=body)
 
 
-async def frames(resp: transport.Response, backend: str) -> AsyncGenerator[Frame, None]:
+async def frames(resp: transport.Response, backend: str, limit: int) -> AsyncGenerator[Frame, None]:
     """The SSE answer frame by frame as it arrives, each with its parsed data.
 
+    A frame longer than ``limit`` bytes ends the stream with a 502.
     Reply.close() releases ``resp``, whether or not this generator ever ran.
     """
-    framer, decoder = SSEFramer(), SSEDecoder()
-    async for data in transport.iter_chunks(resp, backend):
-        for raw in framer.feed(data):
-            yield _frame(raw, decoder.feed(raw))
-    rest = framer.flush()
-    events = decoder.feed(rest) + decoder.flush()
+    framer, decoder = SSEFramer(limit), SSEDecoder(limit)
+    try:
+        async for data in transport.iter_chunks(resp, backend):
+            for raw in framer.feed(data):
+                yield _frame(raw, decoder.feed(raw))
+        rest = framer.flush()
+        events = decoder.feed(rest) + decoder.flush()
+    except TooLong as exc:
+        raise transport.too_long(exc) from None
     if rest or events:
         yield _frame(rest, events)
 

@@ -30,6 +30,7 @@ from yarl import URL
 from .. import __version__
 from ..config import BackendConfig
 from ..errors import BackendError, BackendTimeout, BackendUnavailable
+from ..translate import TooLong
 
 HEALTH_TIMEOUT = 3.0  # seconds a health probe may take
 READ_SIZE = 64 * 1024  # bytes taken from the backend's answer per read
@@ -147,8 +148,19 @@ async def _read(resp: Response, backend: str, *, stream: bool) -> AsyncGenerator
         raise BackendError(f"backend {backend} broke off {what}: {_reason(exc)}") from None
 
 
+def too_long(exc: TooLong) -> BackendError:
+    """The error for a stream line or event over backend.max_answer_mb: the stream ends with it."""
+    return BackendError(
+        f"backend sent {exc.what} larger than {_mib(exc.limit)} MiB (backend.max_answer_mb)", 502
+    )
+
+
 def _too_large(limit: int) -> BackendError:
-    return BackendError(f"backend answer larger than {limit / MIB:g} MiB (backend.max_answer_mb)", 502)
+    return BackendError(f"backend answer larger than {_mib(limit)} MiB (backend.max_answer_mb)", 502)
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:.4g}"  # the setting as written: 0.1, not 0.0999994
 
 
 def _encoded(resp: Response) -> bool:

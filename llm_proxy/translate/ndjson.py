@@ -4,33 +4,60 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import TooLong
+
 
 class LineDecoder:
     """Splits a byte stream into complete lines, whatever the read boundaries.
 
-    Unlike ``StreamReader.readline`` it has no line-length limit, so a long
-    tool call or embedding in one NDJSON line cannot break the stream.
+    The limit is the caller's (``backend.max_answer_mb``), not ``readline``'s
+    64 KiB, so a long tool call or embedding in one NDJSON line goes through;
+    a line longer than ``limit`` raises :class:`~llm_proxy.translate.TooLong`.
+    Time is linear in the bytes fed: an unfinished line is kept as the reads
+    it came in and joined once, when its newline arrives.
     """
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_held", "_limit", "_pending")
 
-    def __init__(self) -> None:
-        self._pending = b""
+    def __init__(self, limit: int | None = None) -> None:
+        self._pending: list[bytes] = []
+        self._held = 0
+        self._limit = limit
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete, non-blank lines ended by this chunk (without newlines)."""
-        if self._pending:
-            data = self._pending + data
         if b"\n" not in data:
-            self._pending = data
+            if data:
+                self._pending.append(data)
+                self._held += len(data)
+                self._check(self._held)
             return []
-        *lines, self._pending = data.split(b"\n")
+        if self._pending:
+            first, _, data = data.partition(b"\n")
+            self._pending.append(first)
+            lines = [b"".join(self._pending), *data.split(b"\n")]
+            self._pending = []
+            self._held = 0
+        else:
+            lines = data.split(b"\n")
+        last = lines.pop()
+        if last:
+            self._pending.append(last)
+            self._held = len(last)
+        if self._limit is not None:
+            self._check(max(map(len, lines)))
+            self._check(self._held)
         return [line.rstrip(b"\r") for line in lines if line.strip()]
 
     def flush(self) -> list[bytes]:
         """The last line, when the stream ended without a newline."""
-        rest, self._pending = self._pending, b""
+        rest = b"".join(self._pending)
+        self._pending, self._held = [], 0
         return [rest.rstrip(b"\r")] if rest.strip() else []
+
+    def _check(self, size: int) -> None:
+        if self._limit is not None and size > self._limit:
+            raise TooLong("an NDJSON line", self._limit)
 
 
 class ChunkAssembler:
