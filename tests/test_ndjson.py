@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_proxy.translate import TooLong
-from llm_proxy.translate.ndjson import LineDecoder
+from llm_proxy.translate.ndjson import ChunkAssembler, LineDecoder
 
 STREAM = b'{"a":1}\n\n{"b":"two"}\r\n  \n{"c":[3]}\n{"d":4}'
 LINES = [b'{"a":1}', b'{"b":"two"}', b'{"c":[3]}', b'{"d":4}']
@@ -44,3 +44,20 @@ def test_a_line_over_the_limit_is_an_error_not_memory() -> None:
     with pytest.raises(TooLong):
         LineDecoder(1000).feed(b"y" * 2000 + b"\n")  # whole in one read, still too long
     assert LineDecoder(1000).feed(b"z" * 1000 + b"\n") == [b"z" * 1000]
+
+
+def test_the_assembler_keeps_the_start_within_its_limit_and_says_so() -> None:
+    chunk = {"model": "m", "message": {"role": "assistant", "content": "0123456789", "thinking": "t"}}
+    assembler = ChunkAssembler(limit=55)
+    for _ in range(100):
+        assert assembler.feed({**chunk, "done": False})  # still a token, for the timings
+    call = {"function": {"name": "HassTurnOn", "arguments": {"name": "x"}}}
+    assembler.feed({"model": "m", "message": {"role": "assistant", "content": "", "tool_calls": [call]}})
+    assembler.feed({"model": "m", "message": {"content": ""}, "done": True, "eval_count": 100})
+    assert assembler.truncated and assembler.tool_calls == []
+    assert len(assembler.text) + len(assembler.thought) == 55 and assembler.text.startswith("0123456789")
+    assert assembler.result()["eval_count"] == 100
+    unlimited = ChunkAssembler()
+    for _ in range(100):
+        unlimited.feed({**chunk, "done": False})
+    assert not unlimited.truncated and len(unlimited.text) == 1000

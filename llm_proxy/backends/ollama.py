@@ -22,6 +22,7 @@ from .base import Batch, Call, Reply, StreamItem
 
 # Routes whose answers list models by name.
 _LISTS = ("/api/tags", "/api/ps")
+_V1_MODELS = ("/v1/models", "/v1/models/{model}")
 
 
 class OllamaBackend:
@@ -43,6 +44,11 @@ class OllamaBackend:
     def max_answer(self) -> int:
         """backend.max_answer_mb in bytes: the largest answer held whole to change it."""
         return int(self.config.backend.max_answer_mb * transport.MIB)
+
+    @property
+    def keep(self) -> int:
+        """database.max_body_kb in bytes: an answer passed on unchanged is held up to this."""
+        return self.config.database.max_body_kb * 1024
 
     async def start(self) -> None:
         self._session = transport.new_session(self.config.backend)
@@ -75,18 +81,22 @@ class OllamaBackend:
         content_type = resp.headers.get("Content-Type", "application/json")
         if resp.status < 400 and content_type.startswith("application/x-ndjson"):
             return Reply(resp.status, content_type, lines=self._lines(resp, call), on_close=[resp.release])
-        async with resp:
-            body = await transport.read_body(resp, self.endpoint, self.max_answer)
-        if resp.status < 400 and content_type.startswith("application/json"):
-            body = self._rename_body(body, call)
-        return Reply(resp.status, content_type, body=body)
+        if resp.status < 400 and content_type.startswith("application/json") and self._renames(call):
+            async with resp:
+                body = await transport.read_body(resp, self.endpoint, self.max_answer)
+            return Reply(resp.status, content_type, body=self._rename_body(body, call))
+        # Passed on unchanged: a large answer (a blob, a big embedding batch) is
+        # relayed as it arrives rather than held.
+        return await transport.relayed(resp, self.endpoint, self.keep)
 
     async def openai(self, call: Call) -> Reply:
         path = call.endpoint
         if path == "/v1/models/{model}":
             assert call.backend_model is not None
             path = f"/v1/models/{call.backend_model}"  # quoted by transport.url
-        return await relay.forward(self.session, self.endpoint, path, call, self.max_answer)
+        # Model lists are held whole: the handler shows them with client-side names.
+        hold = None if call.endpoint in _V1_MODELS else self.keep
+        return await relay.forward(self.session, self.endpoint, path, call, limit=self.max_answer, hold=hold)
 
     async def _lines(self, resp: transport.Response, call: Call) -> AsyncGenerator[Batch, None]:
         """Relay NDJSON lines as they arrive; re-serialise only to rename the model.
@@ -105,6 +115,12 @@ class OllamaBackend:
         rest = decoder.flush()
         if rest:
             yield [_item(line, rename) for line in rest]
+
+    def _renames(self, call: Call) -> bool:
+        """True when a JSON answer to ``call`` shows model names that must be changed."""
+        if call.endpoint in _LISTS:
+            return bool(self.config.models.mappings)
+        return call.model is not None and call.model != call.backend_model
 
     def _rename_body(self, body: bytes, call: Call) -> bytes:
         """Show client-side model names in a JSON answer."""

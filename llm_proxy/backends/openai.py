@@ -84,6 +84,11 @@ class OpenAIBackend:
         """backend.max_answer_mb in bytes: the largest answer held whole to change it."""
         return int(self.config.backend.max_answer_mb * transport.MIB)
 
+    @property
+    def keep(self) -> int:
+        """database.max_body_kb in bytes: an answer passed on unchanged is held up to this."""
+        return self.config.database.max_body_kb * 1024
+
     async def start(self) -> None:
         if self._owns_session:
             self._session = transport.new_session(self.config.backend)
@@ -168,7 +173,10 @@ class OpenAIBackend:
             if body != call.body:
                 call.body, call.raw = body, orjson.dumps(body)
                 call.exchange.backend_request = body
-        return await relay.forward(self.session, self.endpoint, call.endpoint, call, self.max_answer)
+        return await relay.forward(
+            self.session, self.endpoint, call.endpoint, call,
+            limit=self.max_answer, hold=self.keep,
+        )  # fmt: skip
 
     # -- models ---------------------------------------------------------------
 
@@ -257,7 +265,9 @@ class OpenAIBackend:
             async with resp:
                 raw = await transport.read_body(resp, self.endpoint, self.max_answer)
             raise tr.error_from_backend(resp.status, raw)
-        translator = tr.StreamTranslator(kind, call.model)
+        # The translator's own copy of the text is capped like the record's; tool
+        # calls it holds whole until they go out, within backend.max_answer_mb.
+        translator = tr.StreamTranslator(kind, call.model, keep=self.keep, limit=self.max_answer)
         if call.stream:
             return Reply(200, NDJSON, lines=self._translate(resp, translator, call), on_close=[resp.release])
         async with resp:

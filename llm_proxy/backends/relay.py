@@ -21,10 +21,15 @@ JSON = "application/json"
 SSE = "text/event-stream"
 
 
-async def forward(session: transport.Session, endpoint: str, path: str, call: Call, limit: int) -> Reply:
+async def forward(
+    session: transport.Session, endpoint: str, path: str, call: Call, *, limit: int, hold: int | None
+) -> Reply:
     """Send ``call`` to ``endpoint + path``; an SSE answer comes back as frames.
 
-    ``limit`` is backend.max_answer_mb in bytes: the largest whole answer held.
+    ``limit`` (backend.max_answer_mb in bytes) bounds a frame, and a body read
+    whole because the handler changes it (``hold=None``: model lists). Any other
+    body is held up to ``hold`` bytes (the stored copy) and relayed as it comes
+    beyond that.
     """
     data = call.raw if call.method == "POST" else None
     headers = {"Content-Type": JSON} if data is not None else None
@@ -35,6 +40,8 @@ async def forward(session: transport.Session, endpoint: str, path: str, call: Ca
     if resp.status < 400 and content_type.startswith(SSE):
         stream = frames(resp, endpoint, limit)
         return Reply(resp.status, content_type, frames=stream, on_close=[resp.release])
+    if hold is not None:
+        return await transport.relayed(resp, endpoint, hold)
     async with resp:
         body = await transport.read_body(resp, endpoint, limit)
     return Reply(resp.status, content_type, body=body)

@@ -1,7 +1,8 @@
 """The backend hop: one tuned aiohttp ClientSession per backend, its failures as ProxyErrors.
 
 Backends send with :func:`send` and read an answer whole within a cap
-(:func:`read_body`) or as it arrives (:func:`iter_chunks`). Reads are of
+(:func:`read_body`), as it arrives (:func:`iter_chunks`), or whole when it is
+small and piece by piece when it is not (:func:`relayed`). Reads are of
 bounded size and aiohttp's flow control pauses the backend's socket while the
 client is slow, so memory follows configuration, not the backend. What can go
 wrong becomes one of the proxy's errors::
@@ -31,6 +32,7 @@ from .. import __version__
 from ..config import BackendConfig
 from ..errors import BackendError, BackendTimeout, BackendUnavailable
 from ..translate import TooLong
+from .base import Reply
 
 HEALTH_TIMEOUT = 3.0  # seconds a health probe may take
 READ_SIZE = 64 * 1024  # bytes taken from the backend's answer per read
@@ -127,6 +129,42 @@ async def read_body(resp: Response, backend: str, limit: int) -> bytes:
             raise _too_large(limit)
         pieces.append(data)
     return b"".join(pieces)
+
+
+async def relayed(resp: Response, backend: str, hold: int) -> Reply:
+    """The answer as a :class:`Reply`: whole up to ``hold`` bytes, else relayed as it comes.
+
+    Either way nothing more than ``hold`` bytes and one read is held: a larger
+    answer comes back as ``chunks`` that pass each read on to the client.
+    """
+    content_type = resp.headers.get("Content-Type", "application/json")
+    pieces: list[bytes] = []
+    size = 0
+    reads = _read(resp, backend, stream=False)
+    try:
+        async for data in reads:
+            pieces.append(data)
+            size += len(data)
+            if size > hold:
+                return Reply(
+                    resp.status, content_type,
+                    chunks=_rest(pieces, reads), on_close=[resp.release],
+                )  # fmt: skip
+    except BaseException:
+        resp.release()
+        raise
+    resp.release()
+    return Reply(resp.status, content_type, body=b"".join(pieces))
+
+
+async def _rest(first: list[bytes], reads: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """What was read already, then the rest as it arrives (Reply.close() releases the answer)."""
+    held = b"".join(first)
+    first.clear()
+    yield held
+    del held
+    async for data in reads:
+        yield data
 
 
 async def iter_chunks(resp: Response, backend: str) -> AsyncGenerator[bytes, None]:

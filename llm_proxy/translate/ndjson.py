@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import TooLong
+import orjson
+
+from . import Budget, TooLong
 
 
 class LineDecoder:
@@ -64,12 +66,16 @@ class ChunkAssembler:
     """Builds the one-object answer out of a stream of Ollama chunks.
 
     The same object serves the audit trail (content, thinking, tool calls,
-    counts) and ``stream: false`` clients of a streaming backend.
+    counts) and ``stream: false`` clients of a streaming backend. With a
+    ``limit`` (the audit trail's ``database.max_body_kb``) it keeps at most that
+    many characters of content, thinking and tool calls together: what comes
+    after is dropped from the copy and ``truncated`` says so, so a stream of
+    any length is recorded in bounded memory.
     """
 
-    __slots__ = ("chunks", "content", "error", "final", "kind", "last", "thinking", "tool_calls")
+    __slots__ = ("budget", "chunks", "content", "error", "final", "kind", "last", "thinking", "tool_calls")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.content: list[str] = []
         self.thinking: list[str] = []
         self.tool_calls: list[Any] = []
@@ -78,6 +84,7 @@ class ChunkAssembler:
         self.error: str | None = None
         self.kind: str | None = None  # "chat" (message) or "generate" (response)
         self.chunks = 0
+        self.budget = Budget(limit)
 
     def feed(self, chunk: dict[str, Any]) -> bool:
         """Take one chunk; True when it carried a token (content, thinking or a tool call)."""
@@ -90,7 +97,8 @@ class ChunkAssembler:
             token = self._take(message.get("content"), message.get("thinking"))
             calls = message.get("tool_calls")
             if calls:
-                self.tool_calls.extend(calls)
+                if self.budget.room is None or self.budget.fits(len(orjson.dumps(calls, default=str))):
+                    self.tool_calls.extend(calls)
                 token = True
         elif "response" in chunk:
             self.kind = "generate"
@@ -105,12 +113,17 @@ class ChunkAssembler:
     def _take(self, content: Any, thinking: Any) -> bool:
         token = False
         if isinstance(content, str) and content:
-            self.content.append(content)
+            self.budget.keep(self.content, content)
             token = True
         if isinstance(thinking, str) and thinking:
-            self.thinking.append(thinking)
+            self.budget.keep(self.thinking, thinking)
             token = True
         return token
+
+    @property
+    def truncated(self) -> bool:
+        """True when something was left out of the copy to stay within the limit."""
+        return self.budget.truncated
 
     @property
     def text(self) -> str:
