@@ -359,3 +359,12 @@ async def test_settings_reach_the_session() -> None:
         assert (s.timeout.total, s.timeout.sock_read, s.timeout.sock_connect) == (None, 300, 7)
         assert isinstance(s.connector, aiohttp.TCPConnector) and s.connector.limit_per_host == 3
         assert isinstance(s.cookie_jar, aiohttp.DummyCookieJar)
+
+
+def test_urls_resolve_no_dot_segment_and_quote_what_a_path_cannot_carry() -> None:
+    """yarl would turn /v1/models/../../api/delete into /api/delete; the transport's URLs do not."""
+    assert transport.url("http://h:1", "/v1/models/../../api/delete").raw_path == (
+        "/v1/models/../../api/delete"
+    )
+    assert transport.url("http://h:1/base", "/api/blobs/sha256:ab").raw_path == "/base/api/blobs/sha256:ab"
+    assert transport.url("http://h:1", "/v1/models/my model%").raw_path == "/v1/models/my%20model%25"

@@ -29,6 +29,7 @@ from ..middlewares import openai_error
 from ..translate.ollama_openai import error_from_backend
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
 from . import body as body_mod
+from . import validate
 from .relay import relay_chunks, stored_copy
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
@@ -97,6 +98,7 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tu
             exchange.backend_request = body
     elif endpoint == MODEL:
         model = request.match_info["model"]
+        validate.path_model(model)
         backend_model = config.models.backend_name(model)
     call = body_mod.make_call(
         request, exchange, body=body, raw=raw, model=model, backend_model=backend_model,
