@@ -191,10 +191,23 @@ class SSEFramer:
         frames: list[bytes] = []
         start = len(tail)  # where the next frame's bytes begin in ``buffer``
         pos = 0
-        while (found := _BLANK_LINE.search(buffer, pos)) is not None:
-            end = found.end()
-            if end == len(buffer) and buffer[-1] == 0x0D:
-                break  # this ``\r`` may be the first half of a ``\r\n``: wait for the next byte
+        # Without a CR a blank line can only be LF LF, which bytes.find locates at
+        # C speed; the regex, trying three alternatives at every byte, is only
+        # needed for streams that use CR (rare: llama-server and Ollama send LF).
+        plain = b"\r" not in buffer
+        while True:
+            if plain:
+                at = buffer.find(b"\n\n", pos)
+                if at < 0:
+                    break
+                end = at + 2
+            else:
+                found = _BLANK_LINE.search(buffer, pos)
+                if found is None:
+                    break
+                end = found.end()
+                if end == len(buffer) and buffer[-1] == 0x0D:
+                    break  # this ``\r`` may be the first half of a ``\r\n``: wait for the next byte
             if self._pieces:
                 self._pieces.append(buffer[start:end])
                 frames.append(b"".join(self._pieces))
