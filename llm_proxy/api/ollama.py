@@ -75,7 +75,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if reply.lines is not None:
             return await _relay_stream(request, reply, exchange, console, keep)
         if reply.chunks is not None:
-            return await relay_chunks(request, reply, exchange, keep, _error_text)
+            return await relay_chunks(request, reply, exchange, console, keep, _error_text)
         return _relay_body(reply, exchange, console, keep)
 
 

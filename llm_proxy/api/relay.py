@@ -17,6 +17,7 @@ from .. import keys
 from ..audit.exchange import Exchange
 from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Reply
+from ..console import Console
 from ..errors import ProxyError
 
 
@@ -32,6 +33,7 @@ async def relay_chunks(
     request: web.Request,
     reply: Reply,
     exchange: Exchange,
+    console: Console,
     keep: int,
     error_of: Callable[[int, bytes], str],
 ) -> web.StreamResponse:
@@ -71,4 +73,6 @@ async def relay_chunks(
         exchange.response_body = bytes(copy) or None
     if reply.status >= 400 and exchange.error is None:
         exchange.error = error_of(reply.status, bytes(copy))
+    if console.raw_responses:
+        console.response(exchange, bytes(copy))  # the stored copy: the body may be any size
     return response
