@@ -1,6 +1,7 @@
 """The floor: a bare Ollama pass-through proxy, for bench/floor.py to compare against.
 
-aiohttp server, llm-proxy's backend client, and the request and answer bodies
+aiohttp server, llm-proxy's backend session (aiohttp's ClientSession, tuned the
+same way by llm_proxy.backends.transport), and the request and answer bodies
 written to SQLite in batches by one aiosqlite connection. No validation, no
 model mapping, no metrics, no log lines, no audit columns beyond the two bodies.
 
@@ -18,18 +19,22 @@ import uvloop
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from llm_proxy.backends.wire import Client
+from aiohttp import ClientSession
+from yarl import URL
+
+from llm_proxy.backends import transport
+from llm_proxy.config import BackendConfig
 
 ROWS: web.AppKey[list[tuple[bytes, bytes]]] = web.AppKey("rows")
-CLIENT: web.AppKey[Client] = web.AppKey("client")
+SESSION: web.AppKey[ClientSession] = web.AppKey("session")
 
 
 async def chat(request: web.Request) -> web.Response:
     body = await request.read()
-    answer = await request.app[CLIENT].request(
-        "POST", f"{sys.argv[2]}/api/chat", data=body, headers={"Content-Type": "application/json"}
-    )
-    data = await answer.read()
+    target = URL(f"{sys.argv[2]}/api/chat", encoded=True)
+    headers = {"Content-Type": "application/json"}
+    async with request.app[SESSION].post(target, data=body, headers=headers) as answer:
+        data = await answer.read()
     request.app[ROWS].append((body, data))
     return web.Response(body=data, status=answer.status, content_type="application/json")
 
@@ -48,11 +53,11 @@ async def writer(app: web.Application) -> None:
 
 async def lifetime(app: web.Application):  # type: ignore[no-untyped-def]
     app[ROWS] = []
-    app[CLIENT] = Client(limit=300, headers=None, agent="bare-proxy")
+    app[SESSION] = transport.new_session(BackendConfig(endpoint=sys.argv[2]))
     task = asyncio.create_task(writer(app))
     yield
     task.cancel()
-    await app[CLIENT].close()
+    await app[SESSION].close()
 
 
 def main() -> None:

@@ -67,7 +67,16 @@ class BackendConfig:
 
     type: str = "openai"
     endpoint: str = "http://127.0.0.1:8080"
+    # Seconds each wait for the next bytes of an answer may take (not the whole
+    # answer: a long generation that keeps streaming is never cut off).
     timeout: float = 300.0
+    # Seconds a new connection to the backend may take to open.
+    connect_timeout: float = 10.0
+    # Connections open to the backend at once (one per request in flight); more wait.
+    max_connections: int = 100
+    # Largest answer, in MiB, the proxy holds whole to transform it (a stream:false
+    # fold, renamed model lists), and the largest single NDJSON line or SSE event.
+    max_answer_mb: float = 64.0
     # Sent as "Authorization: Bearer"; repr=False keeps it out of dumps and errors.
     api_key: str = field(default="", repr=False)
     # Requests the backend works on at once (0: no limit), and how many more may
@@ -98,6 +107,8 @@ class DatabaseConfig:
     retention_days: int = 0
     # Oldest rows are deleted while the database is larger than this (0: no limit).
     max_size_mb: int = 0
+    # The stored copy of each body (and of an answer's text) is cut at this many KiB.
+    max_body_kb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -394,6 +405,10 @@ def _check(config: Config) -> None:
         _check_endpoint(backend.endpoint)
     if backend.timeout <= 0:
         raise ConfigError(f"'backend.timeout' must be a positive number of seconds, got {backend.timeout:g}")
+    if backend.connect_timeout <= 0:
+        raise ConfigError(
+            f"'backend.connect_timeout' must be a positive number of seconds, got {backend.connect_timeout:g}"
+        )
     if backend.type == "llamacpp":
         _check_llamacpp(backend)
     if not db.path:
@@ -409,6 +424,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"'database.retention_days' must not be negative, got {db.retention_days}")
     if db.max_size_mb < 0:
         raise ConfigError(f"'database.max_size_mb' must not be negative, got {db.max_size_mb}")
+    if db.max_body_kb < 1:
+        raise ConfigError(f"'database.max_body_kb' must be at least 1, got {db.max_body_kb}")
     _check_limits(config)
 
 
@@ -423,6 +440,12 @@ def _check_limits(config: Config) -> None:
         )
     if backend.max_queue < 0:
         raise ConfigError(f"'backend.max_queue' must not be negative, got {backend.max_queue}")
+    if backend.max_connections < 1:
+        raise ConfigError(f"'backend.max_connections' must be at least 1, got {backend.max_connections}")
+    if not 0 < backend.max_answer_mb <= 4096:
+        raise ConfigError(
+            f"'backend.max_answer_mb' must be between 0 and 4096, got {backend.max_answer_mb:g}"
+        )
     if auth.rate_limit < 0:
         raise ConfigError(f"'auth.rate_limit' must be 0 (no limit) or more, got {auth.rate_limit:g}")
     if auth.rate_burst < 1:

@@ -86,3 +86,25 @@ def test_error_frame_is_kept_with_its_code() -> None:
     assembler = fold([delta({"content": "x"}), {"error": {"code": 500, "message": "out of memory"}}])
     assert (assembler.error, assembler.error_code, assembler.text) == ("out of memory", 500, "x")
     assert fold([{"error": "plain"}]).error == "plain"
+
+
+def test_a_limit_keeps_the_start_of_the_answer_and_says_it_was_cut() -> None:
+    assembler = OpenAIAssembler(limit=100)
+    for _ in range(50):
+        assert assembler.feed(delta({"content": "abc", "reasoning_content": "r"}))
+    for index in range(10_000):  # ever new choices and tool calls cannot grow the copy either
+        call = {"index": index, "function": {"arguments": "{}"}}
+        assembler.feed(delta({"tool_calls": [call]}, index=index))
+    assert assembler.truncated and assembler.text is not None
+    kept = len(assembler.text) + len(assembler.reasoning or "")
+    assert kept <= 100 and assembler.text.startswith("abcabc")
+    assert len(assembler.result()["choices"]) == 1
+    whole = OpenAIAssembler(limit=10_000)
+    assert not fold_into(whole, [delta({"content": "abc"})] * 50).truncated
+    assert whole.text == "abc" * 50
+
+
+def fold_into(assembler: OpenAIAssembler, events: list[dict[str, Any]]) -> OpenAIAssembler:
+    for event in events:
+        assembler.feed(event)
+    return assembler

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from pathlib import Path
 
 import orjson
 import pytest
 
-from llm_proxy.translate.sse import SSEDecoder, SSEFramer
+from llm_proxy.translate.sse import SSEDecoder, SSEFramer, TooLong
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llama-server"
 STREAMS = [
@@ -260,3 +261,82 @@ def test_framer_flush_returns_an_unterminated_last_frame() -> None:
     assert framer.feed(b"data: 1\n\ndata: 2\n") == [b"data: 1\n\n"]
     assert framer.flush() == b"data: 2\n"
     assert framer.flush() == b""
+
+
+# -- any length, in linear time; beyond the limit, an error -----------------------
+
+BIG = 50 * 1024 * 1024
+READ = 64 * 1024
+
+
+def reads(raw: bytes, size: int = READ) -> list[bytes]:
+    return [raw[i : i + size] for i in range(0, len(raw), size)]
+
+
+def test_a_50_mib_frame_in_64_kib_reads_comes_out_whole() -> None:
+    payload = b'{"x":"' + b"y" * BIG + b'"}'
+    raw = b"data: " + payload + b"\n\n" + b"data: [DONE]\n\n"
+    framer, decoder = SSEFramer(limit=64 << 20), SSEDecoder(limit=64 << 20)
+    frames: list[bytes] = []
+    for part in reads(raw):
+        frames += framer.feed(part)
+    assert framer.flush() == b""
+    assert [len(f) for f in frames] == [len(raw) - 14, 14] and b"".join(frames) == raw
+    assert [decoder.feed(f) for f in frames] == [[payload.decode()], ["[DONE]"]]
+    events: list[str] = []
+    decoder = SSEDecoder(limit=64 << 20)
+    for part in reads(raw):  # the reads themselves, as the openai backend feeds them
+        events += decoder.feed(part)
+    assert events == [payload.decode(), "[DONE]"]
+
+
+def test_a_frame_over_the_limit_is_an_error_not_memory() -> None:
+    framer = SSEFramer(limit=1000)
+    assert framer.feed(b"data: 1\n\n") == [b"data: 1\n\n"]
+    with pytest.raises(TooLong, match="an SSE frame longer than 1000 bytes"):
+        for part in reads(b"data: " + b"x" * 5000, 100):
+            framer.feed(part)
+    decoder = SSEDecoder(limit=1000)
+    with pytest.raises(TooLong, match="longer than 1000 bytes"):
+        for part in reads(b"data: " + b"x" * 5000, 100):
+            decoder.feed(part)
+    decoder = SSEDecoder(limit=1000)  # many data lines of one event count together
+    with pytest.raises(TooLong, match="an SSE event"):
+        decoder.feed(b"data: " + b"x" * 600 + b"\ndata: " + b"x" * 600 + b"\n")
+    assert SSEFramer(limit=1000).feed(b"data: " + b"x" * 900 + b"\n\n")  # within it, as ever
+
+
+def test_framer_at_every_split_of_frames_of_many_reads() -> None:
+    # Frames longer than a read, terminators of every kind cut anywhere: same frames.
+    raw = b"data: " + b"a" * 40 + b"\r\n\r\n" + b"data: b\r\rdata: " + b"c" * 30 + b"\n\n: k\n\n"
+    expected = frame([raw])
+    assert b"".join(expected) == raw and len(expected) == 4
+    for size in (1, 2, 3, 5, 7):
+        for offset in range(size):
+            parts = [raw[:offset], *reads(raw[offset:], size)]
+            assert frame(parts) == expected, (size, offset)
+
+
+def reference_framer(parts: list[bytes]) -> list[bytes]:
+    """The framer as it was: the whole unfinished frame searched again on every read."""
+    blank = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
+    buffer, out = b"", []
+    for part in parts:
+        buffer += part
+        start = 0
+        while (found := blank.search(buffer, start)) is not None:
+            if found.end() == len(buffer) and buffer[-1] == 0x0D:
+                break
+            out.append(buffer[start : found.end()])
+            start = found.end()
+        buffer = buffer[start:]
+    return [*out, buffer] if buffer else out
+
+
+def test_framer_matches_the_whole_buffer_search_on_random_streams() -> None:
+    rng = random.Random(20)
+    for _ in range(2000):
+        raw = bytes(rng.choice(b"ab\r\n:") for _ in range(rng.randint(0, 40)))
+        points = rng.sample(range(1, len(raw)), min(len(raw) - 1, rng.randint(0, 12))) if raw else []
+        parts = split_at(raw, points)
+        assert frame(parts) == reference_framer(parts), (raw, points)

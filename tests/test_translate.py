@@ -1305,3 +1305,17 @@ def test_parameter_size(n_params: int | None, expected: str) -> None:
 )
 def test_normalize_model_name(name: str, expected: str) -> None:
     assert normalize_model_name(name) == expected
+
+
+def test_the_translators_own_copy_is_capped_and_a_tool_call_bounded() -> None:
+    translator = StreamTranslator("chat", "m", keep=30, limit=1000)
+    out: list[dict[str, Any]] = []
+    for _ in range(20):
+        out += translator.feed(wire({"content": "0123456789"}))
+    assert [c["message"]["content"] for c in out] == ["0123456789"] * 20  # the client gets all of it
+    assert translator.content == "0123456789" * 3 and translator.truncated
+    fragment = wire({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "x" * 100}}]})
+    for _ in range(10):
+        translator.feed(fragment)
+    with pytest.raises(BackendError, match=r"tool call larger than .* MiB \(backend.max_answer_mb\)"):
+        translator.feed(fragment)

@@ -9,6 +9,7 @@ import aiohttp
 import ollama
 import orjson
 import pytest
+from yarl import URL
 
 from llm_proxy.api import validate
 from llm_proxy.api.body import MAX_DEPTH
@@ -184,3 +185,42 @@ def test_a_huge_key_is_not_echoed() -> None:
     with pytest.raises(BadRequest) as caught:
         validate.request("/api/create", {"model": M, "files": {"k" * 1_000_000: 1}})
     assert len(caught.value.message) < 200 and caught.value.message.startswith("'files.kkk")
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        ("/v1/models/../../api/delete", 400),
+        ("/v1/models/%2e%2e/%2E%2E/api/delete", 400),
+        ("/v1/models/..%2F..%2Fapi%2Fdelete", 400),
+        ("/v1/models/hf.co/./x", 400),
+        ("/v1/models/a%09b", 400),
+        ("/v1/models/a%00", 400),
+        ("/v1/models/a%0D%0Ab", 404),  # the route's ".+" takes no line break: aiohttp's own 404
+    ],
+)
+async def test_a_model_in_the_path_cannot_climb_out_of_its_route(
+    proxy: Proxy, ollama_double: tuple[OllamaDouble, str], target: str, status: int
+) -> None:
+    """Sent exactly as written (encoded=True: the client resolves no dot segment either)."""
+    double, _ = ollama_double
+    async with aiohttp.ClientSession() as http, http.get(URL(proxy.url + target, encoded=True)) as resp:
+        assert resp.status == status
+        answer = await resp.json()
+    assert double.requests == []  # nothing reached the backend, /api/delete least of all
+    if status == 400:
+        message = "'model' must not contain '.' or '..' path segments or control characters"
+        assert answer["error"]["message"] == message
+        [row] = await proxy.wait_rows(1)
+        assert (row["endpoint"], row["status_code"]) == ("/v1/models/{model}", 400)
+
+
+async def test_a_model_id_with_dots_and_spaces_inside_reaches_the_backend_as_it_is(
+    proxy: Proxy, ollama_double: tuple[OllamaDouble, str]
+) -> None:
+    double, _ = ollama_double
+    async with aiohttp.ClientSession() as http:
+        for model in ("model.v2..q4", "my%20model"):
+            async with http.get(URL(f"{proxy.url}/v1/models/{model}", encoded=True)) as resp:
+                assert resp.status == 404  # unknown to the double: its own answer, relayed
+    assert [path for path, _ in double.requests] == ["/v1/models/model.v2..q4", "/v1/models/my model"]

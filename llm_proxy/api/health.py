@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
 from .. import keys
-from ..backends.http import describe
+from ..config import BackendConfig
 
 
 async def health(request: web.Request) -> web.Response:
@@ -48,3 +49,10 @@ def setup_probe_routes(app: web.Application) -> None:
     """Register the supervisors' probes."""
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/health/live", live)
+
+
+def describe(config: BackendConfig) -> dict[str, Any]:
+    """The backend as shown by /health (never the API key)."""
+    if config.type == "llamacpp":  # no one endpoint: a llama-server per model, started on demand
+        return {"type": config.type, "models": list(config.models)}
+    return {"type": config.type, "endpoint": config.endpoint}

@@ -22,6 +22,7 @@ from ..errors import ProxyError
 from ..translate.ndjson import ChunkAssembler
 from . import body as body_mod
 from . import validate
+from .relay import relay_chunks, stored_copy
 
 # (method, route) pairs of the Ollama API that clients call.
 ROUTES = (
@@ -67,12 +68,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     call = await _parse(request, exchange, config)
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
+    keep = config.database.max_body_kb * 1024  # bytes (or characters) of each copy the record keeps
     # The slot is held until the last byte is relayed: a stream keeps the backend busy.
     async with app[keys.GATE].slot_if(call.endpoint in GATED_ROUTES):
         reply = await backend.call(call)
         if reply.lines is not None:
-            return await _relay_stream(request, reply, exchange, console)
-        return _relay_body(reply, exchange, console)
+            return await _relay_stream(request, reply, exchange, console, keep)
+        if reply.chunks is not None:
+            return await relay_chunks(request, reply, exchange, console, keep, _error_text)
+        return _relay_body(reply, exchange, console, keep)
 
 
 async def _parse(request: web.Request, exchange: Exchange, config: Config) -> Call:
@@ -132,13 +136,13 @@ def _prompt(endpoint: str, body: dict[str, Any] | None) -> str | None:
 
 
 async def _relay_stream(
-    request: web.Request, reply: Reply, exchange: Exchange, console: Console
+    request: web.Request, reply: Reply, exchange: Exchange, console: Console, keep: int
 ) -> web.StreamResponse:
     """Send NDJSON lines as they arrive; a failure after the start ends with an error line."""
     assert reply.lines is not None
     lines = reply.lines
     response = web.StreamResponse(status=reply.status, headers={"Content-Type": "application/x-ndjson"})
-    assembler = ChunkAssembler()
+    assembler = ChunkAssembler(keep)
     exchange.status_code = reply.status
     try:
         await response.prepare(request)
@@ -171,34 +175,42 @@ async def _relay_stream(
     return response
 
 
-def _relay_body(reply: Reply, exchange: Exchange, console: Console) -> web.Response:
-    """Send a whole answer, recording what it says."""
+def _relay_body(reply: Reply, exchange: Exchange, console: Console, keep: int) -> web.Response:
+    """Send a whole answer, recording what it says (parsed when it is within the stored copy)."""
     body = reply.body or b""
     exchange.status_code = reply.status
     exchange.mark_first_byte()
-    if reply.content_type.startswith("application/json") and body:
+    # A body larger than the copy kept is held only because the proxy changed it
+    # (a fold, a rename): its record keeps the capped bytes, unparsed.
+    if reply.content_type.startswith("application/json") and body and len(body) <= keep:
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
             obj = None
         if isinstance(obj, dict):
-            assembler = ChunkAssembler()
+            assembler = ChunkAssembler(keep)
             if assembler.feed(obj):
                 exchange.mark_first_token()
             _record_answer(exchange, assembler)
     if exchange.response_body is None and body:
-        exchange.response_body = body
+        exchange.response_body = stored_copy(body, keep, exchange)
     if reply.status >= 400 and exchange.error is None:
-        exchange.error = body.decode("utf-8", errors="replace")[:2000] or f"HTTP {reply.status}"
+        exchange.error = _error_text(reply.status, body)
     if console.raw_responses:
         console.response(exchange, body)
     return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
+
+
+def _error_text(status: int, body: bytes) -> str:
+    """What the record says for an error answer: its start, or its status."""
+    return body[:8000].decode("utf-8", errors="replace")[:2000] or f"HTTP {status}"
 
 
 def _record_answer(exchange: Exchange, assembler: ChunkAssembler, streamed: bool = False) -> None:
     """Copy what the assembled answer says into the exchange record."""
     if assembler.last is None:
         return
+    exchange.truncated = exchange.truncated or assembler.truncated
     result = assembler.result()
     exchange.response_body = result
     if assembler.kind is not None:

@@ -29,6 +29,8 @@ from ..middlewares import openai_error
 from ..translate.ollama_openai import error_from_backend
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
 from . import body as body_mod
+from . import validate
+from .relay import relay_chunks, stored_copy
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 MODELS, MODEL = "/v1/models", "/v1/models/{model}"
@@ -60,12 +62,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     call, usage_asked = await _parse(request, exchange, config)
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
+    keep = config.database.max_body_kb * 1024  # bytes (or characters) of each copy the record keeps
     # Generation holds a backend slot until its last byte, as on /api/*.
     async with app[keys.GATE].slot_if(call.endpoint in GATED_ROUTES):
         reply = await backend.openai(call)
         if reply.frames is not None:
-            return await _relay_stream(request, reply, exchange, console, strip_usage=not usage_asked)
-        return _relay_body(reply, exchange, console, config.models)
+            return await _relay_stream(request, reply, exchange, console, keep, strip_usage=not usage_asked)
+        if reply.chunks is not None:
+            return await relay_chunks(request, reply, exchange, console, keep, _error_text)
+        return _relay_body(reply, exchange, console, config.models, keep)
 
 
 async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tuple[Call, bool]:
@@ -93,6 +98,7 @@ async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tu
             exchange.backend_request = body
     elif endpoint == MODEL:
         model = request.match_info["model"]
+        validate.path_model(model)
         backend_model = config.models.backend_name(model)
     call = body_mod.make_call(
         request, exchange, body=body, raw=raw, model=model, backend_model=backend_model,
@@ -130,7 +136,7 @@ def _text(value: Any) -> str | None:
 
 
 async def _relay_stream(
-    request: web.Request, reply: Reply, exchange: Exchange, console: Console, strip_usage: bool
+    request: web.Request, reply: Reply, exchange: Exchange, console: Console, keep: int, strip_usage: bool
 ) -> web.StreamResponse:
     """Send each SSE frame as it arrives; a failure after the start ends with an error frame."""
     assert reply.frames is not None
@@ -138,7 +144,7 @@ async def _relay_stream(
     response = web.StreamResponse(
         status=reply.status, headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache"}
     )
-    assembler = OpenAIAssembler()
+    assembler = OpenAIAssembler(keep)
     exchange.status_code = reply.status
     done = False
     try:
@@ -181,29 +187,36 @@ async def _relay_stream(
     return response
 
 
-def _relay_body(reply: Reply, exchange: Exchange, console: Console, models: ModelsConfig) -> web.Response:
+def _relay_body(
+    reply: Reply, exchange: Exchange, console: Console, models: ModelsConfig, keep: int
+) -> web.Response:
     """Send a whole answer (model lists with client-side names), recording what it says."""
     body = reply.body or b""
     exchange.status_code = reply.status
     exchange.mark_first_byte()
+    lists = exchange.endpoint in (MODELS, MODEL)  # held whole by the backend to be renamed here
     obj = None
-    if reply.content_type.startswith("application/json") and body:
+    if reply.content_type.startswith("application/json") and body and (lists or len(body) <= keep):
         with suppress(orjson.JSONDecodeError):
             obj = orjson.loads(body)
     if reply.status < 400 and isinstance(obj, dict):
-        if exchange.endpoint in (MODELS, MODEL):
+        if lists:
             body = orjson.dumps(_client_side(obj, exchange, models))
         else:
-            assembler = OpenAIAssembler()
+            assembler = OpenAIAssembler(keep)
             if assembler.feed(obj):
                 exchange.mark_first_token()
             _record(exchange, assembler)
-    exchange.response_body = body or None
+    exchange.response_body = stored_copy(body, keep, exchange)
     if reply.status >= 400 and exchange.error is None:
-        exchange.error = error_from_backend(reply.status, body).message
+        exchange.error = _error_text(reply.status, body)
     if console.raw_responses:
         console.response(exchange, body)
     return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
+
+
+def _error_text(status: int, body: bytes) -> str:
+    return error_from_backend(status, body).message
 
 
 def _record(exchange: Exchange, assembler: OpenAIAssembler) -> None:
@@ -214,6 +227,7 @@ def _record(exchange: Exchange, assembler: OpenAIAssembler) -> None:
     exchange.done_reason = assembler.finish_reason
     exchange.prompt_tokens = assembler.prompt_tokens
     exchange.completion_tokens = assembler.completion_tokens
+    exchange.truncated = exchange.truncated or assembler.truncated
     if assembler.error is not None and exchange.error is None:
         # A mid-stream error frame: the client saw 200, then the error.
         code = assembler.error_code

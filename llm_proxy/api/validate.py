@@ -35,6 +35,7 @@ BOOL_OPTIONS = frozenset({"numa", "low_vram", "f16_kv", "vocab_only", "use_mmap"
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _SPACE = re.compile(r"\s+")
 _DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def request(endpoint: str, body: Body) -> None:
@@ -50,6 +51,17 @@ def digest(value: str) -> None:
     """A blob digest as Ollama names them: ``sha256:`` and 64 hex characters."""
     if not _DIGEST.fullmatch(value):
         raise BadRequest("'digest' must be 'sha256:' followed by 64 hex characters")
+
+
+def path_model(value: str) -> None:
+    """A model id taken from the URL path, which is forwarded in one: it cannot climb out.
+
+    ``/v1/models/../../api/delete`` (or its ``%2e%2e%2f`` spelling) names the
+    backend's ``/api/delete`` once the path is resolved, by the backend or any
+    hop on the way; a control character has no place in a path either.
+    """
+    if any(segment in (".", "..") for segment in value.split("/")) or _CONTROL.search(value):
+        raise BadRequest("'model' must not contain '.' or '..' path segments or control characters")
 
 
 # -- kinds ------------------------------------------------------------------------

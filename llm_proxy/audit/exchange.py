@@ -52,6 +52,9 @@ class Exchange:
     latency_ms: int | None = None
     # The name of the API key the request came with (never the key).
     key_name: str | None = None
+    # A stored copy (response body, answer text, thinking, tool calls) was cut
+    # at database.max_body_kb: the answer went on, the record kept its start.
+    truncated: bool = False
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""

@@ -10,6 +10,10 @@ The OpenAI-compatible API (``/v1/*``) is relayed rather than translated:
 :meth:`Backend.openai` answers with the backend's own body, or with its SSE
 stream as :class:`Frame` items, each the frame's bytes as received plus what
 they parse to.
+
+A whole body the proxy passes on unchanged and that is larger than the stored
+copy (``database.max_body_kb``) is not held: it comes as ``chunks``, the
+backend's reads, for the handler to send on one by one.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class Reply:
     body: bytes | None = None
     lines: AsyncGenerator[Batch, None] | None = None
     frames: AsyncGenerator[Frame, None] | None = None  # a relayed SSE stream (``/v1/*``)
+    chunks: AsyncGenerator[bytes, None] | None = None  # a whole body too large to hold, as it arrives
     # What a stream holds until it ends (its backend connection, a llama-server).
     # The generators free it in ``finally:`` too, but a generator closed before
     # its first item never runs its body: a client that leaves before the
@@ -78,7 +83,7 @@ class Reply:
     async def close(self) -> None:
         """End the stream, read to its end or not, and free what it holds (once)."""
         try:
-            for stream in (self.lines, self.frames):
+            for stream in (self.lines, self.frames, self.chunks):
                 if stream is not None:
                     await stream.aclose()
         finally:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
 from ..translate import ollama_openai as tr
-from . import http, replies
+from . import replies, transport
 from .base import Call, Reply
 from .openai import OpenAIBackend, _is_load_request
 from .pool import ModelServer, ServerPool, find_binary, parse_keep_alive
@@ -47,7 +47,7 @@ class LlamaCppBackend:
     def __init__(self, config: Config) -> None:
         self._config = config
         self.binary = find_binary(config.backend.server_binary)
-        self._http: http.Client | None = None
+        self._session: transport.Session | None = None
         self._pool: ServerPool | None = None
         self._clients: dict[str, OpenAIBackend] = {}  # by model name, for its current server
 
@@ -70,14 +70,14 @@ class LlamaCppBackend:
 
     async def start(self) -> None:
         backend = self.config.backend
-        self._http = http.new_client(backend)
+        session = self._session = transport.new_session(backend)
         self._pool = ServerPool(
             self.binary,
             backend.models,
             max_running=backend.max_running,
             idle_timeout=backend.idle_timeout,
             wait_limit=backend.timeout,
-            client=self._http,
+            session=session,
         )
         self._pool.start()
 
@@ -86,9 +86,9 @@ class LlamaCppBackend:
             await self._pool.close()
         for client in self._clients.values():
             await client.close()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def health(self) -> str | None:
         if not os.access(self.binary, os.X_OK):
@@ -193,7 +193,7 @@ class LlamaCppBackend:
         """The OpenAI-style client of ``server``'s current process."""
         client = self._clients.get(server.name)
         if client is None or client.endpoint != server.url:
-            client = OpenAIBackend(self.config, endpoint=server.url, client=self._http)
+            client = OpenAIBackend(self.config, endpoint=server.url, session=self._session)
             self._clients[server.name] = client
         return client
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
 from ..config import Config
 from ..errors import ProxyError
+from ..translate import TooLong
 from ..translate.ndjson import LineDecoder
-from . import http, relay
+from . import relay, transport
 from .base import Batch, Call, Reply, StreamItem
 
 # Routes whose answers list models by name.
 _LISTS = ("/api/tags", "/api/ps")
+_V1_MODELS = ("/v1/models", "/v1/models/{model}")
 
 
 class OllamaBackend:
@@ -32,28 +33,38 @@ class OllamaBackend:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.endpoint = config.backend.endpoint.rstrip("/")
-        self._client: http.Client | None = None
+        self._session: transport.Session | None = None
 
     @property
-    def client(self) -> http.Client:
-        assert self._client is not None, "OllamaBackend.start() was not awaited"
-        return self._client
+    def session(self) -> transport.Session:
+        assert self._session is not None, "OllamaBackend.start() was not awaited"
+        return self._session
+
+    @property
+    def max_answer(self) -> int:
+        """backend.max_answer_mb in bytes: the largest answer held whole to change it."""
+        return int(self.config.backend.max_answer_mb * transport.MIB)
+
+    @property
+    def keep(self) -> int:
+        """database.max_body_kb in bytes: an answer passed on unchanged is held up to this."""
+        return self.config.database.max_body_kb * 1024
 
     async def start(self) -> None:
-        self._client = http.new_client(self.config.backend)
+        self._session = transport.new_session(self.config.backend)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def health(self) -> str | None:
         try:
-            resp = await http.send(
-                self.client, "GET", f"{self.endpoint}/api/version",
-                backend=self.endpoint, limits=http.HEALTH_TIMEOUT,
+            resp = await transport.send(
+                self.session, "GET", transport.url(self.endpoint, "/api/version"),
+                backend=self.endpoint, within=transport.HEALTH_TIMEOUT,
             )  # fmt: skip
-        except ProxyError as exc:  # http.send turns every transport failure into one
+        except ProxyError as exc:  # transport.send turns every transport failure into one
             return exc.message
         async with resp:
             if resp.status != 200:
@@ -61,44 +72,55 @@ class OllamaBackend:
         return None
 
     async def call(self, call: Call) -> Reply:
-        url = f"{self.endpoint}{call.path}"
-        if call.query:
-            url = f"{url}?{call.query}"
+        target = transport.url(self.endpoint, call.path, call.query)
         data = call.raw
         headers = {"Content-Type": "application/json"} if call.body is not None else None
-        resp = await http.send(
-            self.client, call.method, url, backend=self.endpoint, data=data or None, headers=headers
+        resp = await transport.send(
+            self.session, call.method, target, backend=self.endpoint, data=data or None, headers=headers
         )
         content_type = resp.headers.get("Content-Type", "application/json")
         if resp.status < 400 and content_type.startswith("application/x-ndjson"):
             return Reply(resp.status, content_type, lines=self._lines(resp, call), on_close=[resp.release])
-        async with resp:
-            body = await http.read_body(resp, self.endpoint)
-        if resp.status < 400 and content_type.startswith("application/json"):
-            body = self._rename_body(body, call)
-        return Reply(resp.status, content_type, body=body)
+        if resp.status < 400 and content_type.startswith("application/json") and self._renames(call):
+            async with resp:
+                body = await transport.read_body(resp, self.endpoint, self.max_answer)
+            return Reply(resp.status, content_type, body=self._rename_body(body, call))
+        # Passed on unchanged: a large answer (a blob, a big embedding batch) is
+        # relayed as it arrives rather than held.
+        return await transport.relayed(resp, self.endpoint, self.keep)
 
     async def openai(self, call: Call) -> Reply:
         path = call.endpoint
         if path == "/v1/models/{model}":
             assert call.backend_model is not None
-            path = f"/v1/models/{quote(call.backend_model, safe='/:')}"
-        return await relay.forward(self.client, self.endpoint, path, call)
+            path = f"/v1/models/{call.backend_model}"  # quoted by transport.url
+        # Model lists are held whole: the handler shows them with client-side names.
+        hold = None if call.endpoint in _V1_MODELS else self.keep
+        return await relay.forward(self.session, self.endpoint, path, call, limit=self.max_answer, hold=hold)
 
-    async def _lines(self, resp: http.Response, call: Call) -> AsyncGenerator[Batch, None]:
+    async def _lines(self, resp: transport.Response, call: Call) -> AsyncGenerator[Batch, None]:
         """Relay NDJSON lines as they arrive; re-serialise only to rename the model.
 
         Reply.close() releases ``resp``, whether or not this generator ever ran.
         """
         rename = call.model if call.model != call.backend_model else None
-        decoder = LineDecoder()
-        async for data in http.iter_chunks(resp, self.endpoint):
-            lines = decoder.feed(data)
+        decoder = LineDecoder(self.max_answer)
+        async for data in transport.iter_chunks(resp, self.endpoint):
+            try:
+                lines = decoder.feed(data)
+            except TooLong as exc:
+                raise transport.too_long(exc) from None
             if lines:
                 yield [_item(line, rename) for line in lines]
         rest = decoder.flush()
         if rest:
             yield [_item(line, rename) for line in rest]
+
+    def _renames(self, call: Call) -> bool:
+        """True when a JSON answer to ``call`` shows model names that must be changed."""
+        if call.endpoint in _LISTS:
+            return bool(self.config.models.mappings)
+        return call.model is not None and call.model != call.backend_model
 
     def _rename_body(self, body: bytes, call: Call) -> bytes:
         """Show client-side model names in a JSON answer."""

@@ -23,10 +23,11 @@ import orjson
 
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
+from ..translate import TooLong
 from ..translate import ollama_openai as tr
 from ..translate.ndjson import ChunkAssembler
 from ..translate.sse import SSEDecoder
-from . import http, relay, replies
+from . import relay, replies, transport
 from .base import Batch, Call, Reply
 from .pool import parse_keep_alive
 
@@ -64,51 +65,64 @@ class OpenAIBackend:
     type = "openai"
 
     def __init__(
-        self, config: Config, endpoint: str | None = None, client: http.Client | None = None
+        self, config: Config, endpoint: str | None = None, session: transport.Session | None = None
     ) -> None:
         self.config = config
-        # The llamacpp backend gives each of its servers' URLs and its one client.
+        # The llamacpp backend gives each of its servers' URLs and its one session.
         self.endpoint = (endpoint or config.backend.endpoint).rstrip("/")
-        self._client: http.Client | None = client
-        self._owns_client = client is None
+        self._session: transport.Session | None = session
+        self._owns_session = session is None
         self._catalog: Catalog | None = None
         self._refresh: asyncio.Task[Catalog] | None = None
 
     @property
-    def client(self) -> http.Client:
-        assert self._client is not None, "OpenAIBackend.start() was not awaited"
-        return self._client
+    def session(self) -> transport.Session:
+        assert self._session is not None, "OpenAIBackend.start() was not awaited"
+        return self._session
+
+    @property
+    def max_answer(self) -> int:
+        """backend.max_answer_mb in bytes: the largest answer held whole to change it."""
+        return int(self.config.backend.max_answer_mb * transport.MIB)
+
+    @property
+    def keep(self) -> int:
+        """database.max_body_kb in bytes: an answer passed on unchanged is held up to this."""
+        return self.config.database.max_body_kb * 1024
 
     async def start(self) -> None:
-        if self._owns_client:
-            self._client = http.new_client(self.config.backend)
+        if self._owns_session:
+            self._session = transport.new_session(self.config.backend)
 
     async def close(self) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
-        if self._client is not None and self._owns_client:
-            await self._client.close()
-            self._client = None
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, path: str) -> transport.URL:
+        return transport.url(self.endpoint, path)
 
     async def health(self) -> str | None:
         try:
-            resp = await http.send(
-                self.client, "GET", f"{self.endpoint}/health",
-                backend=self.endpoint, limits=http.HEALTH_TIMEOUT,
+            resp = await transport.send(
+                self.session, "GET", self._url("/health"),
+                backend=self.endpoint, within=transport.HEALTH_TIMEOUT,
             )  # fmt: skip
-        except ProxyError as exc:
+            async with resp:
+                body = await transport.read_body(resp, self.endpoint, self.max_answer)
+        except ProxyError as exc:  # transport turns every transport failure into one
             return exc.message
-        async with resp:
-            body = await resp.read()
-            if resp.status == 200:
-                return None
-            if resp.status == 404:  # an OpenAI-style server without llama-server's /health
-                try:
-                    await self._fetch_catalog()
-                except ProxyError as exc:
-                    return exc.message
-                return None
-            return tr.error_from_backend(resp.status, body).message
+        if resp.status == 200:
+            return None
+        if resp.status == 404:  # an OpenAI-style server without llama-server's /health
+            try:
+                await self._fetch_catalog()
+            except ProxyError as exc:
+                return exc.message
+            return None
+        return tr.error_from_backend(resp.status, body).message
 
     async def call(self, call: Call) -> Reply:
         endpoint = call.endpoint
@@ -160,7 +174,10 @@ class OpenAIBackend:
             if body != call.body:
                 call.body, call.raw = body, orjson.dumps(body)
                 call.exchange.backend_request = body
-        return await relay.forward(self.client, self.endpoint, call.endpoint, call)
+        return await relay.forward(
+            self.session, self.endpoint, call.endpoint, call,
+            limit=self.max_answer, hold=self.keep,
+        )  # fmt: skip
 
     # -- models ---------------------------------------------------------------
 
@@ -189,9 +206,9 @@ class OpenAIBackend:
         return catalog
 
     async def _get_json(self, path: str, optional: bool = False) -> Any:
-        resp = await http.send(self.client, "GET", f"{self.endpoint}{path}", backend=self.endpoint)
+        resp = await transport.send(self.session, "GET", self._url(path), backend=self.endpoint)
         async with resp:
-            body = await http.read_body(resp, self.endpoint)
+            body = await transport.read_body(resp, self.endpoint, self.max_answer)
         if resp.status >= 400:
             if optional:
                 return None
@@ -244,40 +261,47 @@ class OpenAIBackend:
         else:
             path, body = tr.generate_request(call.body, served, params)
         call.exchange.backend_request = body
-        resp = await http.send(
-            self.client, "POST", f"{self.endpoint}{path}", backend=self.endpoint,
+        resp = await transport.send(
+            self.session, "POST", self._url(path), backend=self.endpoint,
             data=orjson.dumps(body), headers={"Content-Type": JSON},
         )  # fmt: skip
         if resp.status >= 400:
             async with resp:
-                raise tr.error_from_backend(resp.status, await http.read_body(resp, self.endpoint))
-        translator = tr.StreamTranslator(kind, call.model)
+                raw = await transport.read_body(resp, self.endpoint, self.max_answer)
+            raise tr.error_from_backend(resp.status, raw)
+        # The translator's own copy of the text is capped like the record's; tool
+        # calls it holds whole until they go out, within backend.max_answer_mb.
+        translator = tr.StreamTranslator(kind, call.model, keep=self.keep, limit=self.max_answer)
         if call.stream:
             return Reply(200, NDJSON, lines=self._translate(resp, translator, call), on_close=[resp.release])
         async with resp:
             # Still a stream from the backend (backend.timeout bounds each silence,
             # not the answer), but read whole and folded at once: one wake-up per
             # answer instead of one per SSE frame, and no NDJSON lines to write.
-            raw = await http.read_body(resp, self.endpoint)
+            raw = await transport.read_body(resp, self.endpoint, self.max_answer)
         return replies.json_reply(self._fold(raw, translator, call))
 
     async def _translate(
-        self, resp: http.Response, translator: tr.StreamTranslator, call: Call
+        self, resp: transport.Response, translator: tr.StreamTranslator, call: Call
     ) -> AsyncGenerator[Batch, None]:
         """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive.
 
         Reply.close() releases ``resp``, whether or not this generator ever ran.
         """
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(self.max_answer)
         finished = False
         # Read to the end of the body even after [DONE]: leaving bytes unread
         # would close the connection instead of returning it to the pool.
-        async for data in http.iter_chunks(resp, self.endpoint):
+        async for data in transport.iter_chunks(resp, self.endpoint):
             if finished:
                 continue
+            try:
+                events = decoder.feed(data)
+            except TooLong as exc:
+                raise transport.too_long(exc) from None
             chunks: list[JSONDict] = []
             try:
-                finished = _translate_events(decoder.feed(data), translator, chunks)
+                finished = _translate_events(events, translator, chunks)
             except ProxyError:
                 if chunks:  # what came before the error frame still reaches the client
                     yield _as_lines(chunks)
@@ -320,12 +344,12 @@ class OpenAIBackend:
             if body["input"] == []:
                 return replies.json_reply({"model": call.model, "embeddings": []})
         call.exchange.backend_request = body
-        resp = await http.send(
-            self.client, "POST", f"{self.endpoint}/v1/embeddings", backend=self.endpoint,
+        resp = await transport.send(
+            self.session, "POST", self._url("/v1/embeddings"), backend=self.endpoint,
             data=orjson.dumps(body), headers={"Content-Type": JSON},
         )  # fmt: skip
         async with resp:
-            raw = await http.read_body(resp, self.endpoint)
+            raw = await transport.read_body(resp, self.endpoint, self.max_answer)
         if resp.status >= 400:
             raise tr.error_from_backend(resp.status, raw)
         try:

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..config import LlamaModel
 from ..errors import BackendUnavailable, BadRequest, ConfigError, ProxyError
-from .wire import Client, WireError
+from . import transport
 
 log = logging.getLogger("llm_proxy.llama_server")
 
@@ -203,7 +203,7 @@ class ServerPool:
         max_running: int,
         idle_timeout: float,
         wait_limit: float,
-        client: Client,
+        session: transport.Session,
     ) -> None:
         self.binary = binary
         self.models = models
@@ -212,7 +212,7 @@ class ServerPool:
         self.default_keep = idle_timeout if idle_timeout > 0 else -1.0
         # How long a request waits for a model to load, or for a busy slot, before a 503.
         self.wait_limit = wait_limit
-        self._client = client
+        self._session = session
         self._servers: dict[str, ModelServer] = {}  # starting or running, by model name
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()  # stops and watchers still running
@@ -398,10 +398,9 @@ class ServerPool:
         assert server.watcher is not None
         deadline = time.monotonic() + LOAD_LIMIT
         while time.monotonic() < deadline:
-            with contextlib.suppress(WireError):
-                async with await self._client.request("GET", f"{server.url}/health", limit=2) as resp:
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(ProxyError):
+                if await self._probe(server, 2.0):
+                    return
             done, _ = await asyncio.wait({server.watcher}, timeout=READY_POLL)
             if done:
                 raise BackendUnavailable(
@@ -440,15 +439,19 @@ class ServerPool:
             log.info("%s: llama-server (pid %d) stopped (status %d)", server.name, process.pid, code)
         self._notify()
 
+    async def _probe(self, server: ModelServer, within: float) -> bool:
+        """True when ``server`` answers ``/health`` with 200 within ``within`` seconds."""
+        target = transport.url(server.url, "/health")
+        resp = await transport.send(self._session, "GET", target, backend=server.url, within=within)
+        resp.release()
+        return resp.status == 200
+
     async def _check_alive(self, server: ModelServer) -> None:
         """After a failed request: a server that does not answer /health is replaced."""
         server.suspect = False
-        try:
-            async with await self._client.request("GET", f"{server.url}/health", limit=3) as r:
-                if r.status == 200:
-                    return
-        except WireError:
-            pass
+        with contextlib.suppress(ProxyError):
+            if await self._probe(server, 3.0):
+                return
         if self._servers.get(server.name) is server:
             log.warning("%s: llama-server %s; starting it again", server.name, server.ended())
             self._stop(server, "it stopped answering")

@@ -12,40 +12,56 @@ from collections.abc import AsyncGenerator
 
 import orjson
 
+from ..translate import TooLong
 from ..translate.sse import SSEDecoder, SSEFramer
-from . import http
+from . import transport
 from .base import Call, Frame, Reply
 
 JSON = "application/json"
 SSE = "text/event-stream"
 
 
-async def forward(client: http.Client, endpoint: str, path: str, call: Call) -> Reply:
-    """Send ``call`` to ``endpoint + path``; an SSE answer comes back as frames."""
+async def forward(
+    session: transport.Session, endpoint: str, path: str, call: Call, *, limit: int, hold: int | None
+) -> Reply:
+    """Send ``call`` to ``endpoint + path``; an SSE answer comes back as frames.
+
+    ``limit`` (backend.max_answer_mb in bytes) bounds a frame, and a body read
+    whole because the handler changes it (``hold=None``: model lists). Any other
+    body is held up to ``hold`` bytes (the stored copy) and relayed as it comes
+    beyond that.
+    """
     data = call.raw if call.method == "POST" else None
     headers = {"Content-Type": JSON} if data is not None else None
-    resp = await http.send(
-        client, call.method, f"{endpoint}{path}", backend=endpoint, data=data, headers=headers
+    resp = await transport.send(
+        session, call.method, transport.url(endpoint, path), backend=endpoint, data=data, headers=headers
     )
     content_type = resp.headers.get("Content-Type", JSON)
     if resp.status < 400 and content_type.startswith(SSE):
-        return Reply(resp.status, content_type, frames=frames(resp, endpoint), on_close=[resp.release])
+        stream = frames(resp, endpoint, limit)
+        return Reply(resp.status, content_type, frames=stream, on_close=[resp.release])
+    if hold is not None:
+        return await transport.relayed(resp, endpoint, hold)
     async with resp:
-        body = await http.read_body(resp, endpoint)
+        body = await transport.read_body(resp, endpoint, limit)
     return Reply(resp.status, content_type, body=body)
 
 
-async def frames(resp: http.Response, backend: str) -> AsyncGenerator[Frame, None]:
+async def frames(resp: transport.Response, backend: str, limit: int) -> AsyncGenerator[Frame, None]:
     """The SSE answer frame by frame as it arrives, each with its parsed data.
 
+    A frame longer than ``limit`` bytes ends the stream with a 502.
     Reply.close() releases ``resp``, whether or not this generator ever ran.
     """
-    framer, decoder = SSEFramer(), SSEDecoder()
-    async for data in http.iter_chunks(resp, backend):
-        for raw in framer.feed(data):
-            yield _frame(raw, decoder.feed(raw))
-    rest = framer.flush()
-    events = decoder.feed(rest) + decoder.flush()
+    framer, decoder = SSEFramer(limit), SSEDecoder(limit)
+    try:
+        async for data in transport.iter_chunks(resp, backend):
+            for raw in framer.feed(data):
+                yield _frame(raw, decoder.feed(raw))
+        rest = framer.flush()
+        events = decoder.feed(rest) + decoder.flush()
+    except TooLong as exc:
+        raise transport.too_long(exc) from None
     if rest or events:
         yield _frame(rest, events)
 

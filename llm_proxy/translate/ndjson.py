@@ -4,45 +4,78 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
+from . import Budget, TooLong
+
 
 class LineDecoder:
     """Splits a byte stream into complete lines, whatever the read boundaries.
 
-    Unlike ``StreamReader.readline`` it has no line-length limit, so a long
-    tool call or embedding in one NDJSON line cannot break the stream.
+    The limit is the caller's (``backend.max_answer_mb``), not ``readline``'s
+    64 KiB, so a long tool call or embedding in one NDJSON line goes through;
+    a line longer than ``limit`` raises :class:`~llm_proxy.translate.TooLong`.
+    Time is linear in the bytes fed: an unfinished line is kept as the reads
+    it came in and joined once, when its newline arrives.
     """
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_held", "_limit", "_pending")
 
-    def __init__(self) -> None:
-        self._pending = b""
+    def __init__(self, limit: int | None = None) -> None:
+        self._pending: list[bytes] = []
+        self._held = 0
+        self._limit = limit
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete, non-blank lines ended by this chunk (without newlines)."""
-        if self._pending:
-            data = self._pending + data
         if b"\n" not in data:
-            self._pending = data
+            if data:
+                self._pending.append(data)
+                self._held += len(data)
+                self._check(self._held)
             return []
-        *lines, self._pending = data.split(b"\n")
+        if self._pending:
+            first, _, data = data.partition(b"\n")
+            self._pending.append(first)
+            lines = [b"".join(self._pending), *data.split(b"\n")]
+            self._pending = []
+            self._held = 0
+        else:
+            lines = data.split(b"\n")
+        last = lines.pop()
+        if last:
+            self._pending.append(last)
+            self._held = len(last)
+        if self._limit is not None:
+            self._check(max(map(len, lines)))
+            self._check(self._held)
         return [line.rstrip(b"\r") for line in lines if line.strip()]
 
     def flush(self) -> list[bytes]:
         """The last line, when the stream ended without a newline."""
-        rest, self._pending = self._pending, b""
+        rest = b"".join(self._pending)
+        self._pending, self._held = [], 0
         return [rest.rstrip(b"\r")] if rest.strip() else []
+
+    def _check(self, size: int) -> None:
+        if self._limit is not None and size > self._limit:
+            raise TooLong("an NDJSON line", self._limit)
 
 
 class ChunkAssembler:
     """Builds the one-object answer out of a stream of Ollama chunks.
 
     The same object serves the audit trail (content, thinking, tool calls,
-    counts) and ``stream: false`` clients of a streaming backend.
+    counts) and ``stream: false`` clients of a streaming backend. With a
+    ``limit`` (the audit trail's ``database.max_body_kb``) it keeps at most that
+    many characters of content, thinking and tool calls together: what comes
+    after is dropped from the copy and ``truncated`` says so, so a stream of
+    any length is recorded in bounded memory.
     """
 
-    __slots__ = ("chunks", "content", "error", "final", "kind", "last", "thinking", "tool_calls")
+    __slots__ = ("budget", "chunks", "content", "error", "final", "kind", "last", "thinking", "tool_calls")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.content: list[str] = []
         self.thinking: list[str] = []
         self.tool_calls: list[Any] = []
@@ -51,6 +84,7 @@ class ChunkAssembler:
         self.error: str | None = None
         self.kind: str | None = None  # "chat" (message) or "generate" (response)
         self.chunks = 0
+        self.budget = Budget(limit)
 
     def feed(self, chunk: dict[str, Any]) -> bool:
         """Take one chunk; True when it carried a token (content, thinking or a tool call)."""
@@ -63,7 +97,8 @@ class ChunkAssembler:
             token = self._take(message.get("content"), message.get("thinking"))
             calls = message.get("tool_calls")
             if calls:
-                self.tool_calls.extend(calls)
+                if self.budget.room is None or self.budget.fits(len(orjson.dumps(calls, default=str))):
+                    self.tool_calls.extend(calls)
                 token = True
         elif "response" in chunk:
             self.kind = "generate"
@@ -78,12 +113,17 @@ class ChunkAssembler:
     def _take(self, content: Any, thinking: Any) -> bool:
         token = False
         if isinstance(content, str) and content:
-            self.content.append(content)
+            self.budget.keep(self.content, content)
             token = True
         if isinstance(thinking, str) and thinking:
-            self.thinking.append(thinking)
+            self.budget.keep(self.thinking, thinking)
             token = True
         return token
+
+    @property
+    def truncated(self) -> bool:
+        """True when something was left out of the copy to stay within the limit."""
+        return self.budget.truncated
 
     @property
     def text(self) -> str:

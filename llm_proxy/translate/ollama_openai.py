@@ -37,6 +37,7 @@ import orjson
 
 from llm_proxy.config import aliases
 from llm_proxy.errors import BackendError, BadRequest
+from llm_proxy.translate import Budget
 
 __all__ = [
     "StreamTranslator",
@@ -608,6 +609,10 @@ class StreamTranslator:
     collected per ``index`` and go out once, complete, in one chunk: when a
     ``finish_reason`` arrives or at :meth:`finish`, whichever is first.
     Usage and timings are remembered from whichever chunk carries them.
+
+    What it keeps for the audit trail (content, thinking, the tool calls sent)
+    stops at ``keep`` characters, with ``truncated`` set; tool-call fragments
+    waiting to go out are held whole, up to ``limit`` characters (a 502 beyond).
     """
 
     __slots__ = (
@@ -616,16 +621,27 @@ class StreamTranslator:
         "_deltas",
         "_done_reason",
         "_finish_reason",
+        "_held",
+        "_limit",
         "_now",
         "_thinking",
         "_timings",
         "_tool_calls",
         "_usage",
+        "budget",
         "kind",
         "model",
     )
 
-    def __init__(self, kind: Kind, model: str, created_at: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        model: str,
+        created_at: Callable[[], str] | None = None,
+        *,
+        keep: int | None = None,
+        limit: int | None = None,
+    ) -> None:
         if kind not in ("chat", "generate"):
             raise ValueError(f"unknown stream kind {kind!r}")
         self.kind: Kind = kind
@@ -633,6 +649,9 @@ class StreamTranslator:
         self._now = created_at or rfc3339_now
         self._content: list[str] = []
         self._thinking: list[str] = []
+        self.budget = Budget(keep)  # what the audit-trail copy may still keep
+        self._limit = limit
+        self._held = 0  # characters of tool-call fragments waiting to go out
         self._deltas = 0
         # index -> [id, name, argument fragments]
         self._calls: dict[int, list[Any]] = {}
@@ -643,6 +662,11 @@ class StreamTranslator:
         self._done_reason: str | None = None
 
     # -- audit trail --------------------------------------------------------
+
+    @property
+    def truncated(self) -> bool:
+        """True when the audit copy (content, thinking, tool calls) stopped at ``keep``."""
+        return self.budget.truncated
 
     @property
     def content(self) -> str:
@@ -778,9 +802,9 @@ class StreamTranslator:
             raise TypeError("content and reasoning_content must be strings")
         self._deltas += 1
         if text:
-            self._content.append(text)
+            self.budget.keep(self._content, text)
         if thought:
-            self._thinking.append(thought)
+            self.budget.keep(self._thinking, thought)
         if self.kind == "chat":
             message: JSONDict = {"role": "assistant", "content": text}
             if thought:
@@ -825,6 +849,13 @@ class StreamTranslator:
                 arguments = function.get("arguments")
                 if arguments:
                     entry[2].append(arguments)
+                    self._held += len(arguments) if isinstance(arguments, str) else 0
+                    if self._limit is not None and self._held > self._limit:
+                        raise BackendError(
+                            f"backend sent a tool call larger than {self._limit / 1048576:.4g} MiB "
+                            "(backend.max_answer_mb)",
+                            502,
+                        )
 
     def _tool_call_chunk(self) -> JSONDict:
         calls = []
@@ -844,7 +875,9 @@ class StreamTranslator:
                 call["id"] = call_id
             calls.append(call)
         self._calls = {}
-        self._tool_calls.extend(calls)
+        self._held = 0
+        if self.budget.room is None or self.budget.fits(len(orjson.dumps(calls))):
+            self._tool_calls.extend(calls)
         message = {"role": "assistant", "content": "", "tool_calls": calls}
         return {
             "model": self.model,

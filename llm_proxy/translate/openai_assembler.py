@@ -8,12 +8,18 @@ streamed argument fragments joined per ``index``), the finish reason, the usage
 and llama-server's ``timings``. Usage is taken from whichever object carries it
 last: llama-server and Ollama send it in a chunk of its own (``choices: []``),
 Ollama's completions stream also puts zeros on every earlier chunk.
+
+With a ``limit`` (``database.max_body_kb``) at most that many characters of
+text, reasoning and tool calls are kept in all; the rest is dropped from the
+copy and ``truncated`` says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
+
+from . import Budget
 
 __all__ = ["OpenAIAssembler", "is_usage_only"]
 
@@ -70,12 +76,18 @@ class _Choice:
         return out
 
 
+# What a new choice or tool call costs against the limit, so that a stream of
+# ever new indexes cannot grow the copy either.
+_ENTRY_COST = 64
+
+
 class OpenAIAssembler:
     """Collect an OpenAI-style answer, chunk by chunk or whole."""
 
-    __slots__ = ("_choices", "error", "error_code", "head", "timings", "usage")
+    __slots__ = ("_choices", "budget", "error", "error_code", "head", "timings", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        self.budget = Budget(limit)
         self._choices: dict[int, _Choice] = {}
         self.head: dict[str, Any] = {}
         self.usage: dict[str, Any] | None = None
@@ -110,13 +122,22 @@ class OpenAIAssembler:
         else:
             self.error = str(error)
 
+    @property
+    def truncated(self) -> bool:
+        """True when something was left out of the copy to stay within the limit."""
+        return self.budget.truncated
+
     def _choice(self, index: int, choice: dict[str, Any]) -> bool:
-        state = self._choices.setdefault(index, _Choice())
+        state = self._choices.get(index)
+        if state is None:
+            if not self.budget.fits(_ENTRY_COST):
+                return _carries_tokens(choice)
+            state = self._choices[index] = _Choice()
         if isinstance(choice.get("finish_reason"), str):
             state.finish_reason = choice["finish_reason"]
         if isinstance(choice.get("text"), str):
             state.is_text = True
-            state.content.append(choice["text"])
+            self.budget.keep(state.content, choice["text"])
             return bool(choice["text"])
         part = choice.get("delta")
         whole = part is None
@@ -128,12 +149,12 @@ class OpenAIAssembler:
             state.role = part["role"]
         tokens = False
         if isinstance(part.get("content"), str) and part["content"]:
-            state.content.append(part["content"])
+            self.budget.keep(state.content, part["content"])
             tokens = True
         # llama-server says "reasoning_content", Ollama "reasoning".
         for key in ("reasoning_content", "reasoning"):
             if isinstance(part.get(key), str) and part[key]:
-                state.reasoning.append(part[key])
+                self.budget.keep(state.reasoning, part[key])
                 tokens = True
         calls = part.get("tool_calls")
         for position, call in enumerate(calls if isinstance(calls, list) else []):
@@ -144,9 +165,12 @@ class OpenAIAssembler:
                 tokens = True
         return tokens
 
-    @staticmethod
-    def _tool_call(state: _Choice, index: int, call: dict[str, Any]) -> None:
-        entry = state.tool_calls.setdefault(index, _ToolCall())
+    def _tool_call(self, state: _Choice, index: int, call: dict[str, Any]) -> None:
+        entry = state.tool_calls.get(index)
+        if entry is None:
+            if not self.budget.fits(_ENTRY_COST):
+                return
+            entry = state.tool_calls[index] = _ToolCall()
         if isinstance(call.get("id"), str) and call["id"]:
             entry.id = call["id"]
         if isinstance(call.get("type"), str) and call["type"]:
@@ -156,7 +180,7 @@ class OpenAIAssembler:
             if isinstance(function.get("name"), str) and function["name"] and not entry.name:
                 entry.name = function["name"]
             if isinstance(function.get("arguments"), str):
-                entry.arguments.append(function["arguments"])
+                self.budget.keep(entry.arguments, function["arguments"])
 
     # -- what the log records (choice 0 is the answer) ------------------------
 
@@ -210,6 +234,19 @@ class OpenAIAssembler:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def _carries_tokens(choice: dict[str, Any]) -> bool:
+    """Whether a choice left out of the copy still carried answer tokens (for the timings)."""
+    if isinstance(choice.get("text"), str):
+        return bool(choice["text"])
+    part = choice.get("delta")
+    if part is None:
+        part = choice.get("message")
+    if not isinstance(part, dict):
+        return False
+    keys = ("content", "reasoning_content", "reasoning")
+    return any(isinstance(part.get(k), str) and part[k] for k in keys) or bool(part.get("tool_calls"))
 
 
 def _is_int(value: Any) -> TypeGuard[int]:

@@ -19,13 +19,21 @@ UTF-8 character, or between ``\\r`` and ``\\n``, changes nothing. The
 :class:`SSEFramer` cuts the same byte stream into whole frames (each event's
 bytes up to and including the blank line that ends it), for relaying a stream
 event by event without re-serialising it.
+
+Both take time linear in what they are fed, however long a frame: an
+unfinished one is kept as a list of reads, joined once when it ends, and only
+new bytes (with the few before them that a terminator may span) are searched.
+Both take a ``limit``: a line, event or frame held longer than that raises
+:class:`~llm_proxy.translate.TooLong` rather than growing without end.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["SSEDecoder", "SSEFramer"]
+from . import TooLong
+
+__all__ = ["SSEDecoder", "SSEFramer", "TooLong"]
 
 _BOM = b"\xef\xbb\xbf"
 # A blank line: a line terminator right after another. The groups are atomic so
@@ -36,14 +44,17 @@ _BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 class SSEDecoder:
     """Turn a byte stream into the ``data`` payloads of its complete events."""
 
-    __slots__ = ("_at_start", "_data", "_skip_lf", "_tail")
+    __slots__ = ("_at_start", "_data", "_held", "_limit", "_skip_lf", "_tail", "_tail_size")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         # Bytes after the last line terminator, kept as parts so a long line
         # arriving in many small reads is joined once, not copied per read.
         self._tail: list[bytes] = []
+        self._tail_size = 0
         # The ``data`` values of the event being read, still as bytes.
         self._data: list[bytes] = []
+        self._held = 0  # bytes in _data
+        self._limit = limit
         # The previous chunk ended in ``\r``: a ``\n`` opening the next chunk
         # belongs to that same line terminator.
         self._skip_lf = False
@@ -65,11 +76,15 @@ class SSEDecoder:
                 return []
         if b"\n" not in data and b"\r" not in data:
             self._tail.append(data)
+            self._tail_size += len(data)
+            if self._limit is not None and self._tail_size + self._held > self._limit:
+                raise TooLong("an SSE event", self._limit)
             return []
         if self._tail:
             self._tail.append(data)
             data = b"".join(self._tail)
             self._tail = []
+            self._tail_size = 0
         if b"\r" in data:
             # The tail never holds a terminator, so normalising the joined
             # buffer cannot merge two lines; a final ``\r`` ends its line
@@ -81,6 +96,7 @@ class SSEDecoder:
         last = lines.pop()
         if last:
             self._tail.append(last)
+            self._tail_size = len(last)
         return self._lines(lines)
 
     def flush(self) -> list[str]:
@@ -92,7 +108,9 @@ class SSEDecoder:
         lines.append(b"")
         events = self._lines(lines)
         self._tail = []
+        self._tail_size = 0
         self._data = []
+        self._held = 0
         self._skip_lf = False
         self._at_start = True
         return events
@@ -102,11 +120,13 @@ class SSEDecoder:
         if self._tail:
             head = b"".join(self._tail) + data
             self._tail = []
+            self._tail_size = 0
         else:
             head = data
         if len(head) < len(_BOM) and _BOM.startswith(head):
             # Too short to tell yet: wait for more bytes.
             self._tail.append(head)
+            self._tail_size = len(head)
             return b""
         self._at_start = False
         if head.startswith(_BOM):
@@ -117,6 +137,7 @@ class SSEDecoder:
         """Apply complete lines to the event being read; return finished events."""
         events: list[str] = []
         data = self._data
+        limit = self._limit
         for line in lines:
             if not line:
                 if data:
@@ -125,14 +146,20 @@ class SSEDecoder:
                     else:
                         events.append(b"\n".join(data).decode("utf-8", "replace"))
                     data = self._data = []
+                    self._held = 0
             elif line.startswith(b"data:"):
                 value = line[5:]
                 if value[:1] == b" ":
                     value = value[1:]
                 data.append(value)
+                self._held += len(value) + 1
+                if limit is not None and self._held > limit:
+                    raise TooLong("an SSE event", limit)
             elif line == b"data":
                 # A field with no colon has an empty value.
                 data.append(b"")
+            elif limit is not None and len(line) > limit:
+                raise TooLong("an SSE line", limit)
         return events
 
 
@@ -143,30 +170,69 @@ class SSEFramer:
     re-encoded, so a relay can send each frame as the backend wrote it.
     """
 
-    __slots__ = ("_buffer", "_scan")
+    __slots__ = ("_held", "_limit", "_pieces", "_tail")
 
-    def __init__(self) -> None:
-        self._buffer = b""
-        # Where the next search may start: a blank line is at most four bytes,
-        # so one that ends in new data starts no earlier than three before it.
-        self._scan = 0
+    def __init__(self, limit: int | None = None) -> None:
+        # The unfinished frame, as the reads it came in: joined once, when it ends.
+        self._pieces: list[bytes] = []
+        self._held = 0
+        # Its last bytes: a blank line is at most four bytes, so one that ends in
+        # new data starts no earlier than three bytes before it.
+        self._tail = b""
+        self._limit = limit
 
     def feed(self, data: bytes) -> list[bytes]:
         """Consume one chunk; return the frames it completes."""
-        buffer = self._buffer + data if self._buffer else data
+        if not data:
+            return []
+        tail = self._tail
+        # Search only the new bytes and the three before them, never the whole frame again.
+        buffer = tail + data if tail else data
         frames: list[bytes] = []
-        start = 0
-        while (found := _BLANK_LINE.search(buffer, max(start, self._scan))) is not None:
-            end = found.end()
-            if end == len(buffer) and buffer[-1] == 0x0D:
-                break  # this ``\r`` may be the first half of a ``\r\n``: wait for the next byte
-            frames.append(buffer[start:end])
-            start = end
-        self._buffer = buffer[start:]
-        self._scan = max(0, len(self._buffer) - 3)
+        start = len(tail)  # where the next frame's bytes begin in ``buffer``
+        pos = 0
+        # Without a CR a blank line can only be LF LF, which bytes.find locates at
+        # C speed; the regex, trying three alternatives at every byte, is only
+        # needed for streams that use CR (rare: llama-server and Ollama send LF).
+        plain = b"\r" not in buffer
+        while True:
+            if plain:
+                at = buffer.find(b"\n\n", pos)
+                if at < 0:
+                    break
+                end = at + 2
+            else:
+                found = _BLANK_LINE.search(buffer, pos)
+                if found is None:
+                    break
+                end = found.end()
+                if end == len(buffer) and buffer[-1] == 0x0D:
+                    break  # this ``\r`` may be the first half of a ``\r\n``: wait for the next byte
+            if self._pieces:
+                self._pieces.append(buffer[start:end])
+                frames.append(b"".join(self._pieces))
+                self._pieces = []
+                self._held = 0
+            else:
+                frames.append(buffer[start:end])
+            self._check(len(frames[-1]))
+            start = pos = end
+        if start < len(buffer):
+            rest = buffer[start:]
+            self._pieces.append(rest)
+            self._held += len(rest)
+            self._check(self._held)
+        # The last bytes of the frame still open (none when the read ended one).
+        # (Before any frame ended here, ``buffer`` is all of it: old tail and new bytes.)
+        self._tail = buffer[max(start if frames else 0, len(buffer) - 3) :]
         return frames
 
     def flush(self) -> bytes:
         """The bytes of an unfinished last frame (maybe empty), then reset."""
-        rest, self._buffer, self._scan = self._buffer, b"", 0
+        rest = b"".join(self._pieces)
+        self._pieces, self._held, self._tail = [], 0, b""
         return rest
+
+    def _check(self, size: int) -> None:
+        if self._limit is not None and size > self._limit:
+            raise TooLong("an SSE frame", self._limit)

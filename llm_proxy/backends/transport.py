@@ -1,0 +1,212 @@
+"""The backend hop: one tuned aiohttp ClientSession per backend, its failures as ProxyErrors.
+
+Backends send with :func:`send` and read an answer whole within a cap
+(:func:`read_body`), as it arrives (:func:`iter_chunks`), or whole when it is
+small and piece by piece when it is not (:func:`relayed`). Reads are of
+bounded size and aiohttp's flow control pauses the backend's socket while the
+client is slow, so memory follows configuration, not the backend. What can go
+wrong becomes one of the proxy's errors::
+
+    ProxyError
+    ├── BackendUnavailable (502)  not connected, or the request failed before any answer
+    ├── BackendTimeout     (504)  no connection within backend.connect_timeout, or
+    │                             no next bytes within backend.timeout
+    └── BackendError       (502)  the answer broke off, or is over backend.max_answer_mb
+
+Nothing here sends a request twice. aiohttp's client resends only idempotent
+methods, and only when a kept-alive connection turns out closed; a POST that
+may have reached the backend is never resent (RFC 9110 §9.2.2): a generation
+must not run twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from .. import __version__
+from ..config import BackendConfig
+from ..errors import BackendError, BackendTimeout, BackendUnavailable
+from ..translate import TooLong
+from .base import Reply
+
+HEALTH_TIMEOUT = 3.0  # seconds a health probe may take
+READ_SIZE = 64 * 1024  # bytes taken from the backend's answer per read
+# Seconds an unused connection is kept: under llama-server's own 5 s, so the
+# proxy closes idle connections before the server does (a request never meets
+# one the server is closing).
+KEEPALIVE = 4.0
+MIB = 1024 * 1024
+
+# What a path may keep as it is (RFC 3986 pchar and "/"); everything else is
+# quoted. The query keeps its escapes ("%") and the characters that separate it.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?%"
+
+Session = aiohttp.ClientSession
+Response = aiohttp.ClientResponse
+
+
+def new_session(config: BackendConfig) -> Session:
+    """The one session a backend reuses for every request, tuned for a few local backends."""
+    headers = {"User-Agent": f"llm-proxy/{__version__}"}
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    connector = aiohttp.TCPConnector(
+        limit=0,  # bounded per backend host below (llamacpp runs one host per model)
+        limit_per_host=config.max_connections,
+        keepalive_timeout=KEEPALIVE,
+        ttl_dns_cache=300,
+    )
+    # `timeout` bounds each wait for the next bytes (sock_read), not the whole
+    # answer: a long generation that keeps streaming must not be cut at 300 s.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout, sock_read=config.timeout)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers=headers,
+        cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies are nobody's business here
+        auto_decompress=True,  # a gzip answer is relayed decoded, as its Content-Type says
+        trust_env=False,  # the backend is addressed directly, never through $HTTP_PROXY
+    )
+
+
+def url(endpoint: str, path: str, query: str = "") -> URL:
+    """``endpoint + path (+ ?query)`` exactly as given: no dot segment is resolved.
+
+    ``path`` is decoded (as aiohttp's router gives it) and is quoted here; the
+    query is passed on as the client sent it, with only what a request line
+    cannot carry (spaces, CR, LF, non-ASCII) quoted. The URL is built
+    ``encoded=True`` so yarl does not resolve ``..`` either.
+    """
+    target = quote(path, safe=_PATH_SAFE)
+    if query:
+        target = f"{target}?{quote(query, safe=_QUERY_SAFE)}"
+    return URL(endpoint + target, encoded=True)
+
+
+async def send(
+    session: Session,
+    method: str,
+    target: URL | str,
+    *,
+    backend: str,
+    data: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    within: float | None = None,
+) -> Response:
+    """Send one request and wait for the answer's head; ``within`` seconds bound the whole of it."""
+    extra: dict[str, Any] = {}
+    if within is not None:
+        extra["timeout"] = aiohttp.ClientTimeout(total=within)
+    if isinstance(target, str):
+        target = URL(target, encoded=True)
+    try:
+        return await session.request(method, target, data=data, headers=headers, **extra)
+    except TimeoutError:  # aiohttp's ServerTimeoutError and ConnectionTimeoutError are ones
+        raise BackendTimeout(f"backend {backend} did not answer in time") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise BackendUnavailable(f"backend {backend} is unreachable: {_reason(exc)}") from None
+    except aiohttp.ClientError as exc:
+        raise BackendUnavailable(f"backend {backend} failed: {_reason(exc)}") from None
+
+
+async def read_body(resp: Response, backend: str, limit: int) -> bytes:
+    """The whole body, for an answer the proxy must hold to change; 502 beyond ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length > limit and not _encoded(resp):
+        resp.close()
+        raise _too_large(limit)
+    pieces: list[bytes] = []
+    size = 0
+    async for data in _read(resp, backend, stream=False):
+        size += len(data)
+        if size > limit:
+            resp.close()
+            raise _too_large(limit)
+        pieces.append(data)
+    return b"".join(pieces)
+
+
+async def relayed(resp: Response, backend: str, hold: int) -> Reply:
+    """The answer as a :class:`Reply`: whole up to ``hold`` bytes, else relayed as it comes.
+
+    Either way nothing more than ``hold`` bytes and one read is held: a larger
+    answer comes back as ``chunks`` that pass each read on to the client.
+    """
+    content_type = resp.headers.get("Content-Type", "application/json")
+    pieces: list[bytes] = []
+    size = 0
+    reads = _read(resp, backend, stream=False)
+    try:
+        async for data in reads:
+            pieces.append(data)
+            size += len(data)
+            if size > hold:
+                return Reply(
+                    resp.status, content_type,
+                    chunks=_rest(pieces, reads), on_close=[resp.release],
+                )  # fmt: skip
+    except BaseException:
+        resp.release()
+        raise
+    resp.release()
+    return Reply(resp.status, content_type, body=b"".join(pieces))
+
+
+async def _rest(first: list[bytes], reads: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """What was read already, then the rest as it arrives (Reply.close() releases the answer)."""
+    held = b"".join(first)
+    first.clear()
+    yield held
+    del held
+    async for data in reads:
+        yield data
+
+
+async def iter_chunks(resp: Response, backend: str) -> AsyncGenerator[bytes, None]:
+    """A streamed body as it arrives, in reads of at most READ_SIZE bytes."""
+    async for data in _read(resp, backend, stream=True):
+        yield data
+
+
+async def _read(resp: Response, backend: str, *, stream: bool) -> AsyncGenerator[bytes, None]:
+    """The body in bounded reads; failures part-way become ProxyErrors."""
+    try:
+        async for data in resp.content.iter_chunked(READ_SIZE):
+            yield data
+    except TimeoutError:
+        where = " mid-stream" if stream else ""
+        raise BackendTimeout(f"backend {backend} stopped answering{where}") from None
+    except aiohttp.ClientError as exc:
+        what = "the stream" if stream else "its answer"
+        raise BackendError(f"backend {backend} broke off {what}: {_reason(exc)}") from None
+
+
+def too_long(exc: TooLong) -> BackendError:
+    """The error for a stream line or event over backend.max_answer_mb: the stream ends with it."""
+    return BackendError(
+        f"backend sent {exc.what} larger than {_mib(exc.limit)} MiB (backend.max_answer_mb)", 502
+    )
+
+
+def _too_large(limit: int) -> BackendError:
+    return BackendError(f"backend answer larger than {_mib(limit)} MiB (backend.max_answer_mb)", 502)
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:.4g}"  # the setting as written: 0.1, not 0.0999994
+
+
+def _encoded(resp: Response) -> bool:
+    """True when the body is compressed: its Content-Length is not the length read."""
+    return bool(resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.strerror or str(exc.os_error) or type(exc).__name__
+    return str(exc) or type(exc).__name__
