@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from .. import keys
 from ..errors import ProxyError
+from ..middlewares import header_text
 from .exchange import Exchange
 
 CLIENT_GONE = 499  # nginx's and Ollama's status for "the client closed the request"
@@ -40,7 +41,7 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         api="openai" if request.path.startswith("/v1/") else "ollama",
         request_id=request.get(keys.REQUEST_ID),
         client_addr=request.remote,
-        user_agent=request.headers.get("User-Agent"),
+        user_agent=header_text(request, "User-Agent"),
     )
     request[keys.EXCHANGE] = exchange
     try:
