@@ -159,6 +159,9 @@ class AuthConfig:
     rate_limit: float = 0.0
     # Requests that may come at once on top of the steady rate.
     rate_burst: int = 10
+    # Wrong API keys a client address may present per minute; beyond that its
+    # requests get 429 and no key it sends is checked until the minute refills (0: no limit).
+    max_failures: int = 10
 
 
 def aliases(backend_name: str, mappings: Mapping[str, str]) -> list[str]:
@@ -427,6 +430,8 @@ def _check_limits(config: Config) -> None:
         raise ConfigError(f"'auth.rate_limit' must be 0 (no limit) or more, got {auth.rate_limit:g}")
     if auth.rate_burst < 1:
         raise ConfigError(f"'auth.rate_burst' must be at least 1, got {auth.rate_burst}")
+    if auth.max_failures < 0:
+        raise ConfigError(f"'auth.max_failures' must be 0 (no limit) or more, got {auth.max_failures}")
     for i, path in enumerate(auth.exempt):
         if not path.startswith("/"):
             raise ConfigError(f"'auth.exempt[{i}]' must be a path starting with /, got {path!r}")
