@@ -42,6 +42,8 @@ class OllamaDouble:
     requests: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
     # When set, streams send their first chunk, then wait for this event.
     hold: asyncio.Event | None = None
+    # When set, a whole (stream: false) chat or generate answer waits for this event.
+    hold_whole: asyncio.Event | None = None
     # When set, a stream sends its first chunk and then drops the connection.
     die_mid_stream: bool = False
     chunk_delay: float = 0.0
@@ -138,6 +140,8 @@ class OllamaDouble:
             "prompt_eval_duration": 200_000, "eval_count": self.counts[1], "eval_duration": 900_000,
         }  # fmt: skip
         if body.get("stream", True) is False:
+            if self.hold_whole is not None:
+                await self.hold_whole.wait()
             return web.json_response({**final, **piece("".join(ANSWER))})
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)

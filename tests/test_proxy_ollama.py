@@ -14,6 +14,7 @@ import ollama
 import orjson
 import pytest
 
+from . import raw
 from .conftest import MakeProxy, Proxy, read_rows
 from .ollama_double import ANSWER, OllamaDouble
 
@@ -236,6 +237,49 @@ async def test_client_disconnect_mid_stream_is_recorded(
     [row] = await proxy.wait_rows(1)
     assert row["error"] == "client disconnected" and row["status_code"] == 499
     assert row["response"].startswith("The") and row["response"] != "The sky is blue."
+
+
+@pytest.mark.parametrize("endpoint", ["/api/chat", "/api/generate"])
+async def test_client_that_leaves_before_a_whole_answer_is_recorded_as_499(
+    endpoint: str, proxy: Proxy, ollama_double: tuple[OllamaDouble, str]
+) -> None:
+    double, _ = ollama_double
+    double.hold_whole = asyncio.Event()
+    body = orjson.dumps({"model": "llama2", "messages": USER, "prompt": "Hi", "stream": False})
+    _, writer = await asyncio.open_connection(*raw.address(proxy.url))
+    writer.write(raw.request("POST", endpoint.encode(), {b"Content-Type": b"application/json"}, body))
+    await writer.drain()
+    for _ in range(500):  # bounded: 5 s for the request to reach the backend
+        if double.requests:
+            break
+        await asyncio.sleep(0.01)
+    writer.close()  # the user gives up while the model thinks
+    await writer.wait_closed()
+    # The proxy reads the hang-up before a request sent after it: once that is
+    # answered, the proxy knows its first client is gone.
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/health/live") as resp:
+        assert resp.status == 200
+    double.hold_whole.set()
+    [row] = await proxy.wait_rows(1)
+    assert (row["endpoint"], row["status_code"], row["error"]) == (endpoint, 499, "client disconnected")
+    assert row["response"] == "The sky is blue."  # what the backend answered, though nobody got it
+
+
+async def test_client_that_leaves_while_sending_its_body_is_recorded_as_499(proxy: Proxy) -> None:
+    head = raw.request("POST", b"/api/chat", {b"Content-Length": b"1000"})  # 1000 bytes announced
+    _, writer = await asyncio.open_connection(*raw.address(proxy.url))
+    writer.write(head + b'{"model": "llama2", "messages": [')  # and then no more
+    await writer.drain()
+    async with aiohttp.ClientSession() as http:
+        for _ in range(250):  # bounded: 5 s for the proxy to start on the request
+            async with http.get(f"{proxy.url}/metrics") as resp:
+                if "llm_proxy_requests_in_flight 1.0" in await resp.text():
+                    break
+            await asyncio.sleep(0.02)
+    writer.close()
+    await writer.wait_closed()
+    [row] = await proxy.wait_rows(1)
+    assert (row["endpoint"], row["status_code"], row["error"]) == ("/api/chat", 499, "client disconnected")
 
 
 async def test_backend_dying_mid_stream_ends_with_an_error_line(

@@ -13,9 +13,10 @@ import orjson
 from aiohttp import web
 
 from ..audit.exchange import Exchange
+from ..audit.middleware import why_cut_off
 from ..backends.base import Call
 from ..config import Config
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, ClientGone, PayloadTooLarge
 
 
 async def read(request: web.Request) -> bytes:
@@ -28,6 +29,8 @@ async def read(request: web.Request) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except ConnectionError:  # aiohttp fails the body with "Connection lost" when the client leaves
+        raise ClientGone(why_cut_off(request)) from None
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
