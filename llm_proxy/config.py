@@ -48,6 +48,12 @@ class ServerConfig:
     metrics: bool = True
     # Largest request body accepted, in MiB: room for several images in one chat.
     max_body_mb: float = 64.0
+    # Client connections open at once. Over it, the longest idle one is closed to
+    # make room; only when every one has a request in hand is a new one refused (503).
+    max_connections: int = 512
+    # Seconds a client connection may stay silent (before its first request,
+    # between two, or while sending one) before it is closed.
+    keepalive_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -420,6 +426,11 @@ def _check_limits(config: Config) -> None:
     server, backend, auth = config.server, config.backend, config.auth
     if not 0 < server.max_body_mb <= 4096:
         raise ConfigError(f"'server.max_body_mb' must be between 0 and 4096, got {server.max_body_mb:g}")
+    if server.keepalive_timeout <= 0:
+        seconds = server.keepalive_timeout
+        raise ConfigError(f"'server.keepalive_timeout' must be a positive number of seconds, got {seconds:g}")
+    if server.max_connections < 1:
+        raise ConfigError(f"'server.max_connections' must be at least 1, got {server.max_connections}")
     if backend.max_concurrency < 0:
         raise ConfigError(
             f"'backend.max_concurrency' must be 0 (no limit) or more, got {backend.max_concurrency}"

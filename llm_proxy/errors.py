@@ -7,6 +7,7 @@ into Ollama's shape ``{"error": message}`` with ``status``::
     ├── BadRequest             (400) the client's request is malformed
     ├── Unauthorized           (401) no API key, or not one of auth.keys
     ├── ModelNotFound          (404) no such model on the backend
+    ├── RequestTimeout         (408) the client went silent in the middle of its request
     ├── PayloadTooLarge        (413)
     ├── TooManyRequests        (429) over the rate limit; says when to retry
     ├── ClientGone             (499) the client left before its request was read
@@ -84,6 +85,12 @@ class TooManyRequests(ProxyError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class RequestTimeout(ProxyError):
+    """The client sent nothing for ``server.keepalive_timeout`` seconds in the middle of its request."""
+
+    status = 408
 
 
 class ClientGone(ProxyError):

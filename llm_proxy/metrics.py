@@ -189,6 +189,27 @@ class AuditCollector(Collector):
                                   "(each is retried; rows are kept).", value=recorder.failures)  # fmt: skip
 
 
+class ConnectionCollector(Collector):
+    """Client connections (server.max_connections), read from the app's ConnectionLimit at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        limit = self.app[keys.CONNECTIONS]
+        yield GaugeMetricFamily("llm_proxy_client_connections", "Client connections open now.",
+                                value=limit.open)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_client_connections_closed_idle",
+                                  "Idle client connections closed to make room for new ones.",
+                                  value=limit.closed_idle)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_client_connections_refused",
+                                  "Client connections refused (503): every one had a request in hand.",
+                                  value=limit.refused)  # fmt: skip
+
+
 async def scrape(request: web.Request) -> web.Response:
     """``GET /metrics``."""
     return web.Response(body=request.app[keys.METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
@@ -197,11 +218,13 @@ async def scrape(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Give ``app`` its metrics and, unless ``server.metrics`` is off, the /metrics route.
 
-    Needs ``app[keys.LIVE]`` (:func:`llm_proxy.reload.setup`): labels follow the config in force.
+    Needs ``app[keys.LIVE]`` (:func:`llm_proxy.reload.setup`): labels follow the config in force;
+    and ``app[keys.CONNECTIONS]`` by the first scrape.
     """
     live = app[keys.LIVE]
     metrics = Metrics(lambda: live.config)
     metrics.registry.register(AuditCollector(app))
+    metrics.registry.register(ConnectionCollector(app))
     app[keys.METRICS] = metrics
     if app[keys.CONFIG].server.metrics:
         app.router.add_get("/metrics", scrape)
