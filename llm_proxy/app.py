@@ -17,6 +17,7 @@ from .audit.retention import Retention
 from .audit.store import Store
 from .backends.gate import Gate
 from .config import Config
+from .connections import ConnectionLimit
 from .console import Console
 from .lifecycle import Lifecycle
 
@@ -44,6 +45,7 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     reload.setup(app)
     metrics.setup(app)
     app[keys.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
+    app[keys.CONNECTIONS] = ConnectionLimit(config.server.max_connections)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
         app.on_response_prepare.append(middlewares.add_cors_headers)

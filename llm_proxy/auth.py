@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -19,7 +20,8 @@ from aiohttp.typedefs import Handler, Middleware
 
 from . import keys
 from .config import AuthConfig, Config
-from .errors import Unauthorized
+from .errors import TooManyRequests, Unauthorized
+from .ratelimit import RateLimiter
 
 
 class Authenticator:
@@ -54,13 +56,31 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 def middleware(auth: AuthConfig) -> Middleware:
-    """A middleware answering 401 ``{"error": "unauthorized"}`` without a valid key."""
+    """A middleware answering 401 ``{"error": "unauthorized"}`` without a valid key.
+
+    Authentication runs before the rate limit (which counts per key), so wrong
+    keys are counted here: per client address, a token bucket of
+    ``auth.max_failures`` a minute. An address out of tokens gets 429 and its
+    key is not even checked, so a guess that would have been right is no use.
+    """
     authenticator = Authenticator(auth)
+    # The bucket table is bounded (ratelimit.MAX_CALLERS): a flood of addresses cannot grow it.
+    guesses = RateLimiter(auth.max_failures, auth.max_failures) if auth.max_failures else None
 
     @web.middleware
     async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+        exempt = request.path in authenticator.exempt
+        address = request.remote or "unknown"
+        if guesses is not None and not exempt and (wait := guesses.wait(address)) > 0:
+            raise TooManyRequests(
+                f"too many wrong API keys from client {address}: {auth.max_failures} per minute "
+                f"(auth.max_failures); retry in {math.ceil(wait)} s",
+                retry_after=math.ceil(wait),
+            )
         name = authenticator.identify(request.headers)
-        if name is None and request.path not in authenticator.exempt:
+        if name is None and not exempt:
+            if guesses is not None and presented_key(request.headers) is not None:
+                guesses.take(address)  # a wrong key; a missing one is no guess
             raise Unauthorized()
         if name is not None:
             request[keys.KEY_NAME] = name

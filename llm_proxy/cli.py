@@ -10,8 +10,6 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from . import __version__, cli_logs, demo
 from . import config as config_mod
 from .audit.migrate import migrate
@@ -116,7 +114,7 @@ def event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _serve(config: Config, banner: str | None = None) -> int:
-    from . import logs
+    from . import connections, keys, logs
     from .app import create_app
     from .auth import exposure_warning
     from .notify import Notifier
@@ -129,15 +127,15 @@ def _serve(config: Config, banner: str | None = None) -> int:
     if warning:
         print(f"{PROG}: {warning}", file=sys.stderr, flush=True)
 
-    def announce(*_: object) -> None:
+    def announce() -> None:
         # Everything made so far (modules, the app, its connections) lives as
         # long as the process: out of the collector's sight, a full collection
         # no longer walks it. One took 13 ms here, a stall every request then
         # in flight would have waited out.
         gc.collect()
         gc.freeze()
-        # run_app prints once the port is bound (and migrations ran, at startup):
-        # the moment systemd may send traffic.
+        # Called once the port is bound (and migrations ran, at startup): the
+        # moment systemd may send traffic.
         print(
             f"{PROG} {__version__} listening on http://{server.host}:{server.port} "
             f"→ {_backend_target(config)}; "
@@ -149,14 +147,18 @@ def _serve(config: Config, banner: str | None = None) -> int:
             print(banner, flush=True)
 
     try:
-        web.run_app(
+        # web.run_app, with a bound on client connections (see connections.py).
+        connections.run(
             app,
+            app[keys.CONNECTIONS],
             host=server.host,
             port=server.port,
-            shutdown_timeout=server.shutdown_timeout,
-            print=announce,
-            access_log=None,
             loop=event_loop(),
+            on_listening=announce,
+            shutdown_timeout=server.shutdown_timeout,
+            keepalive_timeout=server.keepalive_timeout,
+            access_log=None,
+            handler_cancellation=False,  # what web.run_app does; handlers meet a departure as a failed write
         )
     except OSError as exc:
         print(f"{PROG}: cannot listen on {server.host}:{server.port}: {exc.strerror or exc}", file=sys.stderr)

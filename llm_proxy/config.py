@@ -48,6 +48,12 @@ class ServerConfig:
     metrics: bool = True
     # Largest request body accepted, in MiB: room for several images in one chat.
     max_body_mb: float = 64.0
+    # Client connections open at once. Over it, the longest idle one is closed to
+    # make room; only when every one has a request in hand is a new one refused (503).
+    max_connections: int = 512
+    # Seconds a client connection may stay silent (before its first request,
+    # between two, or while sending one) before it is closed.
+    keepalive_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,9 @@ class AuthConfig:
     rate_limit: float = 0.0
     # Requests that may come at once on top of the steady rate.
     rate_burst: int = 10
+    # Wrong API keys a client address may present per minute; beyond that its
+    # requests get 429 and no key it sends is checked until the minute refills (0: no limit).
+    max_failures: int = 10
 
 
 def aliases(backend_name: str, mappings: Mapping[str, str]) -> list[str]:
@@ -434,6 +443,11 @@ def _check_limits(config: Config) -> None:
     server, backend, auth = config.server, config.backend, config.auth
     if not 0 < server.max_body_mb <= 4096:
         raise ConfigError(f"'server.max_body_mb' must be between 0 and 4096, got {server.max_body_mb:g}")
+    if server.keepalive_timeout <= 0:
+        seconds = server.keepalive_timeout
+        raise ConfigError(f"'server.keepalive_timeout' must be a positive number of seconds, got {seconds:g}")
+    if server.max_connections < 1:
+        raise ConfigError(f"'server.max_connections' must be at least 1, got {server.max_connections}")
     if backend.max_concurrency < 0:
         raise ConfigError(
             f"'backend.max_concurrency' must be 0 (no limit) or more, got {backend.max_concurrency}"
@@ -450,6 +464,8 @@ def _check_limits(config: Config) -> None:
         raise ConfigError(f"'auth.rate_limit' must be 0 (no limit) or more, got {auth.rate_limit:g}")
     if auth.rate_burst < 1:
         raise ConfigError(f"'auth.rate_burst' must be at least 1, got {auth.rate_burst}")
+    if auth.max_failures < 0:
+        raise ConfigError(f"'auth.max_failures' must be 0 (no limit) or more, got {auth.max_failures}")
     for i, path in enumerate(auth.exempt):
         if not path.startswith("/"):
             raise ConfigError(f"'auth.exempt[{i}]' must be a path starting with /, got {path!r}")

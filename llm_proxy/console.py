@@ -13,6 +13,7 @@ import orjson
 
 from .audit.exchange import Exchange
 from .config import ServerConfig
+from .logs import printable
 
 SUMMARY_CHARS = 200  # how much of a prompt or answer a summary line shows
 
@@ -39,7 +40,8 @@ class Console:
         """The client's request as pretty JSON."""
         if self.raw_requests:
             pretty = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
-            self._write(f"[{exchange.request_id}] request {exchange.method} {exchange.endpoint}\n{pretty}")
+            head = printable(f"[{exchange.request_id}] request {exchange.method} {exchange.endpoint}")
+            self._write(f"{head}\n{pretty}")
 
     def response(self, exchange: Exchange, data: bytes) -> None:
         """One response body or stream line, pretty-printed when it is JSON."""
@@ -48,8 +50,9 @@ class Console:
         try:
             text = orjson.dumps(orjson.loads(data), option=orjson.OPT_INDENT_2).decode()
         except orjson.JSONDecodeError:
-            text = data.decode("utf-8", errors="replace")
-        self._write(f"[{exchange.request_id}] response {exchange.endpoint}\n{text}")
+            # Not JSON: the backend's bytes as they are, but no terminal escapes.
+            text = "\n".join(printable(line) for line in data.decode("utf-8", errors="replace").split("\n"))
+        self._write(printable(f"[{exchange.request_id}] response {exchange.endpoint}") + f"\n{text}")
 
     def summary(self, exchange: Exchange) -> None:
         """One human line per finished exchange."""
@@ -73,7 +76,8 @@ class Console:
             parts.append(f"Tool calls: {', '.join(names)}")
         if exchange.error:
             parts.append(f"Error: {exchange.error}")
-        self._write(", ".join(parts))
+        # One line, whatever the client or the backend put in the model, prompt or error.
+        self._write(printable(", ".join(parts)))
 
 
 def _short(text: str) -> str:

@@ -7,8 +7,10 @@ into Ollama's shape ``{"error": message}`` with ``status``::
     ├── BadRequest             (400) the client's request is malformed
     ├── Unauthorized           (401) no API key, or not one of auth.keys
     ├── ModelNotFound          (404) no such model on the backend
+    ├── RequestTimeout         (408) the client went silent in the middle of its request
     ├── PayloadTooLarge        (413)
     ├── TooManyRequests        (429) over the rate limit; says when to retry
+    ├── ClientGone             (499) the client left before its request was read
     ├── Busy                   (503) every backend slot taken and the wait queue full
     ├── BackendError           (backend's status) the backend answered with an error
     ├── BackendUnavailable     (502) the backend could not be reached
@@ -83,6 +85,18 @@ class TooManyRequests(ProxyError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class RequestTimeout(ProxyError):
+    """The client sent nothing for ``server.keepalive_timeout`` seconds in the middle of its request."""
+
+    status = 408
+
+
+class ClientGone(ProxyError):
+    """The client left (or went silent) before the proxy had its whole request."""
+
+    status = 499  # nginx's and Ollama's status for "the client closed the request"
 
 
 class Busy(ProxyError):

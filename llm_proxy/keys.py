@@ -16,6 +16,7 @@ from .errors import ProxyError
 from .lifecycle import Lifecycle
 
 if TYPE_CHECKING:  # these modules import this one; their keys are typed by annotation
+    from .connections import ConnectionLimit
     from .metrics import Metrics
     from .notify import Notifier
     from .reload import LiveConfig
@@ -26,6 +27,8 @@ BACKEND = web.AppKey("backend", Backend)
 CONSOLE = web.AppKey("console", Console)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 GATE = web.AppKey("gate", Gate)
+# The client connections open, counted by the server `llm-proxy serve` runs (connections.run).
+CONNECTIONS: web.AppKey[ConnectionLimit] = web.AppKey("connections")
 # The config in force: CONFIG with the reloadable parts of the last SIGHUP reload.
 LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

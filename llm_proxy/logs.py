@@ -19,13 +19,67 @@ from queue import SimpleQueue
 from typing import IO, Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 ACCESS = logging.getLogger("llm_proxy.access")
+REFUSALS = logging.getLogger("aiohttp.server")  # where aiohttp reports requests its parser refused
 HAND_OFF_DELAY = 0.02  # seconds a log record may wait to be passed to the writer
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Keys that every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+# What a client or a backend sends can hold line breaks, terminal escapes and
+# undecodable bytes (as lone surrogates, aiohttp's header decoding). In a text
+# log a line break would start a forged line; so every character that is not
+# printable is written as its escape: the line stays one line and says what came.
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with each non-printable character (controls, surrogates, separators) escaped."""
+    if text.isprintable():  # nearly always: one C-speed scan
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with lone surrogates escaped in every string (JSON escapes the rest itself)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(v) for v in value]
+    return value
+
+
+def _json_line(data: dict[str, Any]) -> str:
+    """One JSON object as text; strings that UTF-8 cannot encode are escaped, not lost."""
+    try:
+        return orjson.dumps(data, default=str).decode()
+    except TypeError:  # a lone surrogate: orjson refuses what UTF-8 cannot encode
+        return orjson.dumps(_encodable(data), default=lambda o: _encodable(str(o))).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, each record on one line: its message escaped by :func:`printable`.
+
+    A traceback follows on lines of its own, as logging always writes it.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,12 +99,35 @@ class JsonFormatter(logging.Formatter):
             data["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:  # formatted already, on its way through the hand-off queue
             data["exception"] = record.exc_text
-        return orjson.dumps(data, default=str).decode()
+        return _json_line(data)
+
+
+class RefusalLine(logging.Filter):
+    """aiohttp's report of a request its parser refused, as one warning line.
+
+    aiohttp logs each one at ERROR with a traceback of its own parser: a dozen
+    lines per malformed request, however many a client sends. What the proxy's
+    operator needs is who sent it and why it was refused (the client got 400).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            reason = " ".join(str(exc.message).split())
+            record.msg = "refused a malformed request from %s: %d %s"
+            record.args = (remote, exc.code, reason[:200])
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_refusal_line = RefusalLine()
 
 
 def formatter(log_format: str) -> logging.Formatter:
     """The formatter ``server.log_format`` names."""
-    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT)
 
 
 def _fixed(record: logging.LogRecord) -> logging.LogRecord:
@@ -77,7 +154,8 @@ ACCESS_MESSAGE = "%s %s %d %dms model=%s backend=%s id=%s"
 def access_message(values: tuple[Any, ...]) -> str:
     """The access line's message for ``values`` (in :data:`ACCESS_FIELDS` order)."""
     request_id, method, path, status, latency_ms, model, backend = values
-    return ACCESS_MESSAGE % (method, path, status, latency_ms, model or "-", backend, request_id)
+    # The path, the model and the id are the client's: escaped, they cannot end the line.
+    return printable(ACCESS_MESSAGE % (method, path, status, latency_ms, model or "-", backend, request_id))
 
 
 class AccessLines:
@@ -108,7 +186,7 @@ class AccessLines:
             "message": message,
         }
         data.update(zip(ACCESS_FIELDS, values, strict=True))
-        return orjson.dumps(data).decode()
+        return _json_line(data)
 
 
 class _HandOff(logging.Handler):
@@ -198,6 +276,7 @@ def setup(log_format: str, stream: IO[str] | None = None) -> None:
     _hand_off = _HandOff(queue)
     root.addHandler(_hand_off)
     root.setLevel(logging.INFO)
+    REFUSALS.addFilter(_refusal_line)
     atexit.register(stop)
 
 

@@ -8,7 +8,7 @@ so they are exact rather than sampled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from . import keys
 from .audit.exchange import Exchange
+from .config import Config
 from .errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -26,6 +27,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
 # Time to the first token: prompt processing, usually well under a minute.
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+# Model names the backend answered for that get a label of their own; later ones count as OTHER.
+MAX_MODEL_LABELS = 1000
+OTHER = "other"
+# Token counts a backend reports are counted only in this range: a negative one
+# would make Counter.inc raise (and lose the request's access line with it).
+MAX_TOKENS = 2**63
 
 
 def backend_error_kind(exc: BaseException | None) -> str | None:
@@ -39,10 +46,56 @@ def backend_error_kind(exc: BaseException | None) -> str | None:
     return None
 
 
+class ModelLabels:
+    """The ``model`` label of a request: its model's name when the backend serves it, else OTHER.
+
+    Any string a client sends would otherwise become a series of its own, and
+    a 502 for each made-up name (backend down) grew /metrics without end. A name
+    is served when the config names it (``models.mappings`` either side,
+    ``models.default``, the llamacpp ``backend.models``) or the backend has
+    answered a request for it without error; at most :data:`MAX_MODEL_LABELS`
+    of the latter are remembered.
+    """
+
+    def __init__(self, limit: int = MAX_MODEL_LABELS) -> None:
+        self.limit = limit
+        self._answered: set[str] = set()
+        self._config: Config | None = None
+        self._configured: frozenset[str] = frozenset()
+
+    def label(self, config: Config, model: str, status: int, error: str | None) -> str:
+        """The label for a request for ``model`` that ended with ``status`` (under ``config``)."""
+        name = model.removesuffix(":latest")
+        if name in self._answered or name in self._names(config):
+            return model
+        if status < 400 and error is None and len(self._answered) < self.limit:
+            self._answered.add(name)
+            return model
+        return OTHER
+
+    def _names(self, config: Config) -> frozenset[str]:
+        if config is not self._config:  # a reload brought other mappings
+            models = config.models
+            names = {*models.mappings, *models.mappings.values(), models.default, *config.backend.models}
+            self._configured = frozenset(n.removesuffix(":latest") for n in names if n)
+            self._config = config
+        return self._configured
+
+
+def token_count(value: int | None) -> int | None:
+    """A reported token count that can be counted, or None (missing, negative, absurd)."""
+    if isinstance(value, int) and 0 < value < MAX_TOKENS:
+        return value
+    return None
+
+
 class Metrics:
     """The proxy's metrics, registered in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Callable[[], Config] = Config) -> None:
+        # The config in force (models.mappings change on reload), read per request.
+        self.config = config
+        self.models = ModelLabels()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -82,9 +135,10 @@ class Metrics:
     ) -> None:
         """Count one finished request."""
         # A client's mistake (4xx: a misspelt or made-up model name, say) is not
-        # labelled with its model: any string a client sends would otherwise
-        # become a new series, and a proxy that runs for months would grow.
-        model = (exchange.model if exchange is not None and not 400 <= status < 500 else None) or ""
+        # labelled with its model at all; any other answer by ModelLabels.
+        model = ""
+        if exchange is not None and exchange.model and not 400 <= status < 500:
+            model = self.models.label(self.config(), exchange.model, status, exchange.error)
         key = (endpoint, model, status)
         series = self._series.get(key)
         if series is None:
@@ -99,10 +153,10 @@ class Metrics:
         if exchange is not None:
             if exchange.ttft_ms is not None:
                 ttft.observe(exchange.ttft_ms / 1000)
-            if exchange.prompt_tokens:
-                self.tokens.labels(model, "in").inc(exchange.prompt_tokens)
-            if exchange.completion_tokens:
-                self.tokens.labels(model, "out").inc(exchange.completion_tokens)
+            if prompt_tokens := token_count(exchange.prompt_tokens):
+                self.tokens.labels(model, "in").inc(prompt_tokens)
+            if completion_tokens := token_count(exchange.completion_tokens):
+                self.tokens.labels(model, "out").inc(completion_tokens)
         kind = backend_error_kind(failure)
         if kind is not None:
             self.backend_errors.labels(kind).inc()
@@ -135,15 +189,42 @@ class AuditCollector(Collector):
                                   "(each is retried; rows are kept).", value=recorder.failures)  # fmt: skip
 
 
+class ConnectionCollector(Collector):
+    """Client connections (server.max_connections), read from the app's ConnectionLimit at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        limit = self.app[keys.CONNECTIONS]
+        yield GaugeMetricFamily("llm_proxy_client_connections", "Client connections open now.",
+                                value=limit.open)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_client_connections_closed_idle",
+                                  "Idle client connections closed to make room for new ones.",
+                                  value=limit.closed_idle)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_client_connections_refused",
+                                  "Client connections refused (503): every one had a request in hand.",
+                                  value=limit.refused)  # fmt: skip
+
+
 async def scrape(request: web.Request) -> web.Response:
     """``GET /metrics``."""
     return web.Response(body=request.app[keys.METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def setup(app: web.Application) -> None:
-    """Give ``app`` its metrics and, unless ``server.metrics`` is off, the /metrics route."""
-    metrics = Metrics()
+    """Give ``app`` its metrics and, unless ``server.metrics`` is off, the /metrics route.
+
+    Needs ``app[keys.LIVE]`` (:func:`llm_proxy.reload.setup`): labels follow the config in force;
+    and ``app[keys.CONNECTIONS]`` by the first scrape.
+    """
+    live = app[keys.LIVE]
+    metrics = Metrics(lambda: live.config)
     metrics.registry.register(AuditCollector(app))
+    metrics.registry.register(ConnectionCollector(app))
     app[keys.METRICS] = metrics
     if app[keys.CONFIG].server.metrics:
         app.router.add_get("/metrics", scrape)

@@ -60,10 +60,23 @@ def next_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
+def header_text(request: web.Request, name: str) -> str | None:
+    """A request header as storable text: bytes that are not UTF-8 become U+FFFD.
+
+    aiohttp keeps such bytes as lone surrogates, which neither SQLite nor a
+    UTF-8 log line can hold: one byte would stop the row (or the line) that
+    carries it.
+    """
+    value = request.headers.get(name)
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 @web.middleware
 async def error_boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id and turn every failure into its API's error shape."""
-    request_id = request.headers.get("X-Request-Id") or next_request_id()
+    request_id = header_text(request, "X-Request-Id") or next_request_id()
     request[keys.REQUEST_ID] = request_id
     try:
         response = await handler(request)

@@ -42,6 +42,15 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def wait(self, caller: str) -> float:
+        """Seconds until ``caller`` has a token (0 when it has one now); spends and remembers nothing."""
+        found = self._buckets.get(caller)
+        if found is None:
+            return 0.0
+        tokens, then = found
+        tokens = min(self.burst, tokens + (self.clock() - then) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def take(self, caller: str) -> float:
         """Spend one token: 0 when allowed, else the seconds until a token is back."""
         now = self.clock()

@@ -42,6 +42,8 @@ class OllamaDouble:
     requests: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
     # When set, streams send their first chunk, then wait for this event.
     hold: asyncio.Event | None = None
+    # When set, a whole (stream: false) chat or generate answer waits for this event.
+    hold_whole: asyncio.Event | None = None
     # When set, a stream sends its first chunk and then drops the connection.
     die_mid_stream: bool = False
     chunk_delay: float = 0.0
@@ -50,6 +52,8 @@ class OllamaDouble:
     think: bool = False
     # The Authorization header of every request with a body (None when absent).
     authorizations: list[str | None] = field(default_factory=list)
+    # prompt_eval_count and eval_count of chat and generate answers.
+    counts: tuple[int, int] = (26, len(ANSWER))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=128 * 1024 * 1024)  # no 1 MB cap, like the real Ollama
@@ -132,10 +136,12 @@ class OllamaDouble:
             return self._missing(model)
         final = {
             "model": model, "created_at": CREATED, **piece(""), "done": True, "done_reason": "stop",
-            "total_duration": 1_234_567, "load_duration": 1000, "prompt_eval_count": 26,
-            "prompt_eval_duration": 200_000, "eval_count": len(ANSWER), "eval_duration": 900_000,
+            "total_duration": 1_234_567, "load_duration": 1000, "prompt_eval_count": self.counts[0],
+            "prompt_eval_duration": 200_000, "eval_count": self.counts[1], "eval_duration": 900_000,
         }  # fmt: skip
         if body.get("stream", True) is False:
+            if self.hold_whole is not None:
+                await self.hold_whole.wait()
             return web.json_response({**final, **piece("".join(ANSWER))})
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)

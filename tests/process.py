@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import resource
 import signal
 import socket
 import sys
@@ -59,6 +61,10 @@ class Served:
         return code
 
 
+def _limit_open_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 async def _collect(stream: asyncio.StreamReader | None, into: list[str]) -> None:
     # Read continuously so a chatty process never blocks on a full pipe.
     assert stream is not None
@@ -68,10 +74,15 @@ async def _collect(stream: asyncio.StreamReader | None, into: list[str]) -> None
 
 @contextlib.asynccontextmanager
 async def serve(
-    tmp_path: Path, endpoint: str, env: dict[str, str] | None = None, **sections: dict[str, Any]
+    tmp_path: Path,
+    endpoint: str,
+    env: dict[str, str] | None = None,
+    open_files: int | None = None,
+    **sections: dict[str, Any],
 ) -> AsyncIterator[Served]:
     """Start the real process in front of ``endpoint`` with a config file (``sections`` merged
-    in), wait until it answers, stop it at the end."""
+    in), wait until it answers, stop it at the end. ``open_files`` limits its file descriptors
+    (RLIMIT_NOFILE), as systemd's LimitNOFILE does."""
     port = free_port()
     db = tmp_path / "audit.db"
     config: dict[str, Any] = {
@@ -87,6 +98,7 @@ async def serve(
         sys.executable, "-m", "llm_proxy", "serve", "--config", str(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        preexec_fn=None if open_files is None else functools.partial(_limit_open_files, open_files),
     )  # fmt: skip
     served = Served(proc, f"http://127.0.0.1:{port}", path, config, db)
     served.readers += [

@@ -132,6 +132,54 @@ async def test_no_keys_configured_means_no_key_needed(proxy: Proxy) -> None:
 # -- rate limits ------------------------------------------------------------------
 
 
+async def test_wrong_key_guesses_from_one_address_get_429(
+    make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str]
+) -> None:
+    proxy = await make_proxy(ollama_double[1], auth={"keys": KEYS, "max_failures": 3})
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):  # no key at all is no guess: never counted
+            async with http.get(f"{proxy.url}/api/tags") as resp:
+                statuses.append(resp.status)
+        for guess in range(4):
+            headers = {"Authorization": f"Bearer guess-{guess}"}
+            async with http.get(f"{proxy.url}/api/tags", headers=headers) as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert (await resp.json())["error"].startswith(
+                        "too many wrong API keys from client 127.0.0.1"
+                    )
+                    assert int(resp.headers["Retry-After"]) in range(1, 21)  # a guess back every 20 s
+        # Until then no key from this address is checked, not even the right one.
+        async with http.post(
+            f"{proxy.url}/v1/chat/completions", headers={"X-API-Key": HA_KEY}, json={}
+        ) as resp:
+            assert resp.status == 429 and "Retry-After" in resp.headers
+            assert (await resp.json())["error"]["type"] == "rate_limit_error"  # the OpenAI shape under /v1
+        async with http.get(f"{proxy.url}/health", headers={"X-API-Key": "guess"}) as resp:
+            assert resp.status == 200  # exempt paths need no key and count none
+    assert statuses == [401] * 5 + [401, 401, 401, 429]
+    rows = await proxy.wait_rows(10)
+    assert [r["status_code"] for r in rows] == [401] * 8 + [429, 429]  # every refusal has its row
+    assert rows[-1]["endpoint"] == "/v1/chat/completions" and rows[-1]["key_name"] is None
+
+
+def test_wrong_keys_are_counted_per_address_in_a_bounded_table() -> None:
+    now = [0.0]
+    guesses = RateLimiter(per_minute=10, burst=10, clock=lambda: now[0], max_callers=100)
+    for _ in range(10):
+        assert guesses.wait("10.0.0.2") == 0.0
+        guesses.take("10.0.0.2")
+    assert guesses.wait("10.0.0.2") == pytest.approx(6.0)  # ten a minute: one back in 6 s
+    assert guesses.wait("10.0.0.3") == 0.0  # another address is unaffected
+    assert len(guesses) == 1  # looking does not add an entry
+    now[0] += 6.0
+    assert guesses.wait("10.0.0.2") == 0.0
+    for i in range(1000):
+        guesses.take(f"10.1.{i // 256}.{i % 256}")
+    assert len(guesses) == 100
+
+
 async def test_rate_limit_per_key_answers_429_with_retry_after(
     make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
@@ -297,6 +345,7 @@ async def test_full_wait_queue_gets_503_and_waiting_requests_complete(
         ({"keys": [{"name": "a", "key": "k1", "kye": 1}]}, "unknown key 'auth.keys[0].kye'"),
         ({"keys": "s3cret-value"}, "'auth.keys' must be a list of {name, key} entries, got a string"),
         ({"rate_limit": -1}, "'auth.rate_limit' must be 0 (no limit) or more"),
+        ({"max_failures": -1}, "'auth.max_failures' must be 0 (no limit) or more"),
         ({"exempt": ["health"]}, "'auth.exempt[0]' must be a path starting with /"),
     ],
 )  # fmt: skip

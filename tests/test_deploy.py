@@ -46,6 +46,8 @@ def test_unit_has_the_keys_the_proxy_relies_on() -> None:
     assert service["ProtectSystem"] == "strict"
     # TCP for clients and backend, AF_UNIX for systemd's notify socket.
     assert service["RestrictAddressFamilies"].split() == ["AF_INET", "AF_INET6", "AF_UNIX"]
+    # Room for server.max_connections (512 by default) and the backend's connections, well past 1024.
+    assert int(service["LimitNOFILE"]) >= 8 * 512
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 

@@ -14,7 +14,7 @@ import ollama
 import orjson
 import pytest
 
-from . import raw_backend as raw
+from . import raw, raw_backend
 from .conftest import MakeProxy, Proxy, read_rows
 from .ollama_double import ANSWER, OllamaDouble
 
@@ -239,6 +239,49 @@ async def test_client_disconnect_mid_stream_is_recorded(
     assert row["response"].startswith("The") and row["response"] != "The sky is blue."
 
 
+@pytest.mark.parametrize("endpoint", ["/api/chat", "/api/generate"])
+async def test_client_that_leaves_before_a_whole_answer_is_recorded_as_499(
+    endpoint: str, proxy: Proxy, ollama_double: tuple[OllamaDouble, str]
+) -> None:
+    double, _ = ollama_double
+    double.hold_whole = asyncio.Event()
+    body = orjson.dumps({"model": "llama2", "messages": USER, "prompt": "Hi", "stream": False})
+    _, writer = await asyncio.open_connection(*raw.address(proxy.url))
+    writer.write(raw.request("POST", endpoint.encode(), {b"Content-Type": b"application/json"}, body))
+    await writer.drain()
+    for _ in range(500):  # bounded: 5 s for the request to reach the backend
+        if double.requests:
+            break
+        await asyncio.sleep(0.01)
+    writer.close()  # the user gives up while the model thinks
+    await writer.wait_closed()
+    # The proxy reads the hang-up before a request sent after it: once that is
+    # answered, the proxy knows its first client is gone.
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/health/live") as resp:
+        assert resp.status == 200
+    double.hold_whole.set()
+    [row] = await proxy.wait_rows(1)
+    assert (row["endpoint"], row["status_code"], row["error"]) == (endpoint, 499, "client disconnected")
+    assert row["response"] == "The sky is blue."  # what the backend answered, though nobody got it
+
+
+async def test_client_that_leaves_while_sending_its_body_is_recorded_as_499(proxy: Proxy) -> None:
+    head = raw.request("POST", b"/api/chat", {b"Content-Length": b"1000"})  # 1000 bytes announced
+    _, writer = await asyncio.open_connection(*raw.address(proxy.url))
+    writer.write(head + b'{"model": "llama2", "messages": [')  # and then no more
+    await writer.drain()
+    async with aiohttp.ClientSession() as http:
+        for _ in range(250):  # bounded: 5 s for the proxy to start on the request
+            async with http.get(f"{proxy.url}/metrics") as resp:
+                if "llm_proxy_requests_in_flight 1.0" in await resp.text():
+                    break
+            await asyncio.sleep(0.02)
+    writer.close()
+    await writer.wait_closed()
+    [row] = await proxy.wait_rows(1)
+    assert (row["endpoint"], row["status_code"], row["error"]) == ("/api/chat", 499, "client disconnected")
+
+
 async def test_backend_dying_mid_stream_ends_with_an_error_line(
     proxy: Proxy, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
@@ -444,16 +487,16 @@ async def test_an_error_line_mid_stream_is_recorded_as_the_translating_backend_r
 ) -> None:
     # Ollama reports a failure after the 200 header as an {"error"} line. The row
     # follows the one rule: the error, with status 500 as no other is named.
-    async def breaks(request: raw.RawRequest, writer: asyncio.StreamWriter) -> bool:
+    async def breaks(request: raw_backend.RawRequest, writer: asyncio.StreamWriter) -> bool:
         first = b'{"model":"llama3.2","created_at":"2026-12-01T00:00:00Z",'
         first += b'"message":{"role":"assistant","content":"The"},"done":false}\n'
         error = b'{"error":"llama runner process has terminated"}\n'
-        writer.write(raw.head(content_type="application/x-ndjson", Transfer_Encoding="chunked"))
-        writer.write(raw.chunk(first) + raw.chunk(error) + b"0\r\n\r\n")
+        writer.write(raw_backend.head(content_type="application/x-ndjson", Transfer_Encoding="chunked"))
+        writer.write(raw_backend.chunk(first) + raw_backend.chunk(error) + b"0\r\n\r\n")
         await writer.drain()
         return False
 
-    async with raw.raw_backend(breaks) as backend:
+    async with raw_backend.raw_backend(breaks) as backend:
         proxy = await make_proxy(backend.url)
         stream = await ollama.AsyncClient(host=proxy.url).chat(model="llama3.2", messages=USER, stream=True)
         with pytest.raises(ollama.ResponseError) as caught:

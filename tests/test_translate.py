@@ -907,6 +907,30 @@ def test_options_mapping() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("top_k", 2**31), ("repeat_last_n", -(2**31) - 1), ("num_predict", 3e9), ("num_keep", 2**40)],
+)
+def test_integer_options_llama_server_cannot_hold_are_400_naming_them(key: str, value: float) -> None:
+    with pytest.raises(BadRequest) as caught:
+        chat_request({"messages": [], "options": {key: value}}, "m", {})
+    assert (
+        caught.value.message
+        == f"'options.{key}' must be a number from -2147483648 to 2147483647 for llama-server"
+    )
+
+
+def test_integer_options_at_llama_servers_limits_pass() -> None:
+    options = {"top_k": 2**31 - 1, "mirostat": -(2**31), "num_predict": float(2**31 - 1), "seed": -(2**63)}
+    out = chat_request({"messages": [], "options": options}, "m", {})
+    assert (out["top_k"], out["mirostat"], out["max_tokens"], out["seed"]) == (
+        2**31 - 1,
+        -(2**31),
+        2**31 - 1,
+        -(2**63),
+    )
+
+
 @pytest.mark.parametrize("value", [-1, -2, -5, -1.0])
 def test_negative_num_predict_is_omitted(value: float) -> None:
     out = chat_request({"messages": [], "options": {"num_predict": value}}, "m", {})

@@ -17,6 +17,7 @@ from llm_proxy.audit.exchange import COLUMNS, Exchange
 from llm_proxy.errors import BadRequest
 
 from .conftest import Proxy
+from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
@@ -48,6 +49,11 @@ BAD = [
     ("/api/chat", {"model": M, "options": {"temperature": "hot"}}, "'options.temperature' must be a number"),
     ("/api/chat", {"model": M, "options": {"num_ctx": True}}, "'options.num_ctx' must be a number, got true"),
     ("/api/chat", {"model": M, "options": {"use_mmap": 1}}, "'options.use_mmap' must be true or false"),
+    ("/api/chat", {"model": M, "options": {"num_predict": 1e30}},
+     "'options.num_predict' must be a number from -2^63 to 2^63-1"),
+    ("/api/generate", {"model": M, "options": {"top_k": float(2**64)}},
+     "'options.top_k' must be a number from -2^63 to 2^63-1"),
+    ("/api/embed", {"model": M, "options": {"seed": -1e19}}, "'options.seed' must be a number from -2^63"),
     ("/api/chat", {"model": M, "options": {"stop": [1]}},
      "'options.stop' must be a string or a list of strings"),
     ("/api/chat", {"model": M, "format": 5}, "'format' must be \"json\" or a JSON schema object"),
@@ -82,6 +88,7 @@ GOOD = [
         "keep_alive": "-1s", "options": {"num_ctx": 8192.0, "stop": "\n", "new_option": [1]},
         "format": {"type": "object"}, "stream": None}),
     ("/api/chat", {"model": M, "messages": USER, "think": "high", "keep_alive": 300, "brand_new": {"x": 1}}),
+    ("/api/chat", {"model": M, "options": {"seed": 2**63 - 1, "top_k": 2**40, "num_predict": -1}}),
     ("/api/generate", {"model": M, "prompt": "p", "context": [1, 2], "raw": True, "format": "json"}),
     ("/api/embed", {"model": M, "input": ["a", "b"], "dimensions": 3, "truncate": True}),
     ("/api/create", {"model": M, "from": M, "license": ["MIT"], "parameters": {"temperature": 1}}),
@@ -147,6 +154,65 @@ async def test_the_openai_backend_gets_the_same_edge(oproxy: Proxy) -> None:
         )
     assert caught.value.status_code == 400
     assert caught.value.error == "'messages[0].images[0]' must be base64 image data"
+
+
+async def test_integer_options_out_of_llama_servers_range_are_400_not_500(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    double, _ = llama_double
+    # The options as JSON text: 2**64 is valid JSON, which orjson will not write.
+    sent = [
+        (
+            "/api/chat",
+            b'{"num_predict": 1e30}',
+            "'options.num_predict' must be a number from -2^63 to 2^63-1",
+        ),
+        ("/api/generate", b'{"top_k": 18446744073709551616}', "'options.top_k' must be a number from -2^63"),
+        (
+            "/api/chat",
+            b'{"top_k": 1099511627776}',
+            "'options.top_k' must be a number from -2147483648 to 2147483647",
+        ),
+        ("/api/generate", b'{"num_predict": 3e9}', "'options.num_predict' must be a number from -2147483648"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for endpoint, options, message in sent:
+            data = b'{"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi", '
+            async with http.post(
+                f"{oproxy.url}{endpoint}", data=data + b'"options": ' + options + b"}"
+            ) as resp:
+                assert resp.status == 400, (endpoint, options)
+                assert (await resp.json())["error"].startswith(message)
+        body = {
+            "model": "smollm2",
+            "messages": USER,
+            "stream": False,
+            "options": {"seed": 2**40, "top_k": 40.0},
+        }
+        async with http.post(f"{oproxy.url}/api/chat", json=body) as resp:
+            assert resp.status == 200  # a seed wraps to 32 bits there, as it does in Ollama
+    assert [path for path, _ in double.requests] == ["/v1/chat/completions"]  # only the good one
+    assert double.requests[0][1]["seed"] == 2**40 and double.requests[0][1]["top_k"] == 40
+    rows = await oproxy.wait_rows(len(sent) + 1)
+    assert [r["status_code"] for r in rows] == [400] * len(sent) + [200]
+
+
+async def test_out_of_range_numbers_on_v1_never_make_a_500(oproxy: Proxy) -> None:
+    """/v1 is a relay: numbers no int holds pass to the backend, whatever it makes of them."""
+    big = b'{"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e30, '
+    big += b'"n": 18446744073709551616, "seed": -9223372036854775809, "top_k": 1e400000000}'
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{oproxy.url}/v1/chat/completions", data=big) as resp:
+            assert resp.status == 400  # 1e400000000 is infinity: not JSON the parser takes
+        fixed = big.replace(b"1e400000000", b"18446744073709551616")
+        for stream in (b"false", b"true"):
+            async with http.post(
+                f"{oproxy.url}/v1/chat/completions", data=fixed[:-1] + b', "stream": ' + stream + b"}"
+            ) as resp:
+                assert resp.status == 200
+                await resp.read()
+    rows = await oproxy.wait_rows(3)
+    assert [r["status_code"] for r in rows] == [400, 200, 200]
 
 
 def nested(depth: int) -> bytes:

@@ -7,27 +7,60 @@ the same words, whichever endpoint it was sent to.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from .. import keys
 from ..audit.exchange import Exchange
+from ..audit.middleware import why_cut_off
 from ..backends.base import Call
 from ..config import Config
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, ClientGone, PayloadTooLarge, RequestTimeout
 
 
 async def read(request: web.Request) -> bytes:
-    """The whole body, up to ``server.max_body_mb``; 413 beyond it."""
+    """The whole body, up to ``server.max_body_mb``; 413 beyond it, 408 when the client falls silent."""
     limit = request.client_max_size
     # A declared length over the limit is refused before a byte of it is read.
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
-        return await request.read()
+        if request.content.is_eof():  # it all came with the headers: nothing to wait for
+            return await request.read()
+        return await _read_while_it_comes(request, limit)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except ConnectionError:  # aiohttp fails the body with "Connection lost" when the client leaves
+        raise ClientGone(why_cut_off(request)) from None
+
+
+async def _read_while_it_comes(request: web.Request, limit: int) -> bytes:
+    """The body, each silence bounded by ``server.keepalive_timeout``.
+
+    aiohttp waits for body bytes without end: a client that sends its headers
+    and then trickles (or nothing, or a chunk its parser refuses, which aiohttp
+    never reports to the reader) would hold its connection, and a place under
+    ``server.max_connections``, for good.
+    """
+    silence = request.app[keys.CONFIG].server.keepalive_timeout
+    loop = asyncio.get_running_loop()
+    body = bytearray()
+    try:
+        async with asyncio.timeout(silence) as quiet:
+            while chunk := await request.content.readany():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(limit)
+                quiet.reschedule(loop.time() + silence)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the client sent nothing for {silence:g} s in the middle of its request body "
+            "(server.keepalive_timeout)"
+        ) from None
+    return bytes(body)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

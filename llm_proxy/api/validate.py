@@ -31,6 +31,14 @@ NUMBER_OPTIONS = frozenset({
     "num_thread",
 })  # fmt: skip
 BOOL_OPTIONS = frozenset({"numa", "low_vram", "f16_kv", "vocab_only", "use_mmap", "use_mlock"})
+# The number options Ollama reads into Go ints (64 bits). A float is truncated
+# there, so 40.5 passes; 1e30 or 2**64 fits no int, and the openai backend's
+# translation raised TypeError on it (a 500).
+INTEGER_OPTIONS = frozenset({
+    "num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "mirostat", "num_ctx",
+    "num_batch", "num_gpu", "main_gpu", "num_thread",
+})  # fmt: skip
+INT64 = (-(2**63), 2**63 - 1)
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _SPACE = re.compile(r"\s+")
@@ -96,6 +104,12 @@ def _number(value: Any, field: str) -> None:
         raise BadRequest(f"'{field}' must be a number, {_got(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise BadRequest(f"'{field}' must be a finite number")
+
+
+def in_range(value: float, field: str, low: int, high: int, low_text: str, high_text: str) -> None:
+    """400 unless ``low <= value <= high`` (the bounds as the message shows them)."""
+    if not low <= value <= high:
+        raise BadRequest(f"'{field}' must be a number from {low_text} to {high_text}")
 
 
 def _integer(value: Any, field: str) -> None:
@@ -172,6 +186,8 @@ def _options(value: Any, field: str) -> None:
         name = f"{field}.{key}"
         if key in NUMBER_OPTIONS:
             _number(item, name)
+            if key in INTEGER_OPTIONS:
+                in_range(item, name, *INT64, "-2^63", "2^63-1")
         elif key in BOOL_OPTIONS:
             _boolean(item, name)
         elif key == "stop":

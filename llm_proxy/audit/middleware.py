@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from .. import keys
 from ..errors import ProxyError
+from ..middlewares import header_text
 from .exchange import Exchange
 
 CLIENT_GONE = 499  # nginx's and Ollama's status for "the client closed the request"
@@ -40,7 +41,7 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         api="openai" if request.path.startswith("/v1/") else "ollama",
         request_id=request.get(keys.REQUEST_ID),
         client_addr=request.remote,
-        user_agent=request.headers.get("User-Agent"),
+        user_agent=header_text(request, "User-Agent"),
     )
     request[keys.EXCHANGE] = exchange
     try:
@@ -64,11 +65,28 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
     else:
         if exchange.status_code is None:
             exchange.status_code = response.status
+        if not response.prepared:
+            await send_whole(request, response, exchange)
         return response
     finally:
         exchange.finish()
         recorder.submit(exchange)
         console.summary(exchange)
+
+
+async def send_whole(request: web.Request, response: web.StreamResponse, exchange: Exchange) -> None:
+    """Send a whole answer now, so its row says whether the client was still there to get it.
+
+    Handlers are not cancelled when a client leaves (the CLI serves with
+    handler_cancellation=False): one that waited for a whole answer returns it
+    all the same, and aiohttp, writing it later, drops it without a word. The
+    row said 200. aiohttp sends nothing more for a prepared response.
+    """
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:  # aiohttp's ClientConnectionResetError is one: the transport is gone
+        exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
 
 
 def why_cut_off(request: web.Request) -> str:

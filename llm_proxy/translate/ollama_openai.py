@@ -137,6 +137,20 @@ def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+# llama-server reads its integer sampling fields as C ints (nlohmann's
+# get<int32_t>), silently wrapping anything larger: 2**32 for top_k would be 0.
+# The seed is the exception: a uint32 there, wrapped as Ollama wraps it too.
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _int32(value: int | float, key: str) -> int | float:
+    """An integer option as llama-server can read it; 400 naming it when it cannot."""
+    low, high = _INT32
+    if key != "seed" and not low <= value <= high:
+        raise BadRequest(f"'options.{key}' must be a number from {low} to {high} for llama-server")
+    return _as_int(value)
+
+
 def _as_int(value: Any) -> Any:
     """Turn an integer-valued float into an int; leave anything else alone."""
     if isinstance(value, float) and value.is_integer():
@@ -450,18 +464,18 @@ def _apply_options(options: Any, out: JSONDict) -> None:
         if key in _SAME_NAME_OPTIONS:
             if not _is_number(value):
                 raise BadRequest(f"options.{key} must be a number")
-            out[key] = _as_int(value) if key in _INT_OPTIONS else value
+            out[key] = _int32(value, key) if key in _INT_OPTIONS else value
         elif key == "num_predict":
             if not _is_number(value):
                 raise BadRequest("options.num_predict must be a number")
             # -1 (unlimited) and -2 (fill the context) are Ollama's; newer
             # llama-server rejects negatives, and omitting means unlimited.
             if value >= 0:
-                out["max_tokens"] = int(value)
+                out["max_tokens"] = int(_int32(value, key))
         elif key == "num_keep":
             if not _is_number(value):
                 raise BadRequest("options.num_keep must be a number")
-            out["n_keep"] = int(value)
+            out["n_keep"] = int(_int32(value, key))
         elif key == "stop":
             if isinstance(value, str):
                 out["stop"] = [value]
