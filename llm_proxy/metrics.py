@@ -99,10 +99,12 @@ class Metrics:
         if exchange is not None:
             if exchange.ttft_ms is not None:
                 ttft.observe(exchange.ttft_ms / 1000)
-            if exchange.prompt_tokens:
-                self.tokens.labels(model, "in").inc(exchange.prompt_tokens)
-            if exchange.completion_tokens:
-                self.tokens.labels(model, "out").inc(exchange.completion_tokens)
+            # A backend's count is counted only when it is one: prometheus-client
+            # raises on a negative increment, which cut the client's answer off.
+            if prompt := _count(exchange.prompt_tokens):
+                self.tokens.labels(model, "in").inc(prompt)
+            if completion := _count(exchange.completion_tokens):
+                self.tokens.labels(model, "out").inc(completion)
         kind = backend_error_kind(failure)
         if kind is not None:
             self.backend_errors.labels(kind).inc()
@@ -110,6 +112,11 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+def _count(value: object) -> int:
+    """A reported token count, or 0 when it is not a positive integer."""
+    return value if type(value) is int and value > 0 else 0
 
 
 class AuditCollector(Collector):
@@ -132,7 +139,12 @@ class AuditCollector(Collector):
         yield CounterMetricFamily("llm_proxy_audit_rows_written", "Audit rows written to SQLite.",
                                   value=recorder.written)  # fmt: skip
         yield CounterMetricFamily("llm_proxy_audit_write_failures", "Audit batch writes that failed "
-                                  "(each is retried; rows are kept).", value=recorder.failures)  # fmt: skip
+                                  "(retried, or split to find the row refused).",
+                                  value=recorder.failures)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_audit_rows_reduced", "Audit rows SQLite refused, stored as "
+                                  "metadata and the reason only.", value=recorder.reduced)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_audit_rows_lost", "Audit rows not stored at all (each is "
+                                  "logged at ERROR).", value=recorder.lost)  # fmt: skip
 
 
 async def scrape(request: web.Request) -> web.Response:

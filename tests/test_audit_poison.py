@@ -9,15 +9,21 @@ one after it, and reads both back with sqlite3, as a user would.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
+from aiohttp import web
 
-from llm_proxy.audit.exchange import Exchange
+from llm_proxy import keys
+from llm_proxy.audit.exchange import COLUMNS, Exchange
 from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
 
@@ -39,8 +45,19 @@ async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
     await store.close()
 
 
-def good(n: int) -> Exchange:
-    e = Exchange(endpoint="/api/chat", method="POST", backend_type="ollama", prompt=f"good {n}")
+class Unchecked(Exchange):
+    """An exchange whose row skips the edge's checks: what a new column or a bug could let through."""
+
+    __slots__ = ("poison",)
+
+    def row(self) -> tuple[Any, ...]:
+        values = dict(zip(COLUMNS, Exchange.row(self), strict=True))
+        values.update(self.poison)
+        return tuple(values.values())
+
+
+def good(n: int, kind: type[Exchange] = Exchange) -> Exchange:
+    e = kind(endpoint="/api/chat", method="POST", backend_type="ollama", prompt=f"good {n}")
     e.response, e.status_code, e.prompt_tokens, e.completion_tokens = f"answer {n}", 200, 3, 5
     e.user_agent, e.request_id = "ollama-python/0.6", f"req-{n}"
     e.finish()
@@ -159,3 +176,195 @@ async def test_a_poisoned_value_is_stored_as_it_can_be_and_the_trail_goes_on(
         assert first["prompt"] == "good 0"  # the rest of the row is there
     assert (after["prompt"], after["response"], after["prompt_tokens"]) == ("good 1", "answer 1", 3)
     await then_keeps_writing(recorder, db, 2)
+    assert (recorder.reduced, recorder.lost) == (0, 0)
+
+
+# The writer's last line of defence: values that reach the store unchecked.
+# (column, poison, the error SQLite or the driver raises)
+RAW: list[tuple[str, Any, str]] = []
+for name in COLUMNS:
+    if name in ("stream", "status_code", "latency_ms", "prompt_tokens", "completion_tokens", "ttfb_ms",
+                "ttft_ms"):  # fmt: skip
+        RAW += [
+            (name, 2**63, "OverflowError"),
+            (name, -(2**63) - 1, "OverflowError"),
+            (name, 2**64, "OverflowError"),
+        ]
+    else:
+        RAW += [(name, "x\udcff", "UnicodeEncodeError"), (name, ["a list"], "ProgrammingError")]
+    # Compacted bodies meet the scanner (a TypeError) before SQLite.
+    RAW.append(
+        (name, object(), "TypeError" if name in ("request_body", "backend_request") else "ProgrammingError")
+    )
+RAW += [(name, None, "IntegrityError") for name in ("timestamp", "endpoint", "method", "api")]  # NOT NULL
+
+
+def assert_reduced(row: dict[str, Any], error: str, n: int = 0) -> None:
+    """A reduced row: the exchange's metadata, no content, and why."""
+    assert row["error"].startswith(f"row could not be stored: {error}"), row["error"]
+    assert (row["endpoint"], row["method"], row["status_code"], row["request_id"]) == (
+        "/api/chat", "POST", 200, f"req-{n}",
+    )  # fmt: skip
+    assert (row["prompt"], row["response"], row["user_agent"], row["prompt_tokens"]) == (None,) * 4
+    assert TIMESTAMP.fullmatch(row["timestamp"])
+
+
+@pytest.mark.parametrize(("column", "poison", "error"), RAW, ids=[f"{c[0]}={c[2]}" for c in RAW])
+async def test_a_row_the_store_refuses_is_stored_reduced_and_the_trail_goes_on(
+    writer: Writer, column: str, poison: Any, error: str
+) -> None:
+    recorder, db = writer
+    poisoned = good(0, Unchecked)
+    poisoned.poison = {column: poison}  # type: ignore[attr-defined]
+    recorder.submit(poisoned)
+    recorder.submit(good(1))
+    first, after = await rows_when(db, 2)
+    assert_reduced(first, error)
+    assert (after["prompt"], after["response"], after["prompt_tokens"]) == ("good 1", "answer 1", 3)
+    await then_keeps_writing(recorder, db, 2)
+    assert (recorder.reduced, recorder.lost, recorder.written) == (1, 0, 3)
+
+
+async def test_one_refused_row_in_a_batch_leaves_the_others_whole(
+    writer: Writer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch is split until the good rows land; only the poisoned one is reduced."""
+    recorder, db = writer
+    batch = [good(n) for n in range(40)]
+    batch[17] = good(17, Unchecked)
+    batch[17].poison = {"user_agent": "x\udcff"}  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR, logger="llm_proxy.audit"):
+        for e in batch:
+            recorder.submit(e)  # all queued before the writer wakes: one batch
+        found = await rows_when(db, 40)
+    assert [r["prompt"] for r in found] == [None if n == 17 else f"good {n}" for n in range(40)]
+    assert_reduced(found[17], "UnicodeEncodeError", 17)  # in its place: the halves land in order
+    assert all(r["error"] is None and r["response"] for r in found if r["id"] != found[17]["id"])
+    assert "audit row refused (UnicodeEncodeError" in caplog.text
+    assert (recorder.reduced, recorder.lost) == (1, 0)
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+    __repr__ = __str__
+
+
+async def test_a_row_that_cannot_even_be_built_is_stored_reduced(writer: Writer) -> None:
+    recorder, db = writer
+    poisoned = good(0)
+    poisoned.model = Unprintable()  # type: ignore[assignment]
+    recorder.submit(poisoned)
+    recorder.submit(good(1))
+    first, after = await rows_when(db, 2)
+    assert_reduced(first, "RuntimeError: no text for you")
+    assert after["prompt"] == "good 1"
+    assert (recorder.reduced, recorder.lost) == (1, 0)
+
+
+async def test_metadata_mode_reduces_tool_calls_it_cannot_read(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "audit.db"), store_bodies="metadata")
+    await store.open()
+    recorder = Recorder(store, limit=10)
+    recorder.start()
+    poisoned = good(0)
+    poisoned.tool_calls = "not JSON"  # type: ignore[assignment]
+    recorder.submit(poisoned)
+    recorder.submit(good(1))
+    await recorder.close()
+    await store.close()
+    first, after = read_rows(tmp_path / "audit.db", 2)
+    assert_reduced(first, "JSONDecodeError")
+    assert (after["error"], after["prompt"], after["status_code"]) == (None, None, 200)
+
+
+async def test_a_row_refused_even_reduced_is_logged_with_its_metadata(
+    writer: Writer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a broken database refuses a reduced row; the log line then keeps what it can."""
+    recorder, db = writer
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE logs")  # no such table: not a locked or full database, so not retried
+    with caplog.at_level(logging.ERROR, logger="llm_proxy.audit"):
+        recorder.submit(good(0))
+        await recorder.close()
+    assert (recorder.written, recorder.reduced, recorder.lost) == (0, 0, 1)
+    lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit row lost")]
+    assert len(lost) == 1 and "no such table: logs" in lost[0]
+    assert "'endpoint': '/api/chat'" in lost[0] and "'request_id': 'req-0'" in lost[0]
+
+
+async def raw_get(url: str, path: str, *headers: bytes) -> bytes:
+    """Send a request byte for byte (HTTP clients refuse to send bytes that are not UTF-8)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" % path.encode())
+    writer.write(b"".join(h + b"\r\n" for h in headers) + b"\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_a_header_that_is_not_utf8_is_stored_escaped(proxy: Any) -> None:
+    """The issue's reproduction: curl -H $'User-Agent: x\\xff' http://127.0.0.1:11434/api/tags."""
+    answer = await raw_get(proxy.url, "/api/tags", b"User-Agent: x\xff")
+    assert answer.startswith(b"HTTP/1.1 200")
+    answer = await raw_get(proxy.url, "/api/tags", b"X-Request-Id: r\xfe1")  # the same for the id
+    assert answer.startswith(b"HTTP/1.1 200")
+    answer = await raw_get(proxy.url, "/api/tags", b"User-Agent: curl/8.5.0")
+    assert answer.startswith(b"HTTP/1.1 200")
+    rows = await proxy.wait_rows(3)
+    assert [(r["status_code"], r["user_agent"], r["error"]) for r in rows] == [
+        (200, "x\\xff", None),
+        (200, None, None),
+        (200, "curl/8.5.0", None),
+    ]
+    assert rows[1]["request_id"] == "r\\xfe1"
+
+
+async def test_token_counts_a_backend_gets_wrong_are_not_stored_and_say_so(
+    aiohttp_server: Any, make_proxy: Any
+) -> None:
+    """A backend reporting 2**63 prompt tokens (or -1 answer tokens) no longer stops the trail."""
+    counts = iter([(2**63, -1), (26, 5)])
+
+    async def generate(request: web.Request) -> web.Response:
+        prompt, answer = next(counts)
+        body = {"model": "m", "created_at": "2026-11-22T04:05:06Z", "response": "hi", "done": True,
+                "done_reason": "stop", "prompt_eval_count": prompt, "eval_count": answer}  # fmt: skip
+        return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
+
+    backend = web.Application()
+    backend.router.add_post("/api/generate", generate)
+    server = await aiohttp_server(backend, host="127.0.0.1")
+    proxy = await make_proxy(str(server.make_url("")).rstrip("/"))
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.post(f"{proxy.url}/api/generate", json={"model": "m", "prompt": "x"}) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["response"] == "hi"
+    rows = await proxy.wait_rows(2)
+    assert [(r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [(None, None), (26, 5)]
+    assert rows[0]["error"] == (
+        "prompt_tokens 9223372036854775808 out of range: not stored; "
+        "completion_tokens -1 is negative: not stored"
+    )
+    assert rows[1]["error"] is None
+
+
+async def test_reduced_rows_are_counted_in_the_metrics(proxy: Any) -> None:
+    recorder = proxy.app[keys.RECORDER]
+    poisoned = good(0, Unchecked)
+    poisoned.poison = {"prompt_tokens": 2**64}  # type: ignore[attr-defined]
+    recorder.submit(poisoned)
+    recorder.submit(good(1))
+    rows = await proxy.wait_rows(2)
+    assert_reduced(rows[0], "OverflowError")
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/metrics") as resp:
+        text = await resp.text()
+    assert "llm_proxy_audit_rows_reduced_total 1.0" in text.splitlines()
+    assert "llm_proxy_audit_rows_lost_total 0.0" in text.splitlines()
+    assert "llm_proxy_audit_rows_written_total 2.0" in text.splitlines()

@@ -40,6 +40,26 @@ _INSERT_BLOB_HEAD = "INSERT OR IGNORE INTO blobs (hash, data) VALUES "
 # up and takes it back, which under load left the event loop waiting on this
 # thread (p99 at concurrency 1 doubled).
 GROUPS = (64, 16, 4, 1)
+# SQLite's primary result codes that are the database's trouble, not the rows':
+# a write that failed so is retried with its rows kept. https://www.sqlite.org/rescode.html
+_TRANSIENT_CODES = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOMEM,
+    sqlite3.SQLITE_SCHEMA,
+})  # fmt: skip
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed write is the database's trouble (retry it) rather than its rows' (don't)."""
+    if isinstance(exc, (OSError, MemoryError)):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code is None:
+        return False  # a value refused before SQLite saw it: binding, encoding, JSON
+    if code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+        # Someone else's row took the id we gave ours; the retry reads the ids again.
+        return "logs.id" in str(exc)
+    return code & 0xFF in _TRANSIENT_CODES
 
 
 class Store:
