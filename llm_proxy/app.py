@@ -67,7 +67,7 @@ async def _stopping(app: web.Application) -> None:
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    store = Store(config.database.path, config.database.store_bodies)
+    store = Store(config.database.path, config.database.store_bodies, config.database.max_body_kb)
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)

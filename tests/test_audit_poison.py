@@ -25,7 +25,7 @@ from aiohttp import web
 from llm_proxy import keys
 from llm_proxy.audit.exchange import COLUMNS, Exchange
 from llm_proxy.audit.recorder import Recorder
-from llm_proxy.audit.store import Store
+from llm_proxy.audit.store import TEXT_COLUMNS, Store
 
 from .conftest import read_rows
 
@@ -192,10 +192,8 @@ for name in COLUMNS:
         ]
     else:
         RAW += [(name, "x\udcff", "UnicodeEncodeError"), (name, ["a list"], "ProgrammingError")]
-    # Compacted bodies meet the scanner (a TypeError) before SQLite.
-    RAW.append(
-        (name, object(), "TypeError" if name in ("request_body", "backend_request") else "ProgrammingError")
-    )
+    # Capped and compacted texts meet len() (a TypeError) before SQLite.
+    RAW.append((name, object(), "TypeError" if name in TEXT_COLUMNS else "ProgrammingError"))
 RAW += [(name, None, "IntegrityError") for name in ("timestamp", "endpoint", "method", "api")]  # NOT NULL
 
 
@@ -368,3 +366,34 @@ async def test_reduced_rows_are_counted_in_the_metrics(proxy: Any) -> None:
     assert "llm_proxy_audit_rows_reduced_total 1.0" in text.splitlines()
     assert "llm_proxy_audit_rows_lost_total 0.0" in text.splitlines()
     assert "llm_proxy_audit_rows_written_total 2.0" in text.splitlines()
+
+
+async def test_a_long_exchange_reaches_everyone_whole_and_is_stored_cut(
+    aiohttp_server: Any, make_proxy: Any
+) -> None:
+    """database.max_body_kb caps the stored copy only: backend and client get every byte."""
+    received: list[bytes] = []
+    answer = "All the lights are on. " * 400  # 9200 bytes
+
+    async def generate(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        body = {"model": "m", "created_at": "2026-11-22T04:05:06Z", "response": answer, "done": True}
+        return web.json_response(body)
+
+    backend = web.Application()
+    backend.router.add_post("/api/generate", generate)
+    server = await aiohttp_server(backend, host="127.0.0.1")
+    proxy = await make_proxy(str(server.make_url("")).rstrip("/"), database={"max_body_kb": 2})
+    prompt = "Turn on every light in the house. " * 200  # 6800 bytes
+    async with aiohttp.ClientSession() as http:
+        request = {"model": "m", "prompt": prompt, "stream": False}
+        async with http.post(f"{proxy.url}/api/generate", json=request) as resp:
+            assert (await resp.json())["response"] == answer
+    assert orjson.loads(received[0])["prompt"] == prompt
+    [row] = await proxy.wait_rows(1)
+    sizes = orjson.loads(row["truncated"])
+    assert sizes["prompt"] == len(prompt) and sizes["response"] == len(answer)
+    assert sizes["request_body"] > len(prompt) and sizes["response_body"] > len(answer)
+    assert row["prompt"] == prompt[:2048] and row["response"] == answer[:2048]
+    assert len(row["request_body"]) == len(row["response_body"]) == 2048
+    assert row["error"] is None and row["status_code"] == 200

@@ -16,16 +16,18 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from ..config import DatabaseConfig
 from .compact import pack
 from .exchange import COLUMNS
 from .migrate import migrate
 from .turns import TurnTracker, chat_messages, message_keys
 
-# What ``database.store_bodies: metadata`` leaves out of a row.
+# What ``database.store_bodies: metadata`` leaves out of a row, and what
+# ``database.max_body_kb`` caps the stored copy of.
 TEXT_COLUMNS = ("prompt", "response", "request_body", "backend_request", "response_body", "thinking")
 # Body columns stored compactly, and the column holding each one's recipe.
 COMPACTED = (("request_body", "request_parts"), ("backend_request", "backend_request_parts"))
-STORED = (*COLUMNS, "request_parts", "backend_request_parts", "turn_id")
+STORED = (*COLUMNS, "request_parts", "backend_request_parts", "turn_id", "truncated")
 _INSERT_HEAD = f"INSERT INTO logs (id, {', '.join(STORED)}) VALUES "
 _ROW_MARKS = f"(?, {', '.join('?' * len(STORED))})"
 # The largest id ever used in logs (AUTOINCREMENT never reuses one).
@@ -65,9 +67,12 @@ def transient(exc: BaseException) -> bool:
 class Store:
     """One aiosqlite connection that writes ``logs`` rows in batches."""
 
-    def __init__(self, path: str, store_bodies: str = "full") -> None:
+    def __init__(
+        self, path: str, store_bodies: str = "full", max_body_kb: int = DatabaseConfig.max_body_kb
+    ) -> None:
         self.path = path
         self.store_bodies = store_bodies
+        self.max_body = max_body_kb * 1024  # bytes; 0: no limit
         self.lock = asyncio.Lock()
         self.turns = TurnTracker()
         self._db: aiosqlite.Connection | None = None
@@ -126,9 +131,11 @@ class Store:
             turn_id = self.turns.continues(client, messages, keys) or row_id
             self.turns.record(client, keys, turn_id)
         values["turn_id"] = turn_id
-        values["request_parts"] = values["backend_request_parts"] = None
+        values["request_parts"] = values["backend_request_parts"] = values["truncated"] = None
         if self.store_bodies == "metadata":
             _strip_text(values)
+        elif self.max_body:
+            _cap(values, self.max_body)
         for column, parts in COMPACTED:
             packed = pack(values[column])
             if packed is not None:
@@ -242,6 +249,29 @@ def _insert(conn: sqlite3.Connection, head: str, marks: str, rows: Sequence[tupl
 @functools.lru_cache(maxsize=16)
 def _statement(head: str, marks: str, size: int) -> str:
     return head + ", ".join([marks] * size)
+
+
+def _cap(values: dict[str, Any], limit: int) -> None:
+    """Cut each text of :data:`TEXT_COLUMNS` to ``limit`` bytes; ``truncated`` records full sizes."""
+    sizes = {}
+    for column in TEXT_COLUMNS:
+        text = values[column]
+        # A character is at most 4 bytes of UTF-8: most texts need no measuring at all.
+        if text is None or len(text) * 4 <= limit:
+            continue
+        if text.isascii():
+            size = len(text)
+            if size > limit:
+                values[column] = text[:limit]
+        else:
+            data = text.encode("utf-8")
+            size = len(data)
+            if size > limit:  # a character cut in two is left out
+                values[column] = data[:limit].decode("utf-8", errors="ignore")
+        if size > limit:
+            sizes[column] = size
+    if sizes:
+        values["truncated"] = orjson.dumps(sizes).decode()
 
 
 def _strip_text(values: dict[str, Any]) -> None:
