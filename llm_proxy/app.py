@@ -82,7 +82,10 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
         await retention.close()
         await recorder.close()
         await store.close()
-        log.info("audit trail closed: %d rows written, queue peak %d", recorder.written, recorder.peak)
+        log.info(
+            "audit trail closed: %d rows written (%d reduced), %d lost, queue peak %d",
+            recorder.written, recorder.reduced, recorder.lost, recorder.peak,
+        )  # fmt: skip
 
 
 async def _backend(app: web.Application) -> AsyncIterator[None]:

@@ -37,6 +37,7 @@ BATCH = 256  # rows per transaction at most
 # thousand requests a second, batches of one row cost more than the requests.
 GATHER = 0.01
 RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)  # seconds, then stays at the last
+WATCH = 1.0  # seconds between the idle writer's checks that the database file is still there
 # What the log line of a lost row shows of it (never bodies: they may be what broke it).
 METADATA = ("timestamp", "endpoint", "method", "status_code", "latency_ms", "request_id", "api")
 
@@ -103,7 +104,14 @@ class Recorder:
                 if self._closing:
                     return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                try:
+                    async with asyncio.timeout(WATCH):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    # Idle: notice a database file that went away all the same,
+                    # so that /health/ready recovers without waiting for a row.
+                    await self.store.follow()
+                    continue
                 if not self._closing:
                     await asyncio.sleep(GATHER)
                 continue

@@ -3,12 +3,23 @@
 Everything this process writes goes through one connection, and each
 transaction holds :attr:`Store.lock`, so the writer's batches and the
 retention task's small deletes take turns and never share a transaction.
+
+Rows go to the file that ``database.path`` names. Should that file be deleted,
+moved or replaced while the proxy runs, the open connection would go on
+writing into a file nobody can find: before and after each batch the store
+compares the path's inode with the one it opened (one ``stat``), and on a
+difference logs it at ERROR, checkpoints the old file, and opens (or creates
+and migrates) the file now at the path. Until that works, writes fail as
+transient and the writer keeps the rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -21,6 +32,8 @@ from .compact import pack
 from .exchange import COLUMNS
 from .migrate import migrate
 from .turns import TurnTracker, chat_messages, message_keys
+
+log = logging.getLogger("llm_proxy.audit")
 
 # What ``database.store_bodies: metadata`` leaves out of a row, and what
 # ``database.max_body_kb`` caps the stored copy of.
@@ -51,9 +64,18 @@ _TRANSIENT_CODES = frozenset({
 })  # fmt: skip
 
 
+# Free space below which /health/ready reports the disk as full: a batch of
+# capped rows fits many times over, and the reason shows before SQLite fails.
+MIN_FREE = 8 * 1024 * 1024
+
+
+class Unavailable(sqlite3.OperationalError):
+    """The database file cannot be written now: missing, replaced under the writer, not reopened yet."""
+
+
 def transient(exc: BaseException) -> bool:
     """Whether a failed write is the database's trouble (retry it) rather than its rows' (don't)."""
-    if isinstance(exc, (OSError, MemoryError)):
+    if isinstance(exc, (Unavailable, OSError, MemoryError)):
         return True
     code = getattr(exc, "sqlite_errorcode", None)
     if not isinstance(exc, sqlite3.Error) or code is None:
@@ -75,32 +97,43 @@ class Store:
         self.max_body = max_body_kb * 1024  # bytes; 0: no limit
         self.lock = asyncio.Lock()
         self.turns = TurnTracker()
+        self.min_free = MIN_FREE
+        self._folder = os.path.dirname(os.path.abspath(path))
+        # Why the last write failed, when it was the database's fault (cleared by a write that lands).
+        self.failing: str | None = None
         self._db: aiosqlite.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file the connection has open
         self._next_id: int | None = None  # the id the next row gets; None = read it from the table
 
     async def open(self) -> list[str]:
         """Apply pending migrations, then open the writer connection; returns migrations applied."""
         applied = migrate(self.path)
-        db = await aiosqlite.connect(self.path)
-        # WAL lets `sqlite3 llm_proxy.db` read while we write; busy_timeout makes
-        # our writes wait out a user's brief write lock instead of failing.
-        # synchronous=NORMAL is durable across process crashes in WAL mode.
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=10000")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        # After retention rewrites many pages the WAL file would keep its peak
-        # size; this trims it back once a checkpoint lets it restart.
-        await db.execute("PRAGMA journal_size_limit=4194304")
-        self._db = db
+        await self._connect()
         return applied
+
+    async def _connect(self) -> None:
+        db = await aiosqlite.connect(self.path)
+        try:
+            # WAL lets `sqlite3 llm_proxy.db` read while we write; busy_timeout makes
+            # our writes wait out a user's brief write lock instead of failing.
+            # synchronous=NORMAL is durable across process crashes in WAL mode.
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA busy_timeout=10000")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            # After retention rewrites many pages the WAL file would keep its peak
+            # size; this trims it back once a checkpoint lets it restart.
+            await db.execute("PRAGMA journal_size_limit=4194304")
+        except BaseException:
+            await db.close()
+            raise
+        self._db, self._file = db, _identity(self.path)
 
     async def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert rows (in :data:`COLUMNS` order) in one transaction; all or none land."""
-        db = self._db
-        assert db is not None, "Store.open() was not awaited"
         async with self.lock:
             turns = self.turns.snapshot()
             try:
+                db = await self._follow()
                 # Rows get their ids from us, following AUTOINCREMENT's rule (after
                 # the largest id ever used), so that a turn is named after its first
                 # row in the same statement. Should anyone else insert a row, the
@@ -115,11 +148,69 @@ class Store:
                     for i, row in enumerate(rows)
                 ]
                 await _in_thread(db, _write_batch, list(blobs.items()), values)
+                if _identity(self.path) != self._file:
+                    # Gone while this batch was written: it went to the old file.
+                    # Failing it has the retry write it to the file now at the path.
+                    raise Unavailable(f"database file {self.path} went away during the write")
                 self._next_id = first + len(values)
-            except BaseException:
+            except BaseException as exc:
                 self.turns.restore(turns)
                 self._next_id = None
+                if transient(exc):
+                    self.failing = str(exc) or type(exc).__name__
                 raise
+            self.failing = None
+
+    async def follow(self) -> None:
+        """Reopen the file at the path if it is not the one open (the idle writer's check)."""
+        if self._db is not None and _identity_or_none(self.path) == self._file:
+            return  # without the lock: a stat, nothing else
+        async with self.lock:
+            try:
+                await self._follow()
+            except (sqlite3.Error, OSError) as exc:
+                self.failing = str(exc)
+            else:
+                self.failing = None
+
+    async def _follow(self) -> aiosqlite.Connection:
+        """The connection to the file the path names now; (re)opened when the file changed."""
+        now = _identity(self.path)
+        if self._db is not None and now == self._file:
+            return self._db
+        if self._db is not None:
+            what = "deleted or moved away" if now is None else "replaced by another file"
+            log.error(
+                "audit database %s was %s while the proxy ran; the rows go to %s from now on",
+                self.path, what, "a new file there" if now is None else "the file now there",
+            )  # fmt: skip
+            await self._let_go(self._db)
+            self._db = None
+            if now is None:
+                _remove_leftovers(self.path)
+        self.turns = TurnTracker()  # a new file: no turn continues from rows in the old one
+        self._next_id = None
+        try:
+            applied = await asyncio.to_thread(migrate, self.path)
+            await self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise Unavailable(f"database file {self.path} cannot be opened: {exc}") from exc
+        log.warning(
+            "audit trail continues in %s%s", self.path, f" (applied {', '.join(applied)})" if applied else ""
+        )
+        assert self._db is not None
+        return self._db
+
+    @staticmethod
+    async def _let_go(db: aiosqlite.Connection) -> None:
+        """Close the connection to a file no longer at the path, its WAL written into it first."""
+        # The -wal file is named after the path, not the inode: left behind, it
+        # would be replayed into whatever file takes the path next. TRUNCATE
+        # moves its pages into the old file (a moved one keeps all its rows).
+        with contextlib.suppress(sqlite3.Error):
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with contextlib.suppress(sqlite3.Error):
+            await db.close()
 
     def _prepare(self, values: dict[str, Any], row_id: int, blobs: dict[str, str]) -> tuple[Any, ...]:
         """One row's stored values: its turn, metadata-only stripping, compacted bodies."""
@@ -145,36 +236,41 @@ class Store:
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one writing statement in its own transaction; returns the rows it changed."""
-        assert self._db is not None
         async with self.lock:
+            db = self._open()
             try:
-                cursor = await self._db.execute(sql, params)
+                cursor = await db.execute(sql, params)
                 changed = cursor.rowcount
                 await cursor.close()
-                await self._db.commit()
+                await db.commit()
             except BaseException:
-                await self._db.rollback()
+                await db.rollback()
                 raise
         return changed
 
     async def changes(self, sql: str) -> int:
         """Run one writing statement; returns every change it made, triggers' and FTS merges' too."""
-        assert self._db is not None
         async with self.lock:
-            before = self._db.total_changes
+            db = self._open()
+            before = db.total_changes
             try:
-                await self._db.execute(sql)
-                await self._db.commit()
+                await db.execute(sql)
+                await db.commit()
             except BaseException:
-                await self._db.rollback()
+                await db.rollback()
                 raise
-            return self._db.total_changes - before
+            return db.total_changes - before
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of one statement (also pragmas that change things, such as incremental_vacuum)."""
-        assert self._db is not None
         async with self.lock:
-            return list(await self._db.execute_fetchall(sql, params))
+            return list(await self._open().execute_fetchall(sql, params))
+
+    def _open(self) -> aiosqlite.Connection:
+        """The open connection; while there is none (the file went away), :class:`Unavailable`."""
+        if self._db is None:
+            raise Unavailable(f"database file {self.path} is not open")
+        return self._db
 
     async def rollback(self) -> None:
         """Abandon a failed transaction so the next batch starts clean."""
@@ -190,6 +286,24 @@ class Store:
 
     async def writable(self, wait: float = 2.0) -> str | None:
         """``None`` when a write transaction can start now, else why not (for /health/ready)."""
+        if self.failing is not None:
+            return f"database {self.path}: the last write failed: {self.failing}"
+        try:
+            disk = os.statvfs(self._folder)
+        except OSError:
+            pass  # a missing folder: the file is missing too, and that is said below
+        else:
+            free = disk.f_bavail * disk.f_frsize
+            if free < self.min_free:
+                return f"disk almost full: {free // 1024} KiB free for database {self.path}"
+        try:
+            now = _identity(self.path)
+        except OSError as exc:
+            return f"database {self.path} cannot be checked: {exc}"
+        if now is None:
+            return f"database file {self.path} is missing (deleted or moved while the proxy runs)"
+        if now != self._file:
+            return f"database file {self.path} was replaced; the writer opens the new one"
         # A connection of its own: BEGIN on the writer's connection could land inside
         # one of its batches. mode=rw never creates a file that has gone missing.
         try:
@@ -202,10 +316,32 @@ class Store:
 
     async def count(self) -> int:
         """Number of rows in ``logs``."""
-        assert self._db is not None
-        async with self._db.execute("SELECT COUNT(*) FROM logs") as cur:
+        async with self._open().execute("SELECT COUNT(*) FROM logs") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _identity_or_none(path: str) -> tuple[int, int] | None:
+    try:
+        return _identity(path)
+    except OSError:
+        return None
+
+
+def _remove_leftovers(path: str) -> None:
+    """Remove the -wal and -shm files of a database file that is gone."""
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
 
 
 async def _in_thread(db: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
