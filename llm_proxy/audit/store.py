@@ -131,9 +131,13 @@ class Store:
     async def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert rows (in :data:`COLUMNS` order) in one transaction; all or none land."""
         async with self.lock:
-            turns = self.turns.snapshot()
             try:
                 db = await self._follow()
+            except BaseException as exc:
+                self.failing = str(exc)
+                raise
+            turns = self.turns.snapshot()
+            try:
                 # Rows get their ids from us, following AUTOINCREMENT's rule (after
                 # the largest id ever used), so that a turn is named after its first
                 # row in the same statement. Should anyone else insert a row, the
