@@ -21,14 +21,14 @@ import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import aiosqlite
 import orjson
 
 from ..config import DatabaseConfig
 from .compact import pack
+from .connection import Connection
 from .exchange import COLUMNS
 from .migrate import migrate
 from .turns import TurnTracker, chat_messages, message_keys
@@ -87,7 +87,7 @@ def transient(exc: BaseException) -> bool:
 
 
 class Store:
-    """One aiosqlite connection that writes ``logs`` rows in batches."""
+    """One connection, on a thread of its own, that writes ``logs`` rows in batches."""
 
     def __init__(
         self, path: str, store_bodies: str = "full", max_body_kb: int = DatabaseConfig.max_body_kb
@@ -101,7 +101,7 @@ class Store:
         self._folder = os.path.dirname(os.path.abspath(path))
         # Why the last write failed, when it was the database's fault (cleared by a write that lands).
         self.failing: str | None = None
-        self._db: aiosqlite.Connection | None = None
+        self._db: Connection | None = None
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file the connection has open
         self._next_id: int | None = None  # the id the next row gets; None = read it from the table
 
@@ -112,20 +112,8 @@ class Store:
         return applied
 
     async def _connect(self) -> None:
-        db = await aiosqlite.connect(self.path)
-        try:
-            # WAL lets `sqlite3 llm_proxy.db` read while we write; busy_timeout makes
-            # our writes wait out a user's brief write lock instead of failing.
-            # synchronous=NORMAL is durable across process crashes in WAL mode.
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA busy_timeout=10000")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            # After retention rewrites many pages the WAL file would keep its peak
-            # size; this trims it back once a checkpoint lets it restart.
-            await db.execute("PRAGMA journal_size_limit=4194304")
-        except BaseException:
-            await db.close()
-            raise
+        db = Connection(self.path)
+        await db.open(_settings)
         self._db, self._file = db, _identity(self.path)
 
     async def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -143,15 +131,14 @@ class Store:
                 # row in the same statement. Should anyone else insert a row, the
                 # primary key refuses the batch, and the retry reads the ids again.
                 if self._next_id is None:
-                    [(last,)] = await db.execute_fetchall(_LAST_ID)
-                    self._next_id = last + 1
+                    self._next_id = await db.run(_last_id) + 1
                 first = self._next_id
                 blobs: dict[str, str] = {}
                 values = [
                     self._prepare(dict(zip(COLUMNS, row, strict=True)), first + i, blobs)
                     for i, row in enumerate(rows)
                 ]
-                await _in_thread(db, _write_batch, list(blobs.items()), values)
+                await db.run(functools.partial(_write_batch, blobs=list(blobs.items()), rows=values))
                 if _identity(self.path) != self._file:
                     # Gone while this batch was written: it went to the old file.
                     # Failing it has the retry write it to the file now at the path.
@@ -177,7 +164,7 @@ class Store:
             else:
                 self.failing = None
 
-    async def _follow(self) -> aiosqlite.Connection:
+    async def _follow(self) -> Connection:
         """The connection to the file the path names now; (re)opened when the file changed."""
         now = _identity(self.path)
         if self._db is not None and now == self._file:
@@ -206,15 +193,14 @@ class Store:
         return self._db
 
     @staticmethod
-    async def _let_go(db: aiosqlite.Connection) -> None:
+    async def _let_go(db: Connection) -> None:
         """Close the connection to a file no longer at the path, its WAL written into it first."""
         # The -wal file is named after the path, not the inode: left behind, it
         # would be replayed into whatever file takes the path next. TRUNCATE
         # moves its pages into the old file (a moved one keeps all its rows).
         with contextlib.suppress(sqlite3.Error):
-            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        with contextlib.suppress(sqlite3.Error):
-            await db.close()
+            await db.run(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        await db.close()
 
     def _prepare(self, values: dict[str, Any], row_id: int, blobs: dict[str, str]) -> tuple[Any, ...]:
         """One row's stored values: its turn, metadata-only stripping, compacted bodies."""
@@ -240,37 +226,30 @@ class Store:
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one writing statement in its own transaction; returns the rows it changed."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql, params).rowcount  # autocommit: one statement, one transaction
+
         async with self.lock:
-            db = self._open()
-            try:
-                cursor = await db.execute(sql, params)
-                changed = cursor.rowcount
-                await cursor.close()
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
-        return changed
+            return await self._open().run(run)
 
     async def changes(self, sql: str) -> int:
         """Run one writing statement; returns every change it made, triggers' and FTS merges' too."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.execute(sql)
+            return conn.total_changes - before
+
         async with self.lock:
-            db = self._open()
-            before = db.total_changes
-            try:
-                await db.execute(sql)
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
-            return db.total_changes - before
+            return await self._open().run(run)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of one statement (also pragmas that change things, such as incremental_vacuum)."""
         async with self.lock:
-            return list(await self._open().execute_fetchall(sql, params))
+            return await self._open().run(lambda conn: conn.execute(sql, params).fetchall())
 
-    def _open(self) -> aiosqlite.Connection:
+    def _open(self) -> Connection:
         """The open connection; while there is none (the file went away), :class:`Unavailable`."""
         if self._db is None:
             raise Unavailable(f"database file {self.path} is not open")
@@ -280,7 +259,7 @@ class Store:
         """Abandon a failed transaction so the next batch starts clean."""
         if self._db is not None:
             async with self.lock:
-                await self._db.rollback()
+                await self._db.run(lambda conn: conn.rollback())
 
     async def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -308,21 +287,17 @@ class Store:
             return f"database file {self.path} is missing (deleted or moved while the proxy runs)"
         if now != self._file:
             return f"database file {self.path} was replaced; the writer opens the new one"
-        # A connection of its own: BEGIN on the writer's connection could land inside
-        # one of its batches. mode=rw never creates a file that has gone missing.
         try:
-            async with aiosqlite.connect(f"file:{self.path}?mode=rw", uri=True, timeout=wait) as db:
-                await db.execute("BEGIN IMMEDIATE")
-                await db.rollback()
+            await asyncio.to_thread(_try_write, self.path, wait)
         except sqlite3.Error as exc:
             return f"database {self.path} is not writable: {exc}"
         return None
 
     async def count(self) -> int:
         """Number of rows in ``logs``."""
-        async with self._open().execute("SELECT COUNT(*) FROM logs") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return int(
+            await self._open().run(lambda conn: conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0])
+        )
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -348,21 +323,43 @@ def _remove_leftovers(path: str) -> None:
             os.unlink(path + suffix)
 
 
-async def _in_thread(db: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(connection, *args)`` on aiosqlite's thread, as one step.
+def _settings(conn: sqlite3.Connection) -> None:
+    """The writer connection's settings."""
+    # WAL lets `sqlite3 llm_proxy.db` read while we write; busy_timeout makes
+    # our writes wait out a user's brief write lock instead of failing.
+    # synchronous=NORMAL is durable across process crashes in WAL mode.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    # After retention rewrites many pages the WAL file would keep its peak
+    # size; this trims it back once a checkpoint lets it restart.
+    conn.execute("PRAGMA journal_size_limit=4194304")
 
-    A batch is several statements; sent one by one, each waits for the event
-    loop in between, and the write lock is held all that while. Under steady
-    load the writer then holds it almost without a break, and a user's
-    ``BEGIN IMMEDIATE`` in ``sqlite3`` could wait out its whole busy timeout.
-    """
-    # aiosqlite's own primitive for queueing work on its thread (every public
-    # method goes through it); pyproject bounds the version it is known in.
-    return await db._execute(fn, db._conn, *args)
+
+def _last_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(_LAST_ID).fetchone()[0])
+
+
+def _try_write(path: str, wait: float) -> None:
+    """Take the write lock and let it go again, on a connection of our own."""
+    # Not the writer's connection: BEGIN there could land inside one of its
+    # batches. mode=rw never creates a file that has gone missing.
+    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=wait, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
 
 
 def _write_batch(conn: sqlite3.Connection, blobs: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
-    """One batch in one transaction, taken with the write lock up front."""
+    """One batch in one transaction, taken with the write lock up front, in one step on the thread.
+
+    A batch is several statements; sent one by one, each would wait for the
+    event loop in between, and the write lock is held all that while. Under
+    steady load the writer then holds it almost without a break, and a user's
+    ``BEGIN IMMEDIATE`` in ``sqlite3`` could wait out its whole busy timeout.
+    """
     # IMMEDIATE: busy_timeout then waits out a user's write. A deferred
     # transaction that has read first is refused at once when someone else
     # wrote in between.
