@@ -139,7 +139,7 @@ class Store:
                     for i, row in enumerate(rows)
                 ]
                 await db.run(functools.partial(_write_batch, blobs=list(blobs.items()), rows=values))
-                if _identity(self.path) != self._file:
+                if _surely_not(self.path, self._file):
                     # Gone while this batch was written: it went to the old file.
                     # Failing it has the retry write it to the file now at the path.
                     raise Unavailable(f"database file {self.path} went away during the write")
@@ -314,6 +314,18 @@ def _identity_or_none(path: str) -> tuple[int, int] | None:
         return _identity(path)
     except OSError:
         return None
+
+
+def _surely_not(path: str, file: tuple[int, int] | None) -> bool:
+    """Whether ``path`` now names another file than ``file``, or none; False when it cannot be told.
+
+    Asked after a batch committed: failing it on a mere doubt (a stat refused)
+    would write the rows twice.
+    """
+    try:
+        return _identity(path) != file
+    except OSError:
+        return False
 
 
 def _remove_leftovers(path: str) -> None:
