@@ -7,7 +7,7 @@ retention task's small deletes take turns and never share a transaction.
 Rows go to the file that ``database.path`` names. Should that file be deleted,
 moved or replaced while the proxy runs, the open connection would go on
 writing into a file nobody can find: before and after each batch the store
-compares the path's inode with the one it opened (one ``stat``), and on a
+compares the path's inode with the one it opened (a ``stat``), and on a
 difference logs it at ERROR, checkpoints the old file, and opens (or creates
 and migrates) the file now at the path. Until that works, writes fail as
 transient and the writer keeps the rows.
@@ -269,16 +269,6 @@ class Store:
 
     async def writable(self, wait: float = 2.0) -> str | None:
         """``None`` when a write transaction can start now, else why not (for /health/ready)."""
-        if self.failing is not None:
-            return f"database {self.path}: the last write failed: {self.failing}"
-        try:
-            disk = os.statvfs(self._folder)
-        except OSError:
-            pass  # a missing folder: the file is missing too, and that is said below
-        else:
-            free = disk.f_bavail * disk.f_frsize
-            if free < self.min_free:
-                return f"disk almost full: {free // 1024} KiB free for database {self.path}"
         try:
             now = _identity(self.path)
         except OSError as exc:
@@ -287,6 +277,15 @@ class Store:
             return f"database file {self.path} is missing (deleted or moved while the proxy runs)"
         if now != self._file:
             return f"database file {self.path} was replaced; the writer opens the new one"
+        if self.failing is not None:
+            return f"database {self.path}: the last write failed: {self.failing}"
+        try:
+            disk = os.statvfs(self._folder)
+        except OSError as exc:
+            return f"database {self.path}: free space cannot be checked: {exc}"
+        free = disk.f_bavail * disk.f_frsize
+        if free < self.min_free:
+            return f"disk almost full: {free // 1024} KiB free for database {self.path}"
         try:
             await asyncio.to_thread(_try_write, self.path, wait)
         except sqlite3.Error as exc:
