@@ -98,8 +98,7 @@ class DatabaseConfig:
     retention_days: int = 0
     # Oldest rows are deleted while the database is larger than this (0: no limit).
     max_size_mb: int = 0
-    # The stored copy of each body, prompt, answer and thinking is cut to this
-    # many KiB (0: no limit); clients and the backend still get every byte.
+    # The stored copy of each body (and of an answer's text) is cut at this many KiB.
     max_body_kb: int = 1024
 
 
@@ -412,8 +411,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"'database.retention_days' must not be negative, got {db.retention_days}")
     if db.max_size_mb < 0:
         raise ConfigError(f"'database.max_size_mb' must not be negative, got {db.max_size_mb}")
-    if db.max_body_kb < 0:
-        raise ConfigError(f"'database.max_body_kb' must not be negative, got {db.max_body_kb}")
+    if db.max_body_kb < 1:
+        raise ConfigError(f"'database.max_body_kb' must be at least 1, got {db.max_body_kb}")
     _check_limits(config)
 
 

@@ -26,6 +26,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
 # Time to the first token: prompt processing, usually well under a minute.
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+# Token counts a backend reports are counted only in this range: a negative one
+# would make Counter.inc raise (and lose the request's access line with it).
+MAX_TOKENS = 2**63
 
 
 def backend_error_kind(exc: BaseException | None) -> str | None:
@@ -36,6 +39,13 @@ def backend_error_kind(exc: BaseException | None) -> str | None:
         return "timeout"
     if isinstance(exc, BackendError):
         return "error"  # it answered with an error, broke off, or sent something unreadable
+    return None
+
+
+def token_count(value: int | None) -> int | None:
+    """A reported token count that can be counted, or None (missing, negative, absurd)."""
+    if isinstance(value, int) and 0 < value < MAX_TOKENS:
+        return value
     return None
 
 
@@ -99,12 +109,10 @@ class Metrics:
         if exchange is not None:
             if exchange.ttft_ms is not None:
                 ttft.observe(exchange.ttft_ms / 1000)
-            # A backend's count is counted only when it is one: prometheus-client
-            # raises on a negative increment, which cut the client's answer off.
-            if prompt := _count(exchange.prompt_tokens):
-                self.tokens.labels(model, "in").inc(prompt)
-            if completion := _count(exchange.completion_tokens):
-                self.tokens.labels(model, "out").inc(completion)
+            if prompt_tokens := token_count(exchange.prompt_tokens):
+                self.tokens.labels(model, "in").inc(prompt_tokens)
+            if completion_tokens := token_count(exchange.completion_tokens):
+                self.tokens.labels(model, "out").inc(completion_tokens)
         kind = backend_error_kind(failure)
         if kind is not None:
             self.backend_errors.labels(kind).inc()
@@ -112,11 +120,6 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
-
-
-def _count(value: object) -> int:
-    """A reported token count, or 0 when it is not a positive integer."""
-    return value if type(value) is int and value > 0 else 0
 
 
 class AuditCollector(Collector):

@@ -96,7 +96,7 @@ def test_flags_override_the_file() -> None:
         ),
         ("backend: {endpoint: 'localhost:8080'}\n", "'backend.endpoint' must be an http:// or https:// URL"),
         ("backend: {timeout: -1}\n", "'backend.timeout' must be a positive number"),
-        ("database: {max_body_kb: -1}\n", "'database.max_body_kb' must not be negative, got -1"),
+        ("database: {max_body_kb: 0}\n", "'database.max_body_kb' must be at least 1, got 0"),
         ("models: {mappings: [a, b]}\n", "'models.mappings' must be a mapping"),
         ("server: [1\n", "not valid YAML"),
         ("- a\n", "the top level must be a mapping"),

@@ -5,10 +5,10 @@ value SQLite cannot take used to stop the writer, and with it the whole trail
 (issue "One bad byte must never stop the audit trail").
 
 - Text must be valid UTF-8. aiohttp decodes header bytes that are not UTF-8 as
-  lone surrogates (``surrogateescape``); such a byte is stored as the four
-  characters ``\\xNN`` (``x\\xff`` for ``User-Agent: x<0xff>``), so the row shows
-  what was sent. Any other lone surrogate is stored as ``\\udNNN``. Bodies that
-  arrive as bytes keep U+FFFD for bytes that are not UTF-8, as before.
+  lone surrogates (``surrogateescape``); they are taken back to their bytes and
+  those that are not UTF-8 stored as U+FFFD, as bodies received as bytes are
+  (and as ``middlewares.header_text`` does at the edge of the request). Any
+  other lone surrogate is stored as U+FFFD too.
 - Integers must fit SQLite's signed 64 bits, and counts and durations must not
   be negative. Any other value is stored as NULL, and ``error`` says which
   column held what (``prompt_tokens 9223372036854775808 out of range: not stored``).
@@ -172,23 +172,27 @@ def storable_text(value: Any) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        return value.encode("utf-8", "llm_proxy.escape").decode("utf-8")
+        return value.encode("utf-8", "llm_proxy.unescape").decode("utf-8", errors="replace")
     return value
 
 
-def _escape(exc: UnicodeError) -> tuple[str, int]:
-    """Error handler for lone surrogates: ``\\xNN`` for a byte aiohttp escaped, else ``\\udNNN``."""
+_REPLACEMENT = "\ufffd".encode()
+
+
+def _unescape(exc: UnicodeError) -> tuple[bytes, int]:
+    """Encoding error handler for lone surrogates: the byte aiohttp escaped, else U+FFFD."""
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
-    out = []
+    out = bytearray()
     for ch in exc.object[exc.start : exc.end]:
         n = ord(ch)
-        # surrogateescape maps byte 0xNN (0x80-0xff) to U+DCNN.
-        out.append(f"\\x{n - 0xDC00:02x}" if 0xDC80 <= n <= 0xDCFF else f"\\u{n:04x}")
-    return "".join(out), exc.end
+        # surrogateescape maps byte 0xNN (0x80-0xff) to U+DCNN; decoding with
+        # "replace" then turns each such byte that is not UTF-8 into U+FFFD.
+        out += bytes((n - 0xDC00,)) if 0xDC80 <= n <= 0xDCFF else _REPLACEMENT
+    return bytes(out), exc.end
 
 
-codecs.register_error("llm_proxy.escape", _escape)
+codecs.register_error("llm_proxy.unescape", _unescape)
 
 
 def _integer(column: str, value: Any, count: bool, notes: list[str]) -> int | None:
