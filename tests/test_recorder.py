@@ -116,3 +116,19 @@ async def test_no_limit_or_no_bodies_cut_nothing(tmp_path: Path, max_body_kb: in
         [(response, truncated)] = conn.execute("SELECT response, truncated FROM logs").fetchall()
     assert truncated is None
     assert response == (big.response if store_bodies == "full" else None)
+
+
+async def test_an_answer_cut_as_it_was_relayed_is_marked_with_the_other_cuts(tmp_path: Path) -> None:
+    """The relay keeps only the start of a long answer (Exchange.truncated); the row says so."""
+    store = Store(str(tmp_path / "audit.db"), max_body_kb=1)
+    await store.open()
+    relayed, both = exchange(0), exchange(1)
+    relayed.truncated = both.truncated = True
+    both.prompt = "p" * 5000
+    await store.insert([relayed.row(), both.row(), exchange(2).row()])
+    await store.close()
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        marks = [r[0] for r in conn.execute("SELECT truncated FROM logs ORDER BY id")]
+    assert [orjson.loads(m) if m else None for m in marks] == [
+        {"answer": None}, {"answer": None, "prompt": 5000}, None,
+    ]  # fmt: skip

@@ -30,8 +30,11 @@ COLUMNS = (
     "latency_ms", "stream", "backend_type", "error", "request_id", "client_addr",
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
-    "ttfb_ms", "ttft_ms", "api", "key_name",
+    "ttfb_ms", "ttft_ms", "api", "key_name", "truncated",
 )  # fmt: skip
+# What ``truncated`` holds for a row whose answer was cut as it was relayed: the
+# copy kept its start, the full size was never known (migrations/0006).
+ANSWER_CUT = '{"answer":null}'
 
 
 @dataclass(slots=True)
@@ -67,6 +70,9 @@ class Exchange:
     latency_ms: int | None = None
     # The name of the API key the request came with (never the key).
     key_name: str | None = None
+    # A stored copy (response body, answer text, thinking, tool calls) was cut
+    # at database.max_body_kb: the answer went on, the record kept its start.
+    truncated: bool = False
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -97,7 +103,7 @@ class Exchange:
             _text(self.request_body), _json(self.backend_request), _json(self.response_body),
             self.thinking or None, _json(self.tool_calls or None), self.done_reason,
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
-            self.key_name,
+            self.key_name, ANSWER_CUT if self.truncated is True else None,
         ]  # fmt: skip
         return storable(values, notes)
 

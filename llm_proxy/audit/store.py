@@ -40,7 +40,7 @@ log = logging.getLogger("llm_proxy.audit")
 TEXT_COLUMNS = ("prompt", "response", "request_body", "backend_request", "response_body", "thinking")
 # Body columns stored compactly, and the column holding each one's recipe.
 COMPACTED = (("request_body", "request_parts"), ("backend_request", "backend_request_parts"))
-STORED = (*COLUMNS, "request_parts", "backend_request_parts", "turn_id", "truncated")
+STORED = (*COLUMNS, "request_parts", "backend_request_parts", "turn_id")
 _INSERT_HEAD = f"INSERT INTO logs (id, {', '.join(STORED)}) VALUES "
 _ROW_MARKS = f"(?, {', '.join('?' * len(STORED))})"
 # The largest id ever used in logs (AUTOINCREMENT never reuses one).
@@ -212,7 +212,7 @@ class Store:
             turn_id = self.turns.continues(client, messages, keys) or row_id
             self.turns.record(client, keys, turn_id)
         values["turn_id"] = turn_id
-        values["request_parts"] = values["backend_request_parts"] = values["truncated"] = None
+        values["request_parts"] = values["backend_request_parts"] = None
         if self.store_bodies == "metadata":
             _strip_text(values)
         elif self.max_body:
@@ -419,6 +419,8 @@ def _cap(values: dict[str, Any], limit: int) -> None:
         if size > limit:
             sizes[column] = size
     if sizes:
+        if values["truncated"] is not None:  # the answer, cut as it was relayed
+            sizes = {**orjson.loads(values["truncated"]), **sizes}
         values["truncated"] = orjson.dumps(sizes).decode()
 
 
@@ -426,6 +428,7 @@ def _strip_text(values: dict[str, Any]) -> None:
     """Metadata mode: no prompt, answer or body text; tool calls keep only their names."""
     for column in TEXT_COLUMNS:
         values[column] = None
+    values["truncated"] = None  # no copy, so none was cut
     if values["tool_calls"]:
         calls = orjson.loads(values["tool_calls"])
         names = [
