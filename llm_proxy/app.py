@@ -69,7 +69,7 @@ async def _stopping(app: web.Application) -> None:
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    store = Store(config.database.path, config.database.store_bodies)
+    store = Store(config.database.path, config.database.store_bodies, config.database.max_body_kb)
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)
@@ -84,7 +84,10 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
         await retention.close()
         await recorder.close()
         await store.close()
-        log.info("audit trail closed: %d rows written, queue peak %d", recorder.written, recorder.peak)
+        log.info(
+            "audit trail closed: %d rows written (%d reduced), %d lost, queue peak %d",
+            recorder.written, recorder.reduced, recorder.lost, recorder.peak,
+        )  # fmt: skip
 
 
 async def _backend(app: web.Application) -> AsyncIterator[None]:

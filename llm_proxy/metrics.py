@@ -186,7 +186,12 @@ class AuditCollector(Collector):
         yield CounterMetricFamily("llm_proxy_audit_rows_written", "Audit rows written to SQLite.",
                                   value=recorder.written)  # fmt: skip
         yield CounterMetricFamily("llm_proxy_audit_write_failures", "Audit batch writes that failed "
-                                  "(each is retried; rows are kept).", value=recorder.failures)  # fmt: skip
+                                  "(retried, or split to find the row refused).",
+                                  value=recorder.failures)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_audit_rows_reduced", "Audit rows SQLite refused, stored as "
+                                  "metadata and the reason only.", value=recorder.reduced)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_audit_rows_lost", "Audit rows not stored at all (each is "
+                                  "logged at ERROR).", value=recorder.lost)  # fmt: skip
 
 
 class ConnectionCollector(Collector):

@@ -81,3 +81,10 @@ def test_rounds_of_a_turn_share_their_pieces() -> None:
         messages.append({"role": "assistant", "content": f"calling tool number {n} " * 8})
     assert new_per_round[0] == 3  # system message, user message, tools
     assert new_per_round[1:] == [1, 1, 1, 1]  # then one new message per round
+
+
+def test_a_body_cut_anywhere_is_stored_whole() -> None:
+    """A stored copy cut to database.max_body_kb is no longer JSON: pack() leaves it whole."""
+    text = json.dumps(body({"role": "user", "content": 'turn on the light, "please" ✓'}))
+    for end in range(len(text)):
+        assert pack(text[:end]) is None, end

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 
 from llm_proxy.audit.exchange import Exchange
@@ -74,3 +75,60 @@ async def test_a_large_batch_lands_whole_and_in_order(tmp_path: Path) -> None:
     assert [(r[1], r[2], r[3]) for r in found[:87]] == expected
     assert found[86][4] == '{"model":"m86","messages":[{"role":"user","content":"question 86"}]}'
     assert found[87][1:4] == ("question 87", None, None)
+
+
+async def test_stored_copies_are_cut_to_max_body_kb_and_keep_their_size(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "audit.db"), max_body_kb=1)
+    await store.open()
+    big = exchange(0)
+    content = "é" * 3000  # 6000 bytes of UTF-8: cut in the middle of a character
+    big.request_body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
+    big.prompt, big.response, big.thinking = content, "a" * 1024, "日本" * 1000
+    big.response_body = {"message": {"content": "b" * 5000}}
+    await store.insert([big.row(), exchange(1).row()])
+    await store.close()
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        conn.row_factory = sqlite3.Row
+        cut, whole = conn.execute("SELECT * FROM logs_full ORDER BY id").fetchall()
+    assert orjson.loads(cut["truncated"]) == {
+        "request_body": len(big.request_body), "prompt": 6000, "thinking": 6000,
+        "response_body": len(orjson.dumps(big.response_body)),
+    }  # fmt: skip
+    assert cut["response"] == "a" * 1024  # exactly at the limit: whole
+    assert cut["prompt"] == "é" * 512 and cut["thinking"] == "日本" * 170 + "日"  # 1023 bytes
+    assert big.request_body.decode().startswith(cut["request_body"])
+    assert len(cut["request_body"].encode()) == 1023  # the é cut in two is left out
+    assert cut["request_parts"] is None  # a cut body is plain text, not compacted
+    assert cut["full_request_body"] == cut["request_body"]
+    assert cut["response_body"] == orjson.dumps(big.response_body).decode()[:1024]
+    assert (whole["truncated"], whole["prompt"]) == (None, "question 1")
+
+
+@pytest.mark.parametrize(("max_body_kb", "store_bodies"), [(0, "full"), (1, "metadata")])
+async def test_no_limit_or_no_bodies_cut_nothing(tmp_path: Path, max_body_kb: int, store_bodies: str) -> None:
+    store = Store(str(tmp_path / "audit.db"), store_bodies=store_bodies, max_body_kb=max_body_kb)
+    await store.open()
+    big = exchange(0)
+    big.response = "a" * 100_000
+    await store.insert([big.row()])
+    await store.close()
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        [(response, truncated)] = conn.execute("SELECT response, truncated FROM logs").fetchall()
+    assert truncated is None
+    assert response == (big.response if store_bodies == "full" else None)
+
+
+async def test_an_answer_cut_as_it_was_relayed_is_marked_with_the_other_cuts(tmp_path: Path) -> None:
+    """The relay keeps only the start of a long answer (Exchange.truncated); the row says so."""
+    store = Store(str(tmp_path / "audit.db"), max_body_kb=1)
+    await store.open()
+    relayed, both = exchange(0), exchange(1)
+    relayed.truncated = both.truncated = True
+    both.prompt = "p" * 5000
+    await store.insert([relayed.row(), both.row(), exchange(2).row()])
+    await store.close()
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        marks = [r[0] for r in conn.execute("SELECT truncated FROM logs ORDER BY id")]
+    assert [orjson.loads(m) if m else None for m in marks] == [
+        {"answer": None}, {"answer": None, "prompt": 5000}, None,
+    ]  # fmt: skip

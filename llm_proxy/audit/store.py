@@ -3,25 +3,40 @@
 Everything this process writes goes through one connection, and each
 transaction holds :attr:`Store.lock`, so the writer's batches and the
 retention task's small deletes take turns and never share a transaction.
+
+Rows go to the file that ``database.path`` names. Should that file be deleted,
+moved or replaced while the proxy runs, the open connection would go on
+writing into a file nobody can find: before and after each batch the store
+compares the path's inode with the one it opened (a ``stat``), and on a
+difference logs it at ERROR, checkpoints the old file, and opens (or creates
+and migrates) the file now at the path. Until that works, writes fail as
+transient and the writer keeps the rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
+import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import aiosqlite
 import orjson
 
+from ..config import DatabaseConfig
 from .compact import pack
+from .connection import Connection
 from .exchange import COLUMNS
 from .migrate import migrate
 from .turns import TurnTracker, chat_messages, message_keys
 
-# What ``database.store_bodies: metadata`` leaves out of a row.
+log = logging.getLogger("llm_proxy.audit")
+
+# What ``database.store_bodies: metadata`` leaves out of a row, and what
+# ``database.max_body_kb`` caps the stored copy of.
 TEXT_COLUMNS = ("prompt", "response", "request_body", "backend_request", "response_body", "thinking")
 # Body columns stored compactly, and the column holding each one's recipe.
 COMPACTED = (("request_body", "request_parts"), ("backend_request", "backend_request_parts"))
@@ -40,40 +55,75 @@ _INSERT_BLOB_HEAD = "INSERT OR IGNORE INTO blobs (hash, data) VALUES "
 # up and takes it back, which under load left the event loop waiting on this
 # thread (p99 at concurrency 1 doubled).
 GROUPS = (64, 16, 4, 1)
+# SQLite's primary result codes that are the database's trouble, not the rows':
+# a write that failed so is retried with its rows kept. https://www.sqlite.org/rescode.html
+_TRANSIENT_CODES = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOMEM,
+    sqlite3.SQLITE_SCHEMA,
+})  # fmt: skip
+
+
+# Free space below which /health/ready reports the disk as full: a batch of
+# capped rows fits many times over, and the reason shows before SQLite fails.
+MIN_FREE = 8 * 1024 * 1024
+
+
+class Unavailable(sqlite3.OperationalError):
+    """The database file cannot be written now: missing, replaced under the writer, not reopened yet."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed write is the database's trouble (retry it) rather than its rows' (don't)."""
+    if isinstance(exc, (Unavailable, OSError, MemoryError)):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code is None:
+        return False  # a value refused before SQLite saw it: binding, encoding, JSON
+    if code == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+        # Someone else's row took the id we gave ours; the retry reads the ids again.
+        return "logs.id" in str(exc)
+    return code & 0xFF in _TRANSIENT_CODES
 
 
 class Store:
-    """One aiosqlite connection that writes ``logs`` rows in batches."""
+    """One connection, on a thread of its own, that writes ``logs`` rows in batches."""
 
-    def __init__(self, path: str, store_bodies: str = "full") -> None:
+    def __init__(
+        self, path: str, store_bodies: str = "full", max_body_kb: int = DatabaseConfig.max_body_kb
+    ) -> None:
         self.path = path
         self.store_bodies = store_bodies
+        self.max_body = max_body_kb * 1024  # bytes; 0: no limit
         self.lock = asyncio.Lock()
         self.turns = TurnTracker()
-        self._db: aiosqlite.Connection | None = None
+        self.min_free = MIN_FREE
+        self._folder = os.path.dirname(os.path.abspath(path))
+        # Why the last write failed, when it was the database's fault (cleared by a write that lands).
+        self.failing: str | None = None
+        self._db: Connection | None = None
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file the connection has open
         self._next_id: int | None = None  # the id the next row gets; None = read it from the table
 
     async def open(self) -> list[str]:
         """Apply pending migrations, then open the writer connection; returns migrations applied."""
         applied = migrate(self.path)
-        db = await aiosqlite.connect(self.path)
-        # WAL lets `sqlite3 llm_proxy.db` read while we write; busy_timeout makes
-        # our writes wait out a user's brief write lock instead of failing.
-        # synchronous=NORMAL is durable across process crashes in WAL mode.
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=10000")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        # After retention rewrites many pages the WAL file would keep its peak
-        # size; this trims it back once a checkpoint lets it restart.
-        await db.execute("PRAGMA journal_size_limit=4194304")
-        self._db = db
+        await self._connect()
         return applied
+
+    async def _connect(self) -> None:
+        db = Connection(self.path)
+        await db.open(_settings)
+        self._db, self._file = db, _identity(self.path)
 
     async def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert rows (in :data:`COLUMNS` order) in one transaction; all or none land."""
-        db = self._db
-        assert db is not None, "Store.open() was not awaited"
         async with self.lock:
+            try:
+                db = await self._follow()
+            except BaseException as exc:
+                self.failing = str(exc)
+                raise
             turns = self.turns.snapshot()
             try:
                 # Rows get their ids from us, following AUTOINCREMENT's rule (after
@@ -81,20 +131,76 @@ class Store:
                 # row in the same statement. Should anyone else insert a row, the
                 # primary key refuses the batch, and the retry reads the ids again.
                 if self._next_id is None:
-                    [(last,)] = await db.execute_fetchall(_LAST_ID)
-                    self._next_id = last + 1
+                    self._next_id = await db.run(_last_id) + 1
                 first = self._next_id
                 blobs: dict[str, str] = {}
                 values = [
                     self._prepare(dict(zip(COLUMNS, row, strict=True)), first + i, blobs)
                     for i, row in enumerate(rows)
                 ]
-                await _in_thread(db, _write_batch, list(blobs.items()), values)
+                await db.run(functools.partial(_write_batch, blobs=list(blobs.items()), rows=values))
+                if _surely_not(self.path, self._file):
+                    # Gone while this batch was written: it went to the old file.
+                    # Failing it has the retry write it to the file now at the path.
+                    raise Unavailable(f"database file {self.path} went away during the write")
                 self._next_id = first + len(values)
-            except BaseException:
+            except BaseException as exc:
                 self.turns.restore(turns)
                 self._next_id = None
+                if transient(exc):
+                    self.failing = str(exc) or type(exc).__name__
                 raise
+            self.failing = None
+
+    async def follow(self) -> None:
+        """Reopen the file at the path if it is not the one open (the idle writer's check)."""
+        if self._db is not None and _identity_or_none(self.path) == self._file:
+            return  # without the lock: a stat, nothing else
+        async with self.lock:
+            try:
+                await self._follow()
+            except (sqlite3.Error, OSError) as exc:
+                self.failing = str(exc)
+            else:
+                self.failing = None
+
+    async def _follow(self) -> Connection:
+        """The connection to the file the path names now; (re)opened when the file changed."""
+        now = _identity(self.path)
+        if self._db is not None and now == self._file:
+            return self._db
+        if self._db is not None:
+            what = "deleted or moved away" if now is None else "replaced by another file"
+            log.error(
+                "audit database %s was %s while the proxy ran; the rows go to %s from now on",
+                self.path, what, "a new file there" if now is None else "the file now there",
+            )  # fmt: skip
+            await self._let_go(self._db)
+            self._db = None
+            if now is None:
+                _remove_leftovers(self.path)
+        self.turns = TurnTracker()  # a new file: no turn continues from rows in the old one
+        self._next_id = None
+        try:
+            applied = await asyncio.to_thread(migrate, self.path)
+            await self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise Unavailable(f"database file {self.path} cannot be opened: {exc}") from exc
+        log.warning(
+            "audit trail continues in %s%s", self.path, f" (applied {', '.join(applied)})" if applied else ""
+        )
+        assert self._db is not None
+        return self._db
+
+    @staticmethod
+    async def _let_go(db: Connection) -> None:
+        """Close the connection to a file no longer at the path, its WAL written into it first."""
+        # The -wal file is named after the path, not the inode: left behind, it
+        # would be replayed into whatever file takes the path next. TRUNCATE
+        # moves its pages into the old file (a moved one keeps all its rows).
+        with contextlib.suppress(sqlite3.Error):
+            await db.run(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        await db.close()
 
     def _prepare(self, values: dict[str, Any], row_id: int, blobs: dict[str, str]) -> tuple[Any, ...]:
         """One row's stored values: its turn, metadata-only stripping, compacted bodies."""
@@ -109,6 +215,8 @@ class Store:
         values["request_parts"] = values["backend_request_parts"] = None
         if self.store_bodies == "metadata":
             _strip_text(values)
+        elif self.max_body:
+            _cap(values, self.max_body)
         for column, parts in COMPACTED:
             packed = pack(values[column])
             if packed is not None:
@@ -118,42 +226,40 @@ class Store:
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one writing statement in its own transaction; returns the rows it changed."""
-        assert self._db is not None
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql, params).rowcount  # autocommit: one statement, one transaction
+
         async with self.lock:
-            try:
-                cursor = await self._db.execute(sql, params)
-                changed = cursor.rowcount
-                await cursor.close()
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
-        return changed
+            return await self._open().run(run)
 
     async def changes(self, sql: str) -> int:
         """Run one writing statement; returns every change it made, triggers' and FTS merges' too."""
-        assert self._db is not None
+
+        def run(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.execute(sql)
+            return conn.total_changes - before
+
         async with self.lock:
-            before = self._db.total_changes
-            try:
-                await self._db.execute(sql)
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
-            return self._db.total_changes - before
+            return await self._open().run(run)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of one statement (also pragmas that change things, such as incremental_vacuum)."""
-        assert self._db is not None
         async with self.lock:
-            return list(await self._db.execute_fetchall(sql, params))
+            return await self._open().run(lambda conn: conn.execute(sql, params).fetchall())
+
+    def _open(self) -> Connection:
+        """The open connection; while there is none (the file went away), :class:`Unavailable`."""
+        if self._db is None:
+            raise Unavailable(f"database file {self.path} is not open")
+        return self._db
 
     async def rollback(self) -> None:
         """Abandon a failed transaction so the next batch starts clean."""
         if self._db is not None:
             async with self.lock:
-                await self._db.rollback()
+                await self._db.run(lambda conn: conn.rollback())
 
     async def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -163,39 +269,108 @@ class Store:
 
     async def writable(self, wait: float = 2.0) -> str | None:
         """``None`` when a write transaction can start now, else why not (for /health/ready)."""
-        # A connection of its own: BEGIN on the writer's connection could land inside
-        # one of its batches. mode=rw never creates a file that has gone missing.
         try:
-            async with aiosqlite.connect(f"file:{self.path}?mode=rw", uri=True, timeout=wait) as db:
-                await db.execute("BEGIN IMMEDIATE")
-                await db.rollback()
+            now = _identity(self.path)
+        except OSError as exc:
+            return f"database {self.path} cannot be checked: {exc}"
+        if now is None:
+            return f"database file {self.path} is missing (deleted or moved while the proxy runs)"
+        if now != self._file:
+            return f"database file {self.path} was replaced; the writer opens the new one"
+        if self.failing is not None:
+            return f"database {self.path}: the last write failed: {self.failing}"
+        try:
+            disk = os.statvfs(self._folder)
+        except OSError as exc:
+            return f"database {self.path}: free space cannot be checked: {exc}"
+        free = disk.f_bavail * disk.f_frsize
+        if free < self.min_free:
+            return f"disk almost full: {free // 1024} KiB free for database {self.path}"
+        try:
+            await asyncio.to_thread(_try_write, self.path, wait)
         except sqlite3.Error as exc:
             return f"database {self.path} is not writable: {exc}"
         return None
 
     async def count(self) -> int:
         """Number of rows in ``logs``."""
-        assert self._db is not None
-        async with self._db.execute("SELECT COUNT(*) FROM logs") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return int(
+            await self._open().run(lambda conn: conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0])
+        )
 
 
-async def _in_thread(db: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(connection, *args)`` on aiosqlite's thread, as one step.
+def _identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
-    A batch is several statements; sent one by one, each waits for the event
-    loop in between, and the write lock is held all that while. Under steady
-    load the writer then holds it almost without a break, and a user's
-    ``BEGIN IMMEDIATE`` in ``sqlite3`` could wait out its whole busy timeout.
+
+def _identity_or_none(path: str) -> tuple[int, int] | None:
+    try:
+        return _identity(path)
+    except OSError:
+        return None
+
+
+def _surely_not(path: str, file: tuple[int, int] | None) -> bool:
+    """Whether ``path`` now names another file than ``file``, or none; False when it cannot be told.
+
+    Asked after a batch committed: failing it on a mere doubt (a stat refused)
+    would write the rows twice.
     """
-    # aiosqlite's own primitive for queueing work on its thread (every public
-    # method goes through it); pyproject bounds the version it is known in.
-    return await db._execute(fn, db._conn, *args)
+    try:
+        return _identity(path) != file
+    except OSError:
+        return False
+
+
+def _remove_leftovers(path: str) -> None:
+    """Remove the -wal and -shm files of a database file that is gone."""
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+
+
+def _settings(conn: sqlite3.Connection) -> None:
+    """The writer connection's settings."""
+    # WAL lets `sqlite3 llm_proxy.db` read while we write; busy_timeout makes
+    # our writes wait out a user's brief write lock instead of failing.
+    # synchronous=NORMAL is durable across process crashes in WAL mode.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    # After retention rewrites many pages the WAL file would keep its peak
+    # size; this trims it back once a checkpoint lets it restart.
+    conn.execute("PRAGMA journal_size_limit=4194304")
+
+
+def _last_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(_LAST_ID).fetchone()[0])
+
+
+def _try_write(path: str, wait: float) -> None:
+    """Take the write lock and let it go again, on a connection of our own."""
+    # Not the writer's connection: BEGIN there could land inside one of its
+    # batches. mode=rw never creates a file that has gone missing.
+    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=wait, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
 
 
 def _write_batch(conn: sqlite3.Connection, blobs: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
-    """One batch in one transaction, taken with the write lock up front."""
+    """One batch in one transaction, taken with the write lock up front, in one step on the thread.
+
+    A batch is several statements; sent one by one, each would wait for the
+    event loop in between, and the write lock is held all that while. Under
+    steady load the writer then holds it almost without a break, and a user's
+    ``BEGIN IMMEDIATE`` in ``sqlite3`` could wait out its whole busy timeout.
+    """
     # IMMEDIATE: busy_timeout then waits out a user's write. A deferred
     # transaction that has read first is refused at once when someone else
     # wrote in between.
@@ -224,10 +399,36 @@ def _statement(head: str, marks: str, size: int) -> str:
     return head + ", ".join([marks] * size)
 
 
+def _cap(values: dict[str, Any], limit: int) -> None:
+    """Cut each text of :data:`TEXT_COLUMNS` to ``limit`` bytes; ``truncated`` records full sizes."""
+    sizes = {}
+    for column in TEXT_COLUMNS:
+        text = values[column]
+        # A character is at most 4 bytes of UTF-8: most texts need no measuring at all.
+        if text is None or len(text) * 4 <= limit:
+            continue
+        if text.isascii():
+            size = len(text)
+            if size > limit:
+                values[column] = text[:limit]
+        else:
+            data = text.encode("utf-8")
+            size = len(data)
+            if size > limit:  # a character cut in two is left out
+                values[column] = data[:limit].decode("utf-8", errors="ignore")
+        if size > limit:
+            sizes[column] = size
+    if sizes:
+        if values["truncated"] is not None:  # the answer, cut as it was relayed
+            sizes = {**orjson.loads(values["truncated"]), **sizes}
+        values["truncated"] = orjson.dumps(sizes).decode()
+
+
 def _strip_text(values: dict[str, Any]) -> None:
     """Metadata mode: no prompt, answer or body text; tool calls keep only their names."""
     for column in TEXT_COLUMNS:
         values[column] = None
+    values["truncated"] = None  # no copy, so none was cut
     if values["tool_calls"]:
         calls = orjson.loads(values["tool_calls"])
         names = [
