@@ -281,6 +281,37 @@ async def test_bad_answers_are_refused(answer: bytes) -> None:
     assert caught.value.status == 502
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+async def test_a_body_that_breaks_its_framing_after_the_head_fails_at_once(stream: bool) -> None:
+    """A malformed chunk once the head and a first chunk are in: 502, not a wait for the timeout.
+
+    aiohttp's client alone leaves the body reader waiting for ever here; the
+    backend.timeout of an hour below would hold the request that long.
+    """
+    first = LINES[0]
+
+    async def breaks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(CHUNKED[: CHUNKED.index(b"\r\n\r\n") + 4] + b"%x\r\n%s\r\n" % (len(first), first))
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the head and the first chunk are read before the bad one comes
+        writer.write(b"zz\r\nnot a chunk\r\n")
+        await writer.drain()
+
+    got: list[bytes] = []
+    async with raw_server(breaks) as url, session(read=3600) as s:
+        resp = await transport.send(s, "POST", f"{url}/api/chat", backend="b", data=b"{}")
+        with pytest.raises(BackendError, match="broke off") as caught:
+            async with asyncio.timeout(30):  # a guard against the hang, not a speed target
+                if stream:
+                    async for data in transport.iter_chunks(resp, "b"):
+                        got.append(data)
+                else:
+                    got.append(await transport.read_body(resp, "b", LIMIT))
+    assert caught.value.status == 502
+    assert got == ([first] if stream else [])
+
+
 async def test_a_target_is_never_sent_with_raw_line_breaks_or_non_ascii() -> None:
     """Whatever reaches the proxy as a query, the request line stays one line."""
     received: list[bytes] = []

@@ -106,13 +106,43 @@ async def send(
     if isinstance(target, str):
         target = URL(target, encoded=True)
     try:
-        return await session.request(method, target, data=data, headers=headers, **extra)
+        resp = await session.request(method, target, data=data, headers=headers, **extra)
     except TimeoutError:  # aiohttp's ServerTimeoutError and ConnectionTimeoutError are ones
         raise BackendTimeout(f"backend {backend} did not answer in time") from None
     except aiohttp.ClientConnectorError as exc:
         raise BackendUnavailable(f"backend {backend} is unreachable: {_reason(exc)}") from None
     except aiohttp.ClientError as exc:
         raise BackendUnavailable(f"backend {backend} failed: {_reason(exc)}") from None
+    _end_body_with_connection(resp)
+    return resp
+
+
+def _end_body_with_connection(resp: Response) -> None:
+    """Make a body whose connection is gone fail at once instead of waiting for ever.
+
+    aiohttp 3.14's client leaves a body reader waiting when the answer breaks
+    its framing after the head (a malformed chunk size, say): the parser's
+    error goes to the connection, the connection closes, and the body never
+    hears of either, so the proxy held the request until backend.timeout (or,
+    with the read timer dropped by that error, without end). Once the
+    connection is lost, a body that has neither ended nor failed fails here.
+    """
+    connection = resp.connection
+    if connection is None or connection.protocol is None:
+        return  # already read whole (or no body): nothing to wait for
+    content = resp.content
+
+    def lost(_: object = None) -> None:
+        if not content.is_eof() and content.exception() is None:
+            content.set_exception(aiohttp.ClientPayloadError("the connection closed mid-answer"))
+
+    closed = connection.protocol.closed
+    if closed is None:  # lost before anyone asked
+        lost()
+        return
+    closed.add_done_callback(lost)
+    # A kept-alive connection serves many answers: each one's callback goes with its body.
+    content.on_eof(lambda: closed.remove_done_callback(lost))
 
 
 async def read_body(resp: Response, backend: str, limit: int) -> bytes:
