@@ -27,24 +27,24 @@ from ollama._types import (
 )
 
 from llm_proxy.errors import BackendError, BadRequest
-from llm_proxy.translate.ndjson import ChunkAssembler
-from llm_proxy.translate.ollama_openai import (
-    StreamTranslator,
-    chat_request,
-    dropped_options,
+from llm_proxy.translate import rfc3339_now
+from llm_proxy.translate.catalog import (
+    normalize_model_name,
+    ps_from_models,
+    show_from_props,
+    tags_from_models,
+)
+from llm_proxy.translate.embeddings import (
     embed_request,
     embed_response,
     embeddings_legacy_request,
     embeddings_legacy_response,
-    error_from_backend,
-    generate_request,
-    normalize_model_name,
-    ps_from_models,
-    rfc3339_now,
-    show_from_props,
-    tags_from_models,
 )
+from llm_proxy.translate.errors import error_from_backend
+from llm_proxy.translate.ndjson import ChunkAssembler
+from llm_proxy.translate.requests import chat_request, dropped_options, generate_request
 from llm_proxy.translate.sse import SSEDecoder
+from llm_proxy.translate.stream import StreamTranslator
 
 from .ha_turn import TURN_ON
 

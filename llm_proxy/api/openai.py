@@ -26,7 +26,7 @@ from ..config import Config, ModelsConfig
 from ..console import Console
 from ..errors import BackendError, BadRequest, ProxyError
 from ..middlewares import openai_error
-from ..translate.ollama_openai import error_from_backend
+from ..translate.errors import error_from_backend
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
 from . import body as body_mod
 from . import validate

@@ -21,18 +21,18 @@ from typing import Any, TypeVar
 
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
-from ..translate import ollama_openai as tr
+from ..translate import Kind
+from ..translate.catalog import FAR_FUTURE, client_names, details, digest, normalize_model_name
+from ..translate.requests import is_load_request
 from . import replies, transport
 from .base import Call, Reply
-from .openai import OpenAIBackend, _is_load_request
+from .openai import OpenAIBackend
 from .pool import ModelServer, ServerPool, find_binary, parse_keep_alive
 
 # Routes that need a model's server running.
 _MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings"})
 # Routes whose body may carry Ollama's keep_alive.
 _KEEP_ALIVE_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
-# Ollama's expires_at for a model kept loaded forever.
-NEVER = "2318-01-01T00:00:00Z"
 CRASH_NOTICE = 0.5  # seconds to wait, after a broken answer, for the server's exit to be seen
 
 Item = TypeVar("Item")
@@ -128,9 +128,9 @@ class LlamaCppBackend:
         keep: float | None = None
         if call.body is not None and call.endpoint in _KEEP_ALIVE_ROUTES:
             keep = parse_keep_alive(call.body.get("keep_alive"))
-        kind: tr.Kind = "chat" if call.endpoint == "/api/chat" else "generate"
+        kind: Kind = "chat" if call.endpoint == "/api/chat" else "generate"
         completes = call.endpoint in ("/api/chat", "/api/generate") and call.body is not None
-        if completes and keep == 0 and call.body is not None and _is_load_request(call.body, kind):
+        if completes and keep == 0 and call.body is not None and is_load_request(call.body, kind):
             await self.pool.unload(name)  # Ollama's "ollama stop": an empty prompt, keep_alive 0
             return replies.empty_answer(call, kind, "unload")
         server = await self.pool.acquire(name)
@@ -207,13 +207,13 @@ class LlamaCppBackend:
             if name in models:
                 return name
         for name in models:
-            if tr.normalize_model_name(name) == tr.normalize_model_name(wanted):
+            if normalize_model_name(name) == normalize_model_name(wanted):
                 return name
         raise ModelNotFound(call.model or wanted)
 
     def _names(self, name: str) -> list[str]:
         """The names clients know a configured model by: its mapped aliases, else its own."""
-        return tr.client_names(name, self.config.models.mappings)
+        return client_names(name, self.config.models.mappings)
 
     def _file(self, name: str) -> tuple[int, float]:
         """Size and modification time of a model's file (0, now when it went away)."""
@@ -230,8 +230,8 @@ class LlamaCppBackend:
             "name": client_name,
             "model": client_name,
             "size": size,
-            "digest": tr._digest(name),
-            "details": tr._details(None, {"model_path": path}),
+            "digest": digest(name),
+            "details": details(None, {"model_path": path}),
         }
 
     def _tag(self, name: str, client_name: str) -> dict[str, Any]:
@@ -239,7 +239,7 @@ class LlamaCppBackend:
         return {**self._common(name, client_name), "modified_at": _rfc3339(mtime)}
 
     def _ps(self, server: ModelServer, client_name: str) -> dict[str, Any]:
-        expires = NEVER if server.expires is None else _rfc3339(server.expires)
+        expires = FAR_FUTURE if server.expires is None else _rfc3339(server.expires)
         return {
             **self._common(server.name, client_name),
             "size_vram": 0,  # llama-server does not say where it put the weights

@@ -23,10 +23,19 @@ import orjson
 
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
-from ..translate import TooLong
-from ..translate import ollama_openai as tr
+from ..translate import JSONDict, Kind, TooLong
+from ..translate.catalog import normalize_model_name, ps_from_models, show_from_props, tags_from_models
+from ..translate.embeddings import (
+    embed_request,
+    embed_response,
+    embeddings_legacy_request,
+    embeddings_legacy_response,
+)
+from ..translate.errors import error_from_backend
 from ..translate.ndjson import ChunkAssembler
+from ..translate.requests import CHAT_PATH, apply_params, chat_request, generate_request, is_load_request
 from ..translate.sse import SSEDecoder
+from ..translate.stream import StreamTranslator
 from . import relay, replies, transport
 from .base import Batch, Call, Reply
 from .pool import parse_keep_alive
@@ -34,7 +43,6 @@ from .pool import parse_keep_alive
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
 CATALOG_TIMEOUT = 3.0  # seconds a catalog refresh may take before a stale copy is used
 JSON, NDJSON = replies.JSON, replies.NDJSON
-JSONDict = tr.JSONDict
 
 
 @dataclass(slots=True)
@@ -47,10 +55,10 @@ class Catalog:
 
     def entry(self, name: str) -> dict[str, Any] | None:
         """The ``/v1/models`` entry whose id is ``name`` (``x`` and ``x:latest`` alike)."""
-        wanted = tr.normalize_model_name(name)
+        wanted = normalize_model_name(name)
         for entry in self.models.get("data") or []:
             is_entry = isinstance(entry, dict) and isinstance(entry.get("id"), str)
-            if is_entry and tr.normalize_model_name(entry["id"]) == wanted:
+            if is_entry and normalize_model_name(entry["id"]) == wanted:
                 return entry
         return None
 
@@ -122,7 +130,7 @@ class OpenAIBackend:
             except ProxyError as exc:
                 return exc.message
             return None
-        return tr.error_from_backend(resp.status, body).message
+        return error_from_backend(resp.status, body).message
 
     async def call(self, call: Call) -> Reply:
         endpoint = call.endpoint
@@ -133,12 +141,12 @@ class OpenAIBackend:
         if endpoint == "/api/tags":
             catalog = await self.catalog()
             return replies.json_reply(
-                tr.tags_from_models(catalog.models, catalog.props, self.config.models.mappings)
+                tags_from_models(catalog.models, catalog.props, self.config.models.mappings)
             )
         if endpoint == "/api/ps":
             catalog = await self.catalog()
             return replies.json_reply(
-                tr.ps_from_models(catalog.models, catalog.props, self.config.models.mappings)
+                ps_from_models(catalog.models, catalog.props, self.config.models.mappings)
             )
         if endpoint == "/api/show":
             assert call.model is not None and call.backend_model is not None
@@ -146,7 +154,7 @@ class OpenAIBackend:
             entry = catalog.entry(call.backend_model)
             if entry is None:
                 raise ModelNotFound(call.model)
-            return replies.json_reply(tr.show_from_props(call.model, entry, catalog.props))
+            return replies.json_reply(show_from_props(call.model, entry, catalog.props))
         if endpoint in ("/api/embed", "/api/embeddings"):
             return await self._embed(call)
         if endpoint == "/api/pull":
@@ -170,7 +178,7 @@ class OpenAIBackend:
             # llama-server answers whatever model is asked for: check it here so an
             # unknown one is a 404, and send the id the server knows it by.
             body = {**call.body, "model": await self._served_name(call)}
-            tr.apply_params(self.config.models.params_for(call.model), body)
+            apply_params(self.config.models.params_for(call.model), body)
             if body != call.body:
                 call.body, call.raw = body, orjson.dumps(body)
                 call.exchange.backend_request = body
@@ -212,7 +220,7 @@ class OpenAIBackend:
         if resp.status >= 400:
             if optional:
                 return None
-            raise tr.error_from_backend(resp.status, body)
+            raise error_from_backend(resp.status, body)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -247,9 +255,9 @@ class OpenAIBackend:
 
     # -- chat and generate ------------------------------------------------------
 
-    async def _complete(self, call: Call, kind: tr.Kind) -> Reply:
+    async def _complete(self, call: Call, kind: Kind) -> Reply:
         assert call.body is not None and call.model is not None
-        if _is_load_request(call.body, kind):
+        if is_load_request(call.body, kind):
             # keep_alive 0 with nothing to answer is `ollama stop`: llama-server keeps
             # its model loaded, but the client is told what Ollama would tell it.
             unload = parse_keep_alive(call.body.get("keep_alive")) == 0
@@ -257,9 +265,9 @@ class OpenAIBackend:
         served = await self._served_name(call)
         params = self.config.models.params_for(call.model)
         if kind == "chat":
-            path, body = tr.CHAT_PATH, tr.chat_request(call.body, served, params)
+            path, body = CHAT_PATH, chat_request(call.body, served, params)
         else:
-            path, body = tr.generate_request(call.body, served, params)
+            path, body = generate_request(call.body, served, params)
         call.exchange.backend_request = body
         resp = await transport.send(
             self.session, "POST", self._url(path), backend=self.endpoint,
@@ -268,10 +276,10 @@ class OpenAIBackend:
         if resp.status >= 400:
             async with resp:
                 raw = await transport.read_body(resp, self.endpoint, self.max_answer)
-            raise tr.error_from_backend(resp.status, raw)
+            raise error_from_backend(resp.status, raw)
         # The translator's own copy of the text is capped like the record's; tool
         # calls it holds whole until they go out, within backend.max_answer_mb.
-        translator = tr.StreamTranslator(kind, call.model, keep=self.keep, limit=self.max_answer)
+        translator = StreamTranslator(kind, call.model, keep=self.keep, limit=self.max_answer)
         if call.stream:
             return Reply(200, NDJSON, lines=self._translate(resp, translator, call), on_close=[resp.release])
         async with resp:
@@ -282,7 +290,7 @@ class OpenAIBackend:
         return replies.json_reply(self._fold(raw, translator, call))
 
     async def _translate(
-        self, resp: transport.Response, translator: tr.StreamTranslator, call: Call
+        self, resp: transport.Response, translator: StreamTranslator, call: Call
     ) -> AsyncGenerator[Batch, None]:
         """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive.
 
@@ -318,7 +326,7 @@ class OpenAIBackend:
         elapsed = time.perf_counter() - call.exchange.started_mono
         yield _as_lines(translator.finish(int(elapsed * 1e9)))
 
-    def _fold(self, raw: bytes, translator: tr.StreamTranslator, call: Call) -> dict[str, Any]:
+    def _fold(self, raw: bytes, translator: StreamTranslator, call: Call) -> dict[str, Any]:
         """A whole SSE answer as one Ollama object, as a ``stream: false`` client wants it."""
         decoder = SSEDecoder()
         chunks: list[JSONDict] = []
@@ -338,9 +346,9 @@ class OpenAIBackend:
         served = await self._served_name(call)
         legacy = call.endpoint == "/api/embeddings"
         if legacy:
-            body = tr.embeddings_legacy_request(call.body, served)
+            body = embeddings_legacy_request(call.body, served)
         else:
-            body = tr.embed_request(call.body, served)
+            body = embed_request(call.body, served)
             if body["input"] == []:
                 return replies.json_reply({"model": call.model, "embeddings": []})
         call.exchange.backend_request = body
@@ -351,27 +359,18 @@ class OpenAIBackend:
         async with resp:
             raw = await transport.read_body(resp, self.endpoint, self.max_answer)
         if resp.status >= 400:
-            raise tr.error_from_backend(resp.status, raw)
+            raise error_from_backend(resp.status, raw)
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise BackendError("backend's /v1/embeddings did not answer JSON", 502) from None
         if legacy:
-            return replies.json_reply(tr.embeddings_legacy_response(answer))
+            return replies.json_reply(embeddings_legacy_response(answer))
         elapsed = time.perf_counter() - call.exchange.started_mono
-        return replies.json_reply(tr.embed_response(answer, call.model, int(elapsed * 1e9)))
+        return replies.json_reply(embed_response(answer, call.model, int(elapsed * 1e9)))
 
 
-def _is_load_request(body: dict[str, Any], kind: tr.Kind) -> bool:
-    """Ollama treats a request with nothing to answer as "load the model"."""
-    if kind == "chat":
-        return body.get("messages") in (None, [])
-    return body.get("prompt") in (None, "") and not body.get("images")
-
-
-def _translate_events(
-    events: list[str], translator: tr.StreamTranslator, chunks: list[dict[str, Any]]
-) -> bool:
+def _translate_events(events: list[str], translator: StreamTranslator, chunks: list[dict[str, Any]]) -> bool:
     """Append the Ollama chunks of SSE ``events`` to ``chunks``; True once ``[DONE]`` came.
 
     Chunks made before an error frame are in ``chunks`` when its ProxyError is raised.

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from ..errors import ProxyError
-from ..translate.ollama_openai import rfc3339_now
+from ..translate import rfc3339_now
 from .base import Batch, Call, Reply
 
 # The Ollama version we answer /api/version with: the API level we speak.
