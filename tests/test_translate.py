@@ -26,6 +26,7 @@ from ollama._types import (
     ShowResponse,
 )
 
+from llm_proxy.api import validate
 from llm_proxy.errors import BackendError, BadRequest
 from llm_proxy.translate import rfc3339_now
 from llm_proxy.translate.catalog import (
@@ -767,7 +768,7 @@ def test_image_with_data_url_prefix_line_breaks_and_no_padding() -> None:
     assert parts[2]["image_url"]["url"] == "data:image/png;base64," + PNG_B64
 
 
-@pytest.mark.parametrize("image", ["not base64!", "", 42, "data:image/png,abc"])
+@pytest.mark.parametrize("image", ["not base64!"])
 def test_invalid_image_names_the_field(image: Any) -> None:
     body = {
         "messages": [
@@ -780,56 +781,13 @@ def test_invalid_image_names_the_field(image: Any) -> None:
     assert caught.value.status == 400
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"messages": "hi"}, "messages must be a list"),
-        ({"messages": [{"role": "user", "content": "a"}, 3]}, "messages[1] must be an object"),
-        (
-            {"messages": [{"role": "user"}, {"role": "user"}, {"role": 5}]},
-            "messages[2].role must be a string",
-        ),
-        ({"messages": [{"content": "a"}]}, "messages[0].role must be a string"),
-        ({"messages": [{"role": "user", "content": {"x": 1}}]}, "messages[0].content"),
-        ({"messages": [{"role": "user", "images": "abc"}]}, "messages[0].images"),
-        (
-            {"messages": [{"role": "assistant", "tool_calls": {"a": 1}}]},
-            "messages[0].tool_calls",
-        ),
-        (
-            {"messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]},
-            "messages[0].tool_calls[0].function.name",
-        ),
-        (
-            {
-                "messages": [
-                    {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": 3}}]}
-                ]
-            },
-            "messages[0].tool_calls[0].function.arguments",
-        ),
-        ({"messages": [], "tools": {"a": 1}}, "tools must be a list"),
-        ({"messages": [], "tools": ["x"]}, "tools[0] must be an object"),
-        ({"messages": [], "options": [1]}, "options must be an object"),
-        ({"messages": [], "options": {"temperature": "hot"}}, "options.temperature"),
-        ({"messages": [], "options": {"num_predict": "10"}}, "options.num_predict"),
-        ({"messages": [], "options": {"stop": [1]}}, "options.stop"),
-        ({"messages": [], "format": "xml"}, "format"),
-        ({"messages": [], "format": ["json"]}, "format"),
-        ({"messages": [], "think": "very"}, "think"),
-        ({"messages": [], "think": 1}, "think"),
-    ],
-)
-def test_bad_chat_requests_are_bad_requests_naming_the_field(body: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize("image", ["==", "ABCDE="])
+def test_images_only_decoding_refuses_pass_the_edge_and_stop_here(image: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "b", "images": [image]}]}
+    validate.request("/api/chat", body)  # the edge checks characters and length, not the data
     with pytest.raises(BadRequest) as caught:
         chat_request(body, "m", {})
-    assert field in str(caught.value)
-    assert caught.value.status == 400
-
-
-def test_body_that_is_not_an_object() -> None:
-    with pytest.raises(BadRequest, match="request body"):
-        chat_request([1, 2], "m", {})  # type: ignore[arg-type]
+    assert caught.value.message == "'messages[0].images[0]' must be base64 image data"
 
 
 def test_missing_messages_are_an_empty_conversation() -> None:
@@ -1071,12 +1029,8 @@ def test_generate_request_raw_goes_to_completions() -> None:
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"prompt": 5}, "prompt"),
-        ({"prompt": "a", "system": ["x"]}, "system"),
         ({"prompt": "a", "images": ["!!"]}, "images[0]"),
         ({"prompt": "a", "raw": True, "images": [PNG_B64]}, "images"),
-        ({"prompt": "a", "raw": True, "think": "max"}, "think"),
-        ({"prompt": "a", "format": 3}, "format"),
     ],
 )
 def test_bad_generate_requests(body: dict[str, Any], field: str) -> None:
@@ -1110,12 +1064,6 @@ def test_embed_request_and_response() -> None:
 def test_embed_response_orders_by_index() -> None:
     backend = {"data": [{"index": 1, "embedding": [2.0]}, {"index": 0, "embedding": [1.0]}]}
     assert embed_response(backend, "m", 1)["embeddings"] == [[1.0], [2.0]]
-
-
-@pytest.mark.parametrize("value", [5, [1, 2], ["a", None]])
-def test_bad_embed_input(value: Any) -> None:
-    with pytest.raises(BadRequest, match="input"):
-        embed_request({"input": value}, "m")
 
 
 @pytest.mark.parametrize("backend", [{}, {"data": "x"}, {"data": [{"embedding": "x"}]}])

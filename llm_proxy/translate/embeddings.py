@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llm_proxy.errors import BackendError, BadRequest
+from llm_proxy.errors import BackendError
 
 from . import JSONDict, is_number
-from .requests import _object, _optional_str
 
 
 def embed_request(body: Mapping[str, Any], backend_model: str) -> JSONDict:
@@ -17,16 +16,11 @@ def embed_request(body: Mapping[str, Any], backend_model: str) -> JSONDict:
     A missing input becomes ``[]``; Ollama answers that with no embeddings,
     which the handler can do without asking the backend.
     """
-    body = _object(body, "request body")
-    value = body.get("input")
+    value = body.get("input")  # a string or a list of strings (api.validate)
     if value is None:
         value = []
     elif isinstance(value, list):
-        if not all(isinstance(item, str) for item in value):
-            raise BadRequest("input must be a string or a list of strings")
         value = list(value)
-    elif not isinstance(value, str):
-        raise BadRequest("input must be a string or a list of strings")
     out: JSONDict = {"model": backend_model, "input": value, "encoding_format": "float"}
     dimensions = body.get("dimensions")
     if isinstance(dimensions, int) and not isinstance(dimensions, bool) and dimensions > 0:
@@ -38,9 +32,7 @@ def embed_request(body: Mapping[str, Any], backend_model: str) -> JSONDict:
 
 def embeddings_legacy_request(body: Mapping[str, Any], backend_model: str) -> JSONDict:
     """Build the ``/v1/embeddings`` body for a legacy ``/api/embeddings`` request."""
-    body = _object(body, "request body")
-    prompt = _optional_str(body.get("prompt"), "prompt")
-    return {"model": backend_model, "input": prompt, "encoding_format": "float"}
+    return {"model": backend_model, "input": body.get("prompt") or "", "encoding_format": "float"}
 
 
 def _embedding_vectors(openai_json: Any) -> list[Any]:
