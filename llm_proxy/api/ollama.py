@@ -19,6 +19,7 @@ from ..backends.base import Call, Reply
 from ..config import Config
 from ..console import Console
 from ..errors import ProxyError
+from ..translate import Assembler
 from ..translate.ndjson import ChunkAssembler
 from . import body as body_mod
 from . import validate
@@ -206,25 +207,19 @@ def _error_text(status: int, body: bytes) -> str:
     return body[:8000].decode("utf-8", errors="replace")[:2000] or f"HTTP {status}"
 
 
-def _record_answer(exchange: Exchange, assembler: ChunkAssembler, streamed: bool = False) -> None:
+def _record_answer(exchange: Exchange, assembler: Assembler, streamed: bool = False) -> None:
     """Copy what the assembled answer says into the exchange record."""
-    if assembler.last is None:
+    result = assembler.result()
+    if result is None:
         return
     exchange.truncated = exchange.truncated or assembler.truncated
-    result = assembler.result()
     exchange.response_body = result
-    if assembler.kind is not None:
-        exchange.response = assembler.text
-        exchange.thinking = assembler.thought or None
-    elif isinstance(result.get("status"), str):
-        exchange.response = result["status"]  # pull/push/create progress: the last status
+    exchange.response = assembler.text
+    exchange.thinking = assembler.thinking
     exchange.tool_calls = assembler.tool_calls or None
-    # Streams put their counts on the done chunk; whole answers such as
-    # /api/embed carry them without one.
-    final = assembler.final or assembler.last or {}
-    exchange.done_reason = _str(final.get("done_reason"))
-    exchange.prompt_tokens = _int(final.get("prompt_eval_count"))
-    exchange.completion_tokens = _int(final.get("eval_count"))
+    exchange.done_reason = assembler.done_reason
+    exchange.prompt_tokens = assembler.prompt_tokens
+    exchange.completion_tokens = assembler.completion_tokens
     if assembler.error and exchange.error is None:
         exchange.error = assembler.error
         # One rule for every backend and API: a stream that broke off after its
@@ -232,11 +227,3 @@ def _record_answer(exchange: Exchange, assembler: ChunkAssembler, streamed: bool
         # (an Ollama error line names none), as the translating backend does.
         if streamed and exchange.status_code is not None and exchange.status_code < 400:
             exchange.status_code = 500
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

@@ -222,15 +222,15 @@ def _error_text(status: int, body: bytes) -> str:
 def _record(exchange: Exchange, assembler: OpenAIAssembler) -> None:
     """Copy what the assembled answer says into the exchange record."""
     exchange.response = assembler.text
-    exchange.thinking = assembler.reasoning
-    exchange.tool_calls = assembler.tool_calls
-    exchange.done_reason = assembler.finish_reason
+    exchange.thinking = assembler.thinking
+    exchange.tool_calls = assembler.tool_calls or None
+    exchange.done_reason = assembler.done_reason
     exchange.prompt_tokens = assembler.prompt_tokens
     exchange.completion_tokens = assembler.completion_tokens
     exchange.truncated = exchange.truncated or assembler.truncated
     if assembler.error is not None and exchange.error is None:
         # A mid-stream error frame: the client saw 200, then the error.
-        code = assembler.error_code
+        code = assembler.error_status
         exchange.status_code = code if code is not None and 400 <= code < 600 else 500
         exchange.error = assembler.error
 

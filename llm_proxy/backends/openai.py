@@ -337,7 +337,9 @@ class OpenAIBackend:
         assembler = ChunkAssembler()
         for chunk in chunks:
             assembler.feed(chunk)
-        return assembler.result()
+        folded = assembler.result()
+        assert folded is not None  # finish() gave the final chunk at least
+        return folded
 
     # -- embeddings -------------------------------------------------------------
 

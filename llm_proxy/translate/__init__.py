@@ -20,7 +20,7 @@ and ollama-python's ``_types.py`` for the client side; llama.cpp's
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, Protocol, TypeGuard
 
 JSONDict = dict[str, Any]
 # The two Ollama endpoints that generate: /api/chat and /api/generate.
@@ -100,3 +100,63 @@ class Budget:
             return False
         self.room -= size
         return True
+
+
+class Assembler(Protocol):
+    """Folds one answer into what its audit record keeps, one object at a time.
+
+    The objects are a stream's chunks as they are relayed, or a whole answer
+    fed once; the pipeline (``api/pipeline.py``) reads the rest. With a
+    ``limit`` (``database.max_body_kb``) an assembler keeps at most that many
+    characters of text, thinking and tool calls together, and ``truncated``
+    says when it dropped some.
+    """
+
+    def feed(self, obj: dict[str, Any]) -> bool:
+        """Take one chunk or whole answer; True when it carried a token (text, thinking, a tool call)."""
+        ...
+
+    @property
+    def text(self) -> str | None:
+        """The answer's text (for Ollama's pull, push and create: the last status); None without one."""
+        ...
+
+    @property
+    def thinking(self) -> str | None:
+        """The model's thinking (reasoning), None without any."""
+        ...
+
+    @property
+    def tool_calls(self) -> list[Any]:
+        """The tool calls, in the API's own shape."""
+        ...
+
+    @property
+    def done_reason(self) -> str | None:
+        """Why the answer ended (Ollama's done_reason, OpenAI's finish_reason)."""
+        ...
+
+    @property
+    def prompt_tokens(self) -> int | None: ...
+
+    @property
+    def completion_tokens(self) -> int | None: ...
+
+    @property
+    def error(self) -> str | None:
+        """The error the answer reported (an error line or frame), None when it reported none."""
+        ...
+
+    @property
+    def error_status(self) -> int | None:
+        """The status that error names (OpenAI's ``code``); None when it names none."""
+        ...
+
+    @property
+    def truncated(self) -> bool:
+        """True when something was left out of the copy to stay within the limit."""
+        ...
+
+    def result(self) -> dict[str, Any] | None:
+        """The whole answer as one object, in the API's non-stream shape; None when nothing came."""
+        ...
