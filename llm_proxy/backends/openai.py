@@ -277,9 +277,8 @@ class OpenAIBackend:
             async with resp:
                 raw = await transport.read_body(resp, self.endpoint, self.max_answer)
             raise error_from_backend(resp.status, raw)
-        # The translator's own copy of the text is capped like the record's; tool
-        # calls it holds whole until they go out, within backend.max_answer_mb.
-        translator = StreamTranslator(kind, call.model, keep=self.keep, limit=self.max_answer)
+        # Tool calls are held whole until they go out, within backend.max_answer_mb.
+        translator = StreamTranslator(kind, call.model, limit=self.max_answer)
         if call.stream:
             return Reply(200, NDJSON, lines=self._translate(resp, translator, call), on_close=[resp.release])
         async with resp:

@@ -14,7 +14,7 @@ import orjson
 
 from llm_proxy.errors import BackendError
 
-from . import Budget, JSONDict, Kind, is_number, rfc3339_now
+from . import JSONDict, Kind, is_number, rfc3339_now
 from .errors import stream_error
 
 
@@ -25,26 +25,20 @@ class StreamTranslator:
     collected per ``index`` and go out once, complete, in one chunk: when a
     ``finish_reason`` arrives or at :meth:`finish`, whichever is first.
     Usage and timings are remembered from whichever chunk carries them.
-
-    What it keeps for the audit trail (content, thinking, the tool calls sent)
-    stops at ``keep`` characters, with ``truncated`` set; tool-call fragments
-    waiting to go out are held whole, up to ``limit`` characters (a 502 beyond).
+    Tool-call fragments waiting to go out are held whole, up to ``limit``
+    characters (a 502 beyond). What the answer said is the audit trail's to
+    assemble, from the chunks sent (``translate.ndjson.ChunkAssembler``).
     """
 
     __slots__ = (
         "_calls",
-        "_content",
         "_deltas",
-        "_done_reason",
         "_finish_reason",
         "_held",
         "_limit",
         "_now",
-        "_thinking",
         "_timings",
-        "_tool_calls",
         "_usage",
-        "budget",
         "kind",
         "model",
     )
@@ -55,7 +49,6 @@ class StreamTranslator:
         model: str,
         created_at: Callable[[], str] | None = None,
         *,
-        keep: int | None = None,
         limit: int | None = None,
     ) -> None:
         if kind not in ("chat", "generate"):
@@ -63,70 +56,14 @@ class StreamTranslator:
         self.kind: Kind = kind
         self.model = model
         self._now = created_at or rfc3339_now
-        self._content: list[str] = []
-        self._thinking: list[str] = []
-        self.budget = Budget(keep)  # what the audit-trail copy may still keep
         self._limit = limit
         self._held = 0  # characters of tool-call fragments waiting to go out
         self._deltas = 0
         # index -> [id, name, argument fragments]
         self._calls: dict[int, list[Any]] = {}
-        self._tool_calls: list[JSONDict] = []
         self._finish_reason: str | None = None
         self._usage: JSONDict | None = None
         self._timings: JSONDict | None = None
-        self._done_reason: str | None = None
-
-    # -- audit trail --------------------------------------------------------
-
-    @property
-    def truncated(self) -> bool:
-        """True when the audit copy (content, thinking, tool calls) stopped at ``keep``."""
-        return self.budget.truncated
-
-    @property
-    def content(self) -> str:
-        """All content sent so far."""
-        return "".join(self._content)
-
-    @property
-    def thinking(self) -> str:
-        """All thinking sent so far."""
-        return "".join(self._thinking)
-
-    @property
-    def tool_calls(self) -> list[JSONDict]:
-        """The tool calls sent so far, in Ollama's shape."""
-        return list(self._tool_calls)
-
-    @property
-    def finish_reason(self) -> str | None:
-        """The backend's own finish reason, if it sent one."""
-        return self._finish_reason
-
-    @property
-    def done_reason(self) -> str | None:
-        """The ``done_reason`` of the final chunk; None before the backend finished."""
-        if self._done_reason is not None:
-            return self._done_reason
-        if self._finish_reason is None:
-            return None
-        return _done_reason(self._finish_reason)
-
-    @property
-    def prompt_tokens(self) -> int | None:
-        """Prompt tokens from usage, else from timings; None when neither came."""
-        return self._count("prompt_tokens", "prompt_n")
-
-    @property
-    def completion_tokens(self) -> int | None:
-        """Generated tokens from usage, else from timings; None when neither came."""
-        return self._count("completion_tokens", "predicted_n")
-
-    @property
-    def timings(self) -> JSONDict | None:
-        """llama-server's ``timings`` object, if it sent one."""
-        return self._timings
 
     # -- the stream ---------------------------------------------------------
 
@@ -183,10 +120,10 @@ class StreamTranslator:
         if self._calls:
             out.append(self._tool_call_chunk())
         reason = _done_reason(self._finish_reason)
-        self._done_reason = reason
         timings = self._timings or {}
-        prompt_tokens = self.prompt_tokens
-        completion_tokens = self.completion_tokens
+        # Counts from usage, else from llama-server's timings.
+        prompt_tokens = self._count("prompt_tokens", "prompt_n")
+        completion_tokens = self._count("completion_tokens", "predicted_n")
         final: JSONDict = {"model": self.model, "created_at": self._now()}
         if self.kind == "chat":
             final["message"] = {"role": "assistant", "content": ""}
@@ -217,10 +154,6 @@ class StreamTranslator:
             # feed() reports this as a malformed chunk.
             raise TypeError("content and reasoning_content must be strings")
         self._deltas += 1
-        if text:
-            self.budget.keep(self._content, text)
-        if thought:
-            self.budget.keep(self._thinking, thought)
         if self.kind == "chat":
             message: JSONDict = {"role": "assistant", "content": text}
             if thought:
@@ -292,8 +225,6 @@ class StreamTranslator:
             calls.append(call)
         self._calls = {}
         self._held = 0
-        if self.budget.room is None or self.budget.fits(len(orjson.dumps(calls))):
-            self._tool_calls.extend(calls)
         message = {"role": "assistant", "content": "", "tool_calls": calls}
         return {
             "model": self.model,
