@@ -308,7 +308,7 @@ class OpenAIBackend:
                 raise transport.too_long(exc) from None
             chunks: list[JSONDict] = []
             try:
-                finished = _translate_events(events, translator, chunks)
+                finished = translator.feed_events(events, chunks)
             except ProxyError:
                 if chunks:  # what came before the error frame still reaches the client
                     yield _as_lines(chunks)
@@ -317,7 +317,7 @@ class OpenAIBackend:
                 yield _as_lines(chunks)
         if not finished:
             chunks = []
-            finished = _translate_events(decoder.flush(), translator, chunks)
+            finished = translator.feed_events(decoder.flush(), chunks)
             if chunks:
                 yield _as_lines(chunks)
         if not finished:
@@ -329,7 +329,7 @@ class OpenAIBackend:
         """A whole SSE answer as one Ollama object, as a ``stream: false`` client wants it."""
         decoder = SSEDecoder()
         chunks: list[JSONDict] = []
-        if not _translate_events(decoder.feed(raw) + decoder.flush(), translator, chunks):
+        if not translator.feed_events(decoder.feed(raw) + decoder.flush(), chunks):
             raise translator.eof_without_done()
         elapsed = time.perf_counter() - call.exchange.started_mono
         chunks.extend(translator.finish(int(elapsed * 1e9)))
@@ -371,28 +371,6 @@ class OpenAIBackend:
         return replies.json_reply(embed_response(answer, call.model, int(elapsed * 1e9)))
 
 
-def _translate_events(events: list[str], translator: StreamTranslator, chunks: list[dict[str, Any]]) -> bool:
-    """Append the Ollama chunks of SSE ``events`` to ``chunks``; True once ``[DONE]`` came.
-
-    Chunks made before an error frame are in ``chunks`` when its ProxyError is raised.
-    """
-    for event in events:
-        if event == "[DONE]":
-            return True
-        chunks.extend(translator.feed(_event_json(event)))
-    return False
-
-
 def _as_lines(chunks: list[JSONDict]) -> Batch:
     """NDJSON lines (without newlines) for chunks, each with its object."""
     return [(orjson.dumps(c), c) for c in chunks]
-
-
-def _event_json(event: str) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(event)
-    except orjson.JSONDecodeError:
-        raise BackendError(f"backend sent an event that is not JSON: {event[:200]!r}", 502) from None
-    if not isinstance(chunk, dict):
-        raise BackendError(f"backend sent an event that is not a JSON object: {event[:200]!r}", 502)
-    return chunk

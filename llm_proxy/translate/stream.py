@@ -114,6 +114,18 @@ class StreamTranslator:
                 out.append(self._tool_call_chunk())
         return out
 
+    def feed_events(self, events: Iterable[str], chunks: list[JSONDict]) -> bool:
+        """Append the Ollama chunks of SSE ``events`` (their data) to ``chunks``; True at ``[DONE]``.
+
+        The chunks made before an error frame are in ``chunks`` when its
+        BackendError is raised: they still reach the client.
+        """
+        for event in events:
+            if event == "[DONE]":
+                return True
+            chunks.extend(self.feed(_event_json(event)))
+        return False
+
     def finish(self, total_duration_ns: int, load_duration_ns: int = 0) -> list[JSONDict]:
         """Return the last chunks after ``[DONE]``: pending tool calls, then the final one."""
         out: list[JSONDict] = []
@@ -267,3 +279,13 @@ def _arguments(text: str) -> JSONDict:
             502,
         )
     return value
+
+
+def _event_json(event: str) -> JSONDict:
+    try:
+        chunk = orjson.loads(event)
+    except orjson.JSONDecodeError:
+        raise BackendError(f"backend sent an event that is not JSON: {event[:200]!r}", 502) from None
+    if not isinstance(chunk, dict):
+        raise BackendError(f"backend sent an event that is not a JSON object: {event[:200]!r}", 502)
+    return chunk
