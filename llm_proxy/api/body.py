@@ -156,6 +156,6 @@ def make_call(
         query=request.rel_url.raw_query_string,  # as sent: still percent-encoded
         model=model,
         backend_model=backend_model,
-        exchange=exchange,
+        started=exchange.started_mono,
         stream=stream,
     )

@@ -15,7 +15,7 @@ from aiohttp import web
 from .. import keys
 from ..audit.exchange import Exchange
 from ..audit.middleware import CLIENT_GONE, why_cut_off
-from ..backends.base import Call, Reply
+from ..backends.base import Call, Chunks, Lines, Whole
 from ..config import Config
 from ..console import Console
 from ..errors import ProxyError
@@ -72,11 +72,19 @@ async def handle(request: web.Request) -> web.StreamResponse:
     keep = config.database.max_body_kb * 1024  # bytes (or characters) of each copy the record keeps
     # The slot is held until the last byte is relayed: a stream keeps the backend busy.
     async with app[keys.GATE].slot_if(call.endpoint in GATED_ROUTES):
-        reply = await backend.call(call)
-        if reply.lines is not None:
+        try:
+            reply = await backend.call(call)
+        except ProxyError as exc:
+            if exc.sent is not None:
+                exchange.backend_request = exc.sent
+            raise
+        if reply.sent is not None:
+            exchange.backend_request = reply.sent
+        if isinstance(reply, Lines):
             return await _relay_stream(request, reply, exchange, console, keep)
-        if reply.chunks is not None:
+        if isinstance(reply, Chunks):
             return await relay_chunks(request, reply, exchange, console, keep, _error_text)
+        assert isinstance(reply, Whole), "/api/* answers have no SSE frames"
         return _relay_body(reply, exchange, console, keep)
 
 
@@ -137,17 +145,15 @@ def _prompt(endpoint: str, body: dict[str, Any] | None) -> str | None:
 
 
 async def _relay_stream(
-    request: web.Request, reply: Reply, exchange: Exchange, console: Console, keep: int
+    request: web.Request, reply: Lines, exchange: Exchange, console: Console, keep: int
 ) -> web.StreamResponse:
     """Send NDJSON lines as they arrive; a failure after the start ends with an error line."""
-    assert reply.lines is not None
-    lines = reply.lines
     response = web.StreamResponse(status=reply.status, headers={"Content-Type": "application/x-ndjson"})
     assembler = ChunkAssembler(keep)
     exchange.status_code = reply.status
     try:
         await response.prepare(request)
-        async for batch in lines:
+        async for batch in reply:
             # One write per backend read: each line goes out as soon as it is
             # here, and a burst of lines costs one syscall instead of many.
             await response.write(b"\n".join([line for line, _ in batch]) + b"\n")
@@ -176,9 +182,9 @@ async def _relay_stream(
     return response
 
 
-def _relay_body(reply: Reply, exchange: Exchange, console: Console, keep: int) -> web.Response:
+def _relay_body(reply: Whole, exchange: Exchange, console: Console, keep: int) -> web.Response:
     """Send a whole answer, recording what it says (parsed when it is within the stored copy)."""
-    body = reply.body or b""
+    body = reply.body
     exchange.status_code = reply.status
     exchange.mark_first_byte()
     # A body larger than the copy kept is held only because the proxy changed it

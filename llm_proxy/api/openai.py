@@ -21,7 +21,7 @@ from aiohttp import web
 from .. import keys
 from ..audit.exchange import Exchange
 from ..audit.middleware import CLIENT_GONE, why_cut_off
-from ..backends.base import Call, Reply
+from ..backends.base import Call, Chunks, Frames, Whole
 from ..config import Config, ModelsConfig
 from ..console import Console
 from ..errors import BackendError, BadRequest, ProxyError
@@ -65,11 +65,19 @@ async def handle(request: web.Request) -> web.StreamResponse:
     keep = config.database.max_body_kb * 1024  # bytes (or characters) of each copy the record keeps
     # Generation holds a backend slot until its last byte, as on /api/*.
     async with app[keys.GATE].slot_if(call.endpoint in GATED_ROUTES):
-        reply = await backend.openai(call)
-        if reply.frames is not None:
+        try:
+            reply = await backend.openai(call)
+        except ProxyError as exc:
+            if exc.sent is not None:
+                exchange.backend_request = exc.sent
+            raise
+        if reply.sent is not None:
+            exchange.backend_request = reply.sent
+        if isinstance(reply, Frames):
             return await _relay_stream(request, reply, exchange, console, keep, strip_usage=not usage_asked)
-        if reply.chunks is not None:
+        if isinstance(reply, Chunks):
             return await relay_chunks(request, reply, exchange, console, keep, _error_text)
+        assert isinstance(reply, Whole), "/v1/* answers have no NDJSON lines"
         return _relay_body(reply, exchange, console, config.models, keep)
 
 
@@ -136,11 +144,9 @@ def _text(value: Any) -> str | None:
 
 
 async def _relay_stream(
-    request: web.Request, reply: Reply, exchange: Exchange, console: Console, keep: int, strip_usage: bool
+    request: web.Request, reply: Frames, exchange: Exchange, console: Console, keep: int, strip_usage: bool
 ) -> web.StreamResponse:
     """Send each SSE frame as it arrives; a failure after the start ends with an error frame."""
-    assert reply.frames is not None
-    frames = reply.frames
     response = web.StreamResponse(
         status=reply.status, headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache"}
     )
@@ -149,7 +155,7 @@ async def _relay_stream(
     done = False
     try:
         await response.prepare(request)
-        async for frame in frames:
+        async for frame in reply:
             if frame.event is not None and strip_usage and is_usage_only(frame.event):
                 assembler.feed(frame.event)  # recorded, though the client did not ask for it
                 continue
@@ -188,10 +194,10 @@ async def _relay_stream(
 
 
 def _relay_body(
-    reply: Reply, exchange: Exchange, console: Console, models: ModelsConfig, keep: int
+    reply: Whole, exchange: Exchange, console: Console, models: ModelsConfig, keep: int
 ) -> web.Response:
     """Send a whole answer (model lists with client-side names), recording what it says."""
-    body = reply.body or b""
+    body = reply.body
     exchange.status_code = reply.status
     exchange.mark_first_byte()
     lists = exchange.endpoint in (MODELS, MODEL)  # held whole by the backend to be renamed here

@@ -16,7 +16,7 @@ from aiohttp import web
 from .. import keys
 from ..audit.exchange import Exchange
 from ..audit.middleware import CLIENT_GONE, why_cut_off
-from ..backends.base import Reply
+from ..backends.base import Chunks
 from ..console import Console
 from ..errors import ProxyError
 
@@ -31,7 +31,7 @@ def stored_copy(body: bytes, keep: int, exchange: Exchange) -> bytes | None:
 
 async def relay_chunks(
     request: web.Request,
-    reply: Reply,
+    reply: Chunks,
     exchange: Exchange,
     console: Console,
     keep: int,
@@ -44,7 +44,6 @@ async def relay_chunks(
     end, so the client sees an incomplete answer rather than a short one.
     ``error_of(status, copy)`` says what the record's error is for a 4xx/5xx.
     """
-    assert reply.chunks is not None
     # Only Content-Type is passed on: the body is decoded (Content-Encoding is
     # gone) and sent chunked, so the backend's length would be stale.
     response = web.StreamResponse(status=reply.status, headers={"Content-Type": reply.content_type})
@@ -52,7 +51,7 @@ async def relay_chunks(
     copy = bytearray()
     try:
         await response.prepare(request)
-        async for data in reply.chunks:
+        async for data in reply:
             await response.write(data)
             exchange.mark_first_byte()
             room = keep - len(copy)

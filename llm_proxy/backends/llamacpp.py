@@ -12,12 +12,12 @@ running ones, with when each will stop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
@@ -25,7 +25,7 @@ from ..translate import Kind
 from ..translate.catalog import FAR_FUTURE, client_names, details, digest, normalize_model_name
 from ..translate.requests import is_load_request
 from . import replies, transport
-from .base import Call, Reply
+from .base import Call, Reply, Whole
 from .openai import OpenAIBackend
 from .pool import ModelServer, ServerPool, find_binary, parse_keep_alive
 
@@ -34,8 +34,6 @@ _MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embe
 # Routes whose body may carry Ollama's keep_alive.
 _KEEP_ALIVE_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 CRASH_NOTICE = 0.5  # seconds to wait, after a broken answer, for the server's exit to be seen
-
-Item = TypeVar("Item")
 
 
 class LlamaCppBackend:
@@ -143,38 +141,15 @@ class LlamaCppBackend:
         except BaseException:
             self.pool.release(server, keep)
             raise
-        if reply.lines is None and reply.frames is None:
+        if isinstance(reply, Whole):
             self.pool.release(server, keep)
-            return reply
-        released = False
-
-        def release(failed: bool = False) -> None:  # once: by the stream's end or by Reply.close()
-            nonlocal released
-            if not released:
-                released = True
-                self.pool.release(server, keep, failed)
-
-        reply.on_close.append(release)
-        if reply.lines is not None:
-            reply.lines = self._hold(reply.lines, server, release)
-        elif reply.frames is not None:
-            reply.frames = self._hold(reply.frames, server, release)
+        else:
+            # A stream keeps its server from being stopped until it ends.
+            reply.hold(
+                lambda failed: self.pool.release(server, keep, failed),
+                functools.partial(self._explain, server),
+            )
         return reply
-
-    async def _hold(
-        self, items: AsyncGenerator[Item, None], server: ModelServer, release: Callable[[bool], None]
-    ) -> AsyncGenerator[Item, None]:
-        """Relay a stream, keeping its server from being stopped until the stream ends."""
-        failed = False
-        try:
-            async for item in items:
-                yield item
-        except ProxyError as exc:
-            failed = exc.status >= 500
-            raise await self._explain(server, exc) from None
-        finally:
-            await items.aclose()
-            release(failed)
 
     async def _explain(self, server: ModelServer, exc: ProxyError) -> ProxyError:
         """Name the crash when a request failed because its llama-server died."""
@@ -183,11 +158,13 @@ class LlamaCppBackend:
         await asyncio.wait({server.watcher}, timeout=CRASH_NOTICE)
         if not server.exited or server.stopping:
             return exc
-        return BackendError(
+        explained = BackendError(
             f"llama-server for model '{server.name}' {server.ended()} while answering "
             f"({exc.message}); it starts again on the next request",
             502,
         )
+        explained.sent = exc.sent
+        return explained
 
     def _client(self, server: ModelServer) -> OpenAIBackend:
         """The OpenAI-style client of ``server``'s current process."""

@@ -14,6 +14,7 @@ the same cached catalog.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from ..translate.requests import CHAT_PATH, apply_params, chat_request, generate
 from ..translate.sse import SSEDecoder
 from ..translate.stream import StreamTranslator
 from . import relay, replies, transport
-from .base import Batch, Call, Reply
+from .base import Batch, Call, Lines, Reply, sending
 from .pool import parse_keep_alive
 
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
@@ -174,18 +175,19 @@ class OpenAIBackend:
             if entry is None:
                 raise ModelNotFound(call.model)
             return replies.json_reply(entry)
+        sent = None
         if call.body is not None and call.model is not None:
             # llama-server answers whatever model is asked for: check it here so an
             # unknown one is a 404, and send the id the server knows it by.
             body = {**call.body, "model": await self._served_name(call)}
             apply_params(self.config.models.params_for(call.model), body)
             if body != call.body:
-                call.body, call.raw = body, orjson.dumps(body)
-                call.exchange.backend_request = body
-        return await relay.forward(
-            self.session, self.endpoint, call.endpoint, call,
-            limit=self.max_answer, hold=self.keep,
-        )  # fmt: skip
+                call, sent = dataclasses.replace(call, body=body, raw=orjson.dumps(body)), body
+        with sending(sent):
+            return await relay.forward(
+                self.session, self.endpoint, call.endpoint, call,
+                limit=self.max_answer, hold=self.keep, sent=sent,
+            )  # fmt: skip
 
     # -- models ---------------------------------------------------------------
 
@@ -268,32 +270,33 @@ class OpenAIBackend:
             path, body = CHAT_PATH, chat_request(call.body, served, params)
         else:
             path, body = generate_request(call.body, served, params)
-        call.exchange.backend_request = body
-        resp = await transport.send(
-            self.session, "POST", self._url(path), backend=self.endpoint,
-            data=orjson.dumps(body), headers={"Content-Type": JSON},
-        )  # fmt: skip
-        if resp.status >= 400:
+        with sending(body):
+            resp = await transport.send(
+                self.session, "POST", self._url(path), backend=self.endpoint,
+                data=orjson.dumps(body), headers={"Content-Type": JSON},
+            )  # fmt: skip
+            if resp.status >= 400:
+                async with resp:
+                    raw = await transport.read_body(resp, self.endpoint, self.max_answer)
+                raise error_from_backend(resp.status, raw)
+            # Tool calls are held whole until they go out, within backend.max_answer_mb.
+            translator = StreamTranslator(kind, call.model, limit=self.max_answer)
+            if call.stream:
+                lines = self._translate(resp, translator, call)
+                return Lines(200, NDJSON, lines, release=resp.release, sent=body)
             async with resp:
+                # Still a stream from the backend (backend.timeout bounds each silence,
+                # not the answer), but read whole and folded at once: one wake-up per
+                # answer instead of one per SSE frame, and no NDJSON lines to write.
                 raw = await transport.read_body(resp, self.endpoint, self.max_answer)
-            raise error_from_backend(resp.status, raw)
-        # Tool calls are held whole until they go out, within backend.max_answer_mb.
-        translator = StreamTranslator(kind, call.model, limit=self.max_answer)
-        if call.stream:
-            return Reply(200, NDJSON, lines=self._translate(resp, translator, call), on_close=[resp.release])
-        async with resp:
-            # Still a stream from the backend (backend.timeout bounds each silence,
-            # not the answer), but read whole and folded at once: one wake-up per
-            # answer instead of one per SSE frame, and no NDJSON lines to write.
-            raw = await transport.read_body(resp, self.endpoint, self.max_answer)
-        return replies.json_reply(self._fold(raw, translator, call))
+            return replies.json_reply(self._fold(raw, translator, call), sent=body)
 
     async def _translate(
         self, resp: transport.Response, translator: StreamTranslator, call: Call
     ) -> AsyncGenerator[Batch, None]:
         """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive.
 
-        Reply.close() releases ``resp``, whether or not this generator ever ran.
+        Lines.close() releases ``resp``, whether or not this generator ever ran.
         """
         decoder = SSEDecoder(self.max_answer)
         finished = False
@@ -322,7 +325,7 @@ class OpenAIBackend:
                 yield _as_lines(chunks)
         if not finished:
             raise translator.eof_without_done()
-        elapsed = time.perf_counter() - call.exchange.started_mono
+        elapsed = time.perf_counter() - call.started
         yield _as_lines(translator.finish(int(elapsed * 1e9)))
 
     def _fold(self, raw: bytes, translator: StreamTranslator, call: Call) -> dict[str, Any]:
@@ -331,7 +334,7 @@ class OpenAIBackend:
         chunks: list[JSONDict] = []
         if not translator.feed_events(decoder.feed(raw) + decoder.flush(), chunks):
             raise translator.eof_without_done()
-        elapsed = time.perf_counter() - call.exchange.started_mono
+        elapsed = time.perf_counter() - call.started
         chunks.extend(translator.finish(int(elapsed * 1e9)))
         assembler = ChunkAssembler()
         for chunk in chunks:
@@ -352,23 +355,23 @@ class OpenAIBackend:
             body = embed_request(call.body, served)
             if body["input"] == []:
                 return replies.json_reply({"model": call.model, "embeddings": []})
-        call.exchange.backend_request = body
-        resp = await transport.send(
-            self.session, "POST", self._url("/v1/embeddings"), backend=self.endpoint,
-            data=orjson.dumps(body), headers={"Content-Type": JSON},
-        )  # fmt: skip
-        async with resp:
-            raw = await transport.read_body(resp, self.endpoint, self.max_answer)
-        if resp.status >= 400:
-            raise error_from_backend(resp.status, raw)
-        try:
-            answer = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BackendError("backend's /v1/embeddings did not answer JSON", 502) from None
-        if legacy:
-            return replies.json_reply(embeddings_legacy_response(answer))
-        elapsed = time.perf_counter() - call.exchange.started_mono
-        return replies.json_reply(embed_response(answer, call.model, int(elapsed * 1e9)))
+        with sending(body):
+            resp = await transport.send(
+                self.session, "POST", self._url("/v1/embeddings"), backend=self.endpoint,
+                data=orjson.dumps(body), headers={"Content-Type": JSON},
+            )  # fmt: skip
+            async with resp:
+                raw = await transport.read_body(resp, self.endpoint, self.max_answer)
+            if resp.status >= 400:
+                raise error_from_backend(resp.status, raw)
+            try:
+                answer = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise BackendError("backend's /v1/embeddings did not answer JSON", 502) from None
+            if legacy:
+                return replies.json_reply(embeddings_legacy_response(answer), sent=body)
+            elapsed = time.perf_counter() - call.started
+            return replies.json_reply(embed_response(answer, call.model, int(elapsed * 1e9)), sent=body)
 
 
 def _as_lines(chunks: list[JSONDict]) -> Batch:
