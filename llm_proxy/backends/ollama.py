@@ -94,7 +94,7 @@ class OllamaBackend:
         if path == "/v1/models/{model}":
             assert call.backend_model is not None
             path = f"/v1/models/{call.backend_model}"  # quoted by transport.url
-        # Model lists are held whole: the handler shows them with client-side names.
+        # Model lists are held whole: the pipeline shows them with client-side names.
         hold = None if call.endpoint in _V1_MODELS else self.keep
         return await relay.forward(self.session, self.endpoint, path, call, limit=self.max_answer, hold=hold)
 

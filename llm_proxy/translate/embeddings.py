@@ -14,7 +14,7 @@ def embed_request(body: Mapping[str, Any], backend_model: str) -> JSONDict:
     """Build the ``/v1/embeddings`` body for an Ollama ``/api/embed`` request.
 
     A missing input becomes ``[]``; Ollama answers that with no embeddings,
-    which the handler can do without asking the backend.
+    which the backend answers itself, without asking llama-server.
     """
     value = body.get("input")  # a string or a list of strings (api.validate)
     if value is None:
