@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
+from typing import Any
 
 
 class ProxyError(Exception):
@@ -33,6 +34,9 @@ class ProxyError(Exception):
     status = 500
     # Extra response headers the client needs with this error (Retry-After, ...).
     headers: Mapping[str, str] = types.MappingProxyType({})
+    # What the backend had been sent when this happened, for the audit record
+    # (backends.base.sending); None when nothing was, or it was the client's body.
+    sent: Any = None
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)

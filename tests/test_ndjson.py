@@ -55,7 +55,7 @@ def test_the_assembler_keeps_the_start_within_its_limit_and_says_so() -> None:
     assembler.feed({"model": "m", "message": {"role": "assistant", "content": "", "tool_calls": [call]}})
     assembler.feed({"model": "m", "message": {"content": ""}, "done": True, "eval_count": 100})
     assert assembler.truncated and assembler.tool_calls == []
-    assert len(assembler.text) + len(assembler.thought) == 55 and assembler.text.startswith("0123456789")
+    assert len(assembler.text) + len(assembler.thinking) == 55 and assembler.text.startswith("0123456789")
     assert assembler.result()["eval_count"] == 100
     unlimited = ChunkAssembler()
     for _ in range(100):

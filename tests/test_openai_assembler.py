@@ -30,18 +30,18 @@ def test_recorded_tool_stream_folds_to_the_recorded_shape() -> None:
     [call] = assembler.tool_calls or []
     assert call["function"]["name"] == "HassTurnOn" and call["type"] == "function"
     assert orjson.loads(call["function"]["arguments"]) == {"name": "HassTurnOn"}
-    assert assembler.finish_reason == "tool_calls" and assembler.text is not None
+    assert assembler.done_reason == "tool_calls" and assembler.text is not None
     assert assembler.result()["object"] == "chat.completion"
 
 
 def test_whole_answer_and_its_stream_record_the_same_columns() -> None:
     whole = OpenAIAssembler()
     assert whole.feed(orjson.loads(fixture("chat")))
-    assert (whole.text, whole.finish_reason, whole.prompt_tokens, whole.completion_tokens) == (
+    assert (whole.text, whole.done_reason, whole.prompt_tokens, whole.completion_tokens) == (
         "A color is a color.", "stop", 21, 7,
     )  # fmt: skip
     streamed = fold(sse_events("chat-stream"))
-    assert (streamed.prompt_tokens, streamed.completion_tokens, streamed.finish_reason) == (38, 12, "length")
+    assert (streamed.prompt_tokens, streamed.completion_tokens, streamed.done_reason) == (38, 12, "length")
     assert streamed.timings is not None and streamed.timings["predicted_n"] == 12
 
 
@@ -68,7 +68,7 @@ def test_reasoning_under_either_name_and_tokens_flag() -> None:
     assert assembler.feed(delta({"reasoning_content": "llama "}))
     assert assembler.feed(delta({"content": "", "reasoning": "ollama"}))
     assert assembler.feed(delta({"content": "hi"}))
-    assert (assembler.reasoning, assembler.text) == ("llama ollama", "hi")
+    assert (assembler.thinking, assembler.text) == ("llama ollama", "hi")
     assert assembler.result()["choices"][0]["message"]["reasoning_content"] == "llama ollama"
 
 
@@ -84,7 +84,7 @@ def test_last_usage_wins_and_the_usage_only_chunk_is_recognised() -> None:
 
 def test_error_frame_is_kept_with_its_code() -> None:
     assembler = fold([delta({"content": "x"}), {"error": {"code": 500, "message": "out of memory"}}])
-    assert (assembler.error, assembler.error_code, assembler.text) == ("out of memory", 500, "x")
+    assert (assembler.error, assembler.error_status, assembler.text) == ("out of memory", 500, "x")
     assert fold([{"error": "plain"}]).error == "plain"
 
 
@@ -96,7 +96,7 @@ def test_a_limit_keeps_the_start_of_the_answer_and_says_it_was_cut() -> None:
         call = {"index": index, "function": {"arguments": "{}"}}
         assembler.feed(delta({"tool_calls": [call]}, index=index))
     assert assembler.truncated and assembler.text is not None
-    kept = len(assembler.text) + len(assembler.reasoning or "")
+    kept = len(assembler.text) + len(assembler.thinking or "")
     assert kept <= 100 and assembler.text.startswith("abcabc")
     assert len(assembler.result()["choices"]) == 1
     whole = OpenAIAssembler(limit=10_000)

@@ -185,6 +185,17 @@ async def test_backend_errors_keep_status_and_message(
     assert row["status_code"] == status and message in row["error"]
 
 
+async def test_a_refused_request_keeps_what_was_sent_in_its_row(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    llama_double[0].scenario = "error-context-exceeded"
+    with pytest.raises(ollama.ResponseError):
+        await client(oproxy).chat(model="smollm2", messages=USER)
+    [(_, sent)] = llama_double[0].requests
+    [row] = await oproxy.wait_rows(1)
+    assert row["status_code"] == 400 and orjson.loads(row["backend_request"]) == sent
+
+
 async def test_model_loading_is_503(oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]) -> None:
     llama_double[0].loading = True
     with pytest.raises(ollama.ResponseError) as caught:

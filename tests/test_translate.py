@@ -26,25 +26,26 @@ from ollama._types import (
     ShowResponse,
 )
 
+from llm_proxy.api import validate
 from llm_proxy.errors import BackendError, BadRequest
-from llm_proxy.translate.ndjson import ChunkAssembler
-from llm_proxy.translate.ollama_openai import (
-    StreamTranslator,
-    chat_request,
-    dropped_options,
+from llm_proxy.translate import rfc3339_now
+from llm_proxy.translate.catalog import (
+    normalize_model_name,
+    ps_from_models,
+    show_from_props,
+    tags_from_models,
+)
+from llm_proxy.translate.embeddings import (
     embed_request,
     embed_response,
     embeddings_legacy_request,
     embeddings_legacy_response,
-    error_from_backend,
-    generate_request,
-    normalize_model_name,
-    ps_from_models,
-    rfc3339_now,
-    show_from_props,
-    tags_from_models,
 )
+from llm_proxy.translate.errors import error_from_backend
+from llm_proxy.translate.ndjson import ChunkAssembler
+from llm_proxy.translate.requests import chat_request, dropped_options, generate_request
 from llm_proxy.translate.sse import SSEDecoder
+from llm_proxy.translate.stream import StreamTranslator
 
 from .ha_turn import TURN_ON
 
@@ -126,7 +127,7 @@ def assert_final_ints(final: dict[str, Any]) -> None:
 
 def test_chat_stream_content_metrics_and_client_types() -> None:
     backend = frames("chat-stream")
-    translator, out = run(backend)
+    _, out = run(backend)
     *middle, final = out
     expected = deltas(backend)
     assert [c["message"]["content"] for c in middle] == expected
@@ -150,13 +151,6 @@ def test_chat_stream_content_metrics_and_client_types() -> None:
     assert_final_ints(final)
     parsed = ChatResponse.model_validate(final)
     assert parsed.done and parsed.message.role == "assistant"
-    assert translator.content == "".join(expected)
-    assert translator.thinking == ""
-    assert translator.tool_calls == []
-    assert translator.done_reason == "length"
-    assert translator.prompt_tokens == 38
-    assert translator.completion_tokens == 12
-    assert translator.timings == timings
 
 
 def test_role_delta_with_null_content_sends_nothing() -> None:
@@ -168,7 +162,7 @@ def test_chat_stream_without_usage_takes_counts_from_timings() -> None:
     backend = frames("chat-stream-no-usage")
     assert all("usage" not in c for c in backend)
     timings = backend[-1]["timings"]
-    translator, out = run(backend)
+    _, out = run(backend)
     final = out[-1]
     assert final["done_reason"] == "length"
     assert final["prompt_eval_count"] == timings["prompt_n"]
@@ -177,7 +171,6 @@ def test_chat_stream_without_usage_takes_counts_from_timings() -> None:
     assert final["eval_duration"] == int(timings["predicted_ms"] * 1e6)
     assert_final_ints(final)
     ChatResponse.model_validate(final)
-    assert translator.completion_tokens == timings["predicted_n"]
 
 
 def test_chat_length_is_done_reason_length() -> None:
@@ -188,15 +181,12 @@ def test_chat_length_is_done_reason_length() -> None:
 
 def test_no_counts_at_all_falls_back_to_delta_count() -> None:
     backend = [wire({"content": "a"}), wire({"content": "b"}), wire({}, "stop")]
-    translator, out = run(backend)
+    _, out = run(backend)
     assert out[-1]["eval_count"] == 2
     assert out[-1]["prompt_eval_count"] == 0
     assert out[-1]["prompt_eval_duration"] == 0
     assert out[-1]["eval_duration"] == 0
     assert out[-1]["done_reason"] == "stop"
-    assert translator.prompt_tokens is None
-    assert translator.completion_tokens is None
-    assert translator.timings is None
 
 
 def test_real_tool_call_stream_yields_one_complete_tool_call_chunk() -> None:
@@ -207,7 +197,7 @@ def test_real_tool_call_stream_yields_one_complete_tool_call_chunk() -> None:
         for choice in c["choices"]
         for tc in (choice["delta"].get("tool_calls") or [])
     ]
-    translator, out = run(backend)
+    _, out = run(backend)
     with_calls = [i for i, c in enumerate(out) if c["message"].get("tool_calls")]
     assert len(with_calls) == 1
     position = with_calls[0]
@@ -229,9 +219,6 @@ def test_real_tool_call_stream_yields_one_complete_tool_call_chunk() -> None:
     assert final["eval_count"] == 71
     ChatResponse.model_validate(final)
     assert "".join(c["message"]["content"] for c in out) == "".join(deltas(backend))
-    assert translator.tool_calls == call_chunk["message"]["tool_calls"]
-    assert translator.finish_reason == "tool_calls"
-    assert translator.done_reason == "stop"
 
 
 def test_tool_call_chunk_is_sent_when_finish_reason_arrives() -> None:
@@ -321,7 +308,7 @@ def test_reasoning_content_becomes_thinking() -> None:
         wire({"content": " there"}),
         wire({}, "stop"),
     ]
-    translator, out = run(backend)
+    _, out = run(backend)
     assert out[0]["message"] == {
         "role": "assistant",
         "content": "",
@@ -331,8 +318,6 @@ def test_reasoning_content_becomes_thinking() -> None:
     assert out[3]["message"] == {"role": "assistant", "content": " there"}
     for chunk in out:
         ChatResponse.model_validate(chunk)
-    assert translator.thinking == "The user greets.!"
-    assert translator.content == "Hi there"
     result = fold(out)
     assert result["message"]["thinking"] == "The user greets.!"
     assert result["message"]["content"] == "Hi there"
@@ -365,7 +350,7 @@ def test_generate_kind_over_a_chat_stream() -> None:
 def test_raw_generate_over_a_completions_stream() -> None:
     backend = frames("completions-stream")
     texts = [c["choices"][0]["text"] for c in backend if c["choices"][0]["text"]]
-    translator, out = run(backend, kind="generate")
+    _, out = run(backend, kind="generate")
     *middle, final = out
     assert [c["response"] for c in middle] == texts
     # This build puts usage on the finish chunk, not on a chunk of its own.
@@ -376,7 +361,6 @@ def test_raw_generate_over_a_completions_stream() -> None:
     for chunk in out:
         GenerateResponse.model_validate(chunk)
     assert fold(out)["response"] == "".join(texts)
-    assert translator.content == "".join(texts)
 
 
 def test_mid_stream_error_frame_is_a_backend_error() -> None:
@@ -767,7 +751,7 @@ def test_image_with_data_url_prefix_line_breaks_and_no_padding() -> None:
     assert parts[2]["image_url"]["url"] == "data:image/png;base64," + PNG_B64
 
 
-@pytest.mark.parametrize("image", ["not base64!", "", 42, "data:image/png,abc"])
+@pytest.mark.parametrize("image", ["not base64!"])
 def test_invalid_image_names_the_field(image: Any) -> None:
     body = {
         "messages": [
@@ -780,56 +764,13 @@ def test_invalid_image_names_the_field(image: Any) -> None:
     assert caught.value.status == 400
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"messages": "hi"}, "messages must be a list"),
-        ({"messages": [{"role": "user", "content": "a"}, 3]}, "messages[1] must be an object"),
-        (
-            {"messages": [{"role": "user"}, {"role": "user"}, {"role": 5}]},
-            "messages[2].role must be a string",
-        ),
-        ({"messages": [{"content": "a"}]}, "messages[0].role must be a string"),
-        ({"messages": [{"role": "user", "content": {"x": 1}}]}, "messages[0].content"),
-        ({"messages": [{"role": "user", "images": "abc"}]}, "messages[0].images"),
-        (
-            {"messages": [{"role": "assistant", "tool_calls": {"a": 1}}]},
-            "messages[0].tool_calls",
-        ),
-        (
-            {"messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]},
-            "messages[0].tool_calls[0].function.name",
-        ),
-        (
-            {
-                "messages": [
-                    {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": 3}}]}
-                ]
-            },
-            "messages[0].tool_calls[0].function.arguments",
-        ),
-        ({"messages": [], "tools": {"a": 1}}, "tools must be a list"),
-        ({"messages": [], "tools": ["x"]}, "tools[0] must be an object"),
-        ({"messages": [], "options": [1]}, "options must be an object"),
-        ({"messages": [], "options": {"temperature": "hot"}}, "options.temperature"),
-        ({"messages": [], "options": {"num_predict": "10"}}, "options.num_predict"),
-        ({"messages": [], "options": {"stop": [1]}}, "options.stop"),
-        ({"messages": [], "format": "xml"}, "format"),
-        ({"messages": [], "format": ["json"]}, "format"),
-        ({"messages": [], "think": "very"}, "think"),
-        ({"messages": [], "think": 1}, "think"),
-    ],
-)
-def test_bad_chat_requests_are_bad_requests_naming_the_field(body: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize("image", ["==", "ABCDE="])
+def test_images_only_decoding_refuses_pass_the_edge_and_stop_here(image: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "b", "images": [image]}]}
+    validate.request("/api/chat", body)  # the edge checks characters and length, not the data
     with pytest.raises(BadRequest) as caught:
         chat_request(body, "m", {})
-    assert field in str(caught.value)
-    assert caught.value.status == 400
-
-
-def test_body_that_is_not_an_object() -> None:
-    with pytest.raises(BadRequest, match="request body"):
-        chat_request([1, 2], "m", {})  # type: ignore[arg-type]
+    assert caught.value.message == "'messages[0].images[0]' must be base64 image data"
 
 
 def test_missing_messages_are_an_empty_conversation() -> None:
@@ -1071,12 +1012,8 @@ def test_generate_request_raw_goes_to_completions() -> None:
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"prompt": 5}, "prompt"),
-        ({"prompt": "a", "system": ["x"]}, "system"),
         ({"prompt": "a", "images": ["!!"]}, "images[0]"),
         ({"prompt": "a", "raw": True, "images": [PNG_B64]}, "images"),
-        ({"prompt": "a", "raw": True, "think": "max"}, "think"),
-        ({"prompt": "a", "format": 3}, "format"),
     ],
 )
 def test_bad_generate_requests(body: dict[str, Any], field: str) -> None:
@@ -1110,12 +1047,6 @@ def test_embed_request_and_response() -> None:
 def test_embed_response_orders_by_index() -> None:
     backend = {"data": [{"index": 1, "embedding": [2.0]}, {"index": 0, "embedding": [1.0]}]}
     assert embed_response(backend, "m", 1)["embeddings"] == [[1.0], [2.0]]
-
-
-@pytest.mark.parametrize("value", [5, [1, 2], ["a", None]])
-def test_bad_embed_input(value: Any) -> None:
-    with pytest.raises(BadRequest, match="input"):
-        embed_request({"input": value}, "m")
 
 
 @pytest.mark.parametrize("backend", [{}, {"data": "x"}, {"data": [{"embedding": "x"}]}])
@@ -1331,13 +1262,8 @@ def test_normalize_model_name(name: str, expected: str) -> None:
     assert normalize_model_name(name) == expected
 
 
-def test_the_translators_own_copy_is_capped_and_a_tool_call_bounded() -> None:
-    translator = StreamTranslator("chat", "m", keep=30, limit=1000)
-    out: list[dict[str, Any]] = []
-    for _ in range(20):
-        out += translator.feed(wire({"content": "0123456789"}))
-    assert [c["message"]["content"] for c in out] == ["0123456789"] * 20  # the client gets all of it
-    assert translator.content == "0123456789" * 3 and translator.truncated
+def test_a_tool_call_is_bounded() -> None:
+    translator = StreamTranslator("chat", "m", limit=1000)
     fragment = wire({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "x" * 100}}]})
     for _ in range(10):
         translator.feed(fragment)

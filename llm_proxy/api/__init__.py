@@ -1,1 +1,1 @@
-"""HTTP handlers, one module per API the proxy speaks."""
+"""The HTTP edge: the one request pipeline, a codec per API, body reading, validation, health."""

@@ -1,5 +1,5 @@
 """The request body: read within ``server.max_body_mb``, parsed as one JSON object,
-its model name mapped, and turned into the :class:`Call` a backend answers.
+its model name mapped and its ``stream`` flag read.
 
 Shared by every API the proxy speaks, so a body is refused the same way, with
 the same words, whichever endpoint it was sent to.
@@ -14,9 +14,7 @@ import orjson
 from aiohttp import web
 
 from .. import keys
-from ..audit.exchange import Exchange
 from ..audit.middleware import why_cut_off
-from ..backends.base import Call
 from ..config import Config
 from ..errors import BadRequest, ClientGone, PayloadTooLarge, RequestTimeout
 
@@ -131,31 +129,3 @@ def stream_flag(body: dict[str, Any] | None, default: bool) -> bool:
     if not isinstance(value, bool):
         raise BadRequest("'stream' must be true or false")
     return value
-
-
-def make_call(
-    request: web.Request,
-    exchange: Exchange,
-    *,
-    body: dict[str, Any] | None,
-    raw: bytes,
-    model: str | None,
-    backend_model: str | None,
-    stream: bool,
-    prompt: str | None,
-) -> Call:
-    """The :class:`Call` for a parsed request; its audit record learns what was asked."""
-    exchange.model, exchange.backend_model, exchange.stream = model, backend_model, stream
-    exchange.prompt = prompt
-    return Call(
-        endpoint=exchange.endpoint,
-        method=request.method,
-        path=request.path,
-        body=body,
-        raw=raw,
-        query=request.rel_url.raw_query_string,  # as sent: still percent-encoded
-        model=model,
-        backend_model=backend_model,
-        exchange=exchange,
-        stream=stream,
-    )

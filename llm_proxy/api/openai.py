@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API: /v1/* relayed to the backend and recorded like /api/*.
+"""The OpenAI-compatible API: /v1/* relayed to the backend through the one pipeline.
 
 Requests go to the backend's own ``/v1/*`` endpoint (llama-server's, or
 Ollama's compatibility layer) with only the model name mapped; answers come
@@ -7,7 +7,9 @@ back unchanged, streams frame by frame as they arrive. The rows they leave in
 
 Streams always ask the backend for usage (``stream_options.include_usage``)
 so every row has its token counts; the extra usage chunk that this adds is
-kept from clients that did not ask for it themselves.
+kept from clients that did not ask for it themselves. What differs from the
+Ollama API is :class:`OpenAICodec`: SSE frames passed on as received, OpenAI's
+error shape, ``stream`` false unless asked for.
 """
 
 from __future__ import annotations
@@ -18,19 +20,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .. import keys
 from ..audit.exchange import Exchange
-from ..audit.middleware import CLIENT_GONE, why_cut_off
-from ..backends.base import Call, Reply
+from ..backends.base import Backend, Batch, Call, Frame, Reply, Whole
 from ..config import Config, ModelsConfig
-from ..console import Console
 from ..errors import BackendError, BadRequest, ProxyError
 from ..middlewares import openai_error
-from ..translate.ollama_openai import error_from_backend
+from ..translate import Assembler
+from ..translate.errors import error_from_backend
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
 from . import body as body_mod
-from . import validate
-from .relay import relay_chunks, stored_copy
+from . import pipeline, validate
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 MODELS, MODEL = "/v1/models", "/v1/models/{model}"
@@ -56,55 +55,84 @@ async def handle(request: web.Request) -> web.StreamResponse:
     The record (``request[keys.EXCHANGE]``, with ``api = 'openai'``) is created
     and submitted by the audit middleware, as for every other route.
     """
-    app = request.app
-    config, backend, console = app[keys.LIVE].config, app[keys.BACKEND], app[keys.CONSOLE]
-    exchange = request[keys.EXCHANGE]
-    call, usage_asked = await _parse(request, exchange, config)
-    if console.raw_requests and call.body is not None:
-        console.request(exchange, call.body)
-    keep = config.database.max_body_kb * 1024  # bytes (or characters) of each copy the record keeps
-    # Generation holds a backend slot until its last byte, as on /api/*.
-    async with app[keys.GATE].slot_if(call.endpoint in GATED_ROUTES):
-        reply = await backend.openai(call)
-        if reply.frames is not None:
-            return await _relay_stream(request, reply, exchange, console, keep, strip_usage=not usage_asked)
-        if reply.chunks is not None:
-            return await relay_chunks(request, reply, exchange, console, keep, _error_text)
-        return _relay_body(reply, exchange, console, config.models, keep)
+    return await pipeline.handle(request, CODEC)
 
 
-async def _parse(request: web.Request, exchange: Exchange, config: Config) -> tuple[Call, bool]:
-    """The call to relay, and whether the client asked for usage in its stream."""
-    raw = await body_mod.read(request)
-    endpoint = exchange.endpoint
-    exchange.request_body = raw or None
-    body: dict[str, Any] | None = None
-    model = backend_model = None
-    stream = usage_asked = False
-    if request.method == "POST":
-        received = body_mod.json_object(raw)
-        model, backend_model, body = body_mod.map_model(received, "model", config, use_default=True)
-        if endpoint in STREAM_ROUTES:
-            stream = body_mod.stream_flag(body, default=False)
-        if stream:
-            options = body.get("stream_options")
-            if options is not None and not isinstance(options, dict):
-                raise BadRequest("'stream_options' must be an object")
-            usage_asked = bool(options and options.get("include_usage") is True)
-            if not usage_asked:
-                body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-        if body is not received:
-            raw = orjson.dumps(body)
-            exchange.backend_request = body
-    elif endpoint == MODEL:
-        model = request.match_info["model"]
-        validate.path_model(model)
-        backend_model = config.models.backend_name(model)
-    call = body_mod.make_call(
-        request, exchange, body=body, raw=raw, model=model, backend_model=backend_model,
-        stream=stream, prompt=_prompt(endpoint, body),
-    )  # fmt: skip
-    return call, usage_asked
+class OpenAICodec:
+    """SSE frames, OpenAI's error shape, OpenAIAssembler; ``stream`` defaults to false."""
+
+    gated = GATED_ROUTES
+
+    def check_path(self, request: web.Request, endpoint: str) -> None:
+        if endpoint == MODEL:
+            validate.path_model(request.match_info["model"])
+
+    def parse(self, request: web.Request, endpoint: str, raw: bytes, config: Config) -> pipeline.Parsed:
+        """The body with the model mapped and, for a stream, usage asked for."""
+        body: dict[str, Any] | None = None
+        model = backend_model = sent = None
+        stream = usage_asked = False
+        if request.method == "POST":
+            received = body_mod.json_object(raw)
+            model, backend_model, body = body_mod.map_model(received, "model", config, use_default=True)
+            if endpoint in STREAM_ROUTES:
+                stream = body_mod.stream_flag(body, default=False)
+            if stream:
+                options = body.get("stream_options")
+                if options is not None and not isinstance(options, dict):
+                    raise BadRequest("'stream_options' must be an object")
+                usage_asked = bool(options and options.get("include_usage") is True)
+                if not usage_asked:
+                    body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+            if body is not received:
+                raw, sent = orjson.dumps(body), body
+        elif endpoint == MODEL:
+            model = request.match_info["model"]
+            backend_model = config.models.backend_name(model)
+        prompt = _prompt(endpoint, body)
+        return pipeline.Parsed(body, raw, model, backend_model, stream, prompt, sent, not usage_asked)
+
+    async def send(self, backend: Backend, call: Call) -> Reply:
+        return await backend.openai(call)
+
+    def assembler(self, keep: int) -> Assembler:
+        return OpenAIAssembler(keep)
+
+    def stream_headers(self, content_type: str) -> dict[str, str]:
+        return {"Content-Type": content_type, "Cache-Control": "no-cache"}
+
+    def piece(self, item: Batch | Frame, hide_usage: bool) -> pipeline.Piece:
+        assert isinstance(item, Frame), "a /v1/* stream is SSE frames"
+        event, data = item.event, item.data
+        if event is not None and hide_usage and is_usage_only(event):
+            return pipeline.Piece(None, (event,), (), False)  # recorded, though the client did not ask
+        shown = (data.encode(),) if data is not None else ()
+        if event is None:
+            return pipeline.Piece(item.raw, (), shown, data == "[DONE]")
+        return pipeline.Piece(item.raw, (event,), shown, False)
+
+    def unfinished(self, exchange: Exchange) -> ProxyError | None:
+        return BackendError(f"backend {exchange.backend_type} ended the stream without [DONE]", 502)
+
+    def error_item(self, exc: ProxyError) -> bytes:
+        return b"data: " + orjson.dumps(openai_error(exc.message, exc.status)) + b"\n\n"
+
+    def error_text(self, status: int, body: bytes) -> str:
+        return error_from_backend(status, body).message
+
+    def present(self, exchange: Exchange, reply: Whole, models: ModelsConfig) -> bytes:
+        """Model lists with the names clients use; any other answer as it came."""
+        if exchange.endpoint not in (MODELS, MODEL) or not reply.content_type.startswith("application/json"):
+            return reply.body
+        obj = None
+        with suppress(orjson.JSONDecodeError):
+            obj = orjson.loads(reply.body)
+        if not isinstance(obj, dict):
+            return reply.body
+        return orjson.dumps(_client_side(obj, exchange, models))
+
+
+CODEC = OpenAICodec()
 
 
 def _prompt(endpoint: str, body: dict[str, Any] | None) -> str | None:
@@ -133,106 +161,6 @@ def _text(value: Any) -> str | None:
                 parts.append(text)
         return "\n".join(parts) if parts else None
     return None
-
-
-async def _relay_stream(
-    request: web.Request, reply: Reply, exchange: Exchange, console: Console, keep: int, strip_usage: bool
-) -> web.StreamResponse:
-    """Send each SSE frame as it arrives; a failure after the start ends with an error frame."""
-    assert reply.frames is not None
-    frames = reply.frames
-    response = web.StreamResponse(
-        status=reply.status, headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache"}
-    )
-    assembler = OpenAIAssembler(keep)
-    exchange.status_code = reply.status
-    done = False
-    try:
-        await response.prepare(request)
-        async for frame in frames:
-            if frame.event is not None and strip_usage and is_usage_only(frame.event):
-                assembler.feed(frame.event)  # recorded, though the client did not ask for it
-                continue
-            done = done or (frame.event is None and frame.data == "[DONE]")
-            await response.write(frame.raw)
-            # Recorded once written: a client that left keeps in its row only what reached it.
-            token = assembler.feed(frame.event) if frame.event is not None else False
-            exchange.mark_first_byte()
-            if token:
-                exchange.mark_first_token()
-            if console.raw_responses and frame.data is not None:
-                console.response(exchange, frame.data.encode())
-            if done:
-                # The client has every byte: end its answer now. The openai SDK stops
-                # reading at [DONE] and closes, and waiting here for the backend's end
-                # of stream made that close look like a client that left (a 499 row).
-                break
-        if not done and assembler.error is None:
-            raise BackendError(f"backend {exchange.backend_type} ended the stream without [DONE]", 502)
-        await response.write_eof()
-    except ProxyError as exc:
-        exchange.status_code, exchange.error = exc.status, exc.message
-        request[keys.FAILURE] = exc  # counted by kind in the metrics, as on /api/*
-        with suppress(ConnectionError):
-            error = orjson.dumps(openai_error(exc.message, exc.status))
-            await response.write(b"data: " + error + b"\n\n")
-            await response.write_eof()
-    except ConnectionError:
-        if not done:  # after [DONE] the client had the whole answer
-            exchange.status_code, exchange.error = CLIENT_GONE, why_cut_off(request)
-    finally:
-        await reply.close()
-        _record(exchange, assembler)
-        exchange.response_body = assembler.result()
-    return response
-
-
-def _relay_body(
-    reply: Reply, exchange: Exchange, console: Console, models: ModelsConfig, keep: int
-) -> web.Response:
-    """Send a whole answer (model lists with client-side names), recording what it says."""
-    body = reply.body or b""
-    exchange.status_code = reply.status
-    exchange.mark_first_byte()
-    lists = exchange.endpoint in (MODELS, MODEL)  # held whole by the backend to be renamed here
-    obj = None
-    if reply.content_type.startswith("application/json") and body and (lists or len(body) <= keep):
-        with suppress(orjson.JSONDecodeError):
-            obj = orjson.loads(body)
-    if reply.status < 400 and isinstance(obj, dict):
-        if lists:
-            body = orjson.dumps(_client_side(obj, exchange, models))
-        else:
-            assembler = OpenAIAssembler(keep)
-            if assembler.feed(obj):
-                exchange.mark_first_token()
-            _record(exchange, assembler)
-    exchange.response_body = stored_copy(body, keep, exchange)
-    if reply.status >= 400 and exchange.error is None:
-        exchange.error = _error_text(reply.status, body)
-    if console.raw_responses:
-        console.response(exchange, body)
-    return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
-
-
-def _error_text(status: int, body: bytes) -> str:
-    return error_from_backend(status, body).message
-
-
-def _record(exchange: Exchange, assembler: OpenAIAssembler) -> None:
-    """Copy what the assembled answer says into the exchange record."""
-    exchange.response = assembler.text
-    exchange.thinking = assembler.reasoning
-    exchange.tool_calls = assembler.tool_calls
-    exchange.done_reason = assembler.finish_reason
-    exchange.prompt_tokens = assembler.prompt_tokens
-    exchange.completion_tokens = assembler.completion_tokens
-    exchange.truncated = exchange.truncated or assembler.truncated
-    if assembler.error is not None and exchange.error is None:
-        # A mid-stream error frame: the client saw 200, then the error.
-        code = assembler.error_code
-        exchange.status_code = code if code is not None and 400 <= code < 600 else 500
-        exchange.error = assembler.error
 
 
 def _client_side(obj: dict[str, Any], exchange: Exchange, models: ModelsConfig) -> dict[str, Any]:

@@ -1,29 +1,37 @@
-"""The Backend protocol: one call in, one reply out.
+"""The Backend protocol: one frozen call in, one reply out.
 
-A handler parses the client's request into a :class:`Call`; the backend answers
-with a :class:`Reply` that is either a whole body or a stream of Ollama NDJSON
-lines. Each stream item is the line to send (without its newline) together with
-the parsed object, so the handler can relay bytes untouched and still assemble
-the audit record without parsing twice.
+The pipeline (``api/pipeline.py``) parses the client's request into a
+:class:`Call`; the backend answers with a :class:`Reply`, one of four kinds:
 
-The OpenAI-compatible API (``/v1/*``) is relayed rather than translated:
-:meth:`Backend.openai` answers with the backend's own body, or with its SSE
-stream as :class:`Frame` items, each the frame's bytes as received plus what
-they parse to.
+* :class:`Whole`: a complete body.
+* :class:`Lines`: Ollama NDJSON lines (``/api/*``), each read's lines as one
+  :data:`Batch` of the line to send (without its newline) and its parsed object,
+  so the pipeline relays bytes untouched and records without parsing twice.
+* :class:`Frames`: a relayed SSE stream (``/v1/*``), each :class:`Frame` its
+  bytes as received plus what they parse to.
+* :class:`Chunks`: a body passed on unchanged that is larger than the stored
+  copy (``database.max_body_kb``), as the backend's reads, so it is not held.
 
-A whole body the proxy passes on unchanged and that is larger than the stored
-copy (``database.max_body_kb``) is not held: it comes as ``chunks``, the
-backend's reads, for the handler to send on one by one.
+The three streams share :class:`Stream`, the one place their clean-up lives:
+:meth:`Stream.close` ends the stream and frees what it holds (its backend
+connection, a llama-server), once, whether it was read to its end, broke off,
+or was never started.
+
+Backends never touch the audit record. A reply says what was sent to the
+backend (``sent``, when it is not the client's body as mapped at the edge),
+and a ProxyError raised after sending carries it too (:func:`sending`); the
+pipeline records both.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
-from ..audit.exchange import Exchange
 from ..config import Config
+from ..errors import ProxyError
 
 StreamItem = tuple[bytes, dict[str, Any]]
 # The items that one read from the backend made available, sent to the client
@@ -31,9 +39,9 @@ StreamItem = tuple[bytes, dict[str, Any]]
 Batch = list[StreamItem]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Call:
-    """One request, parsed and with the model name resolved."""
+    """One request, parsed, checked and with the model name resolved; backends do not change it."""
 
     endpoint: str  # the route as the client called it, e.g. "/api/chat"
     method: str
@@ -43,13 +51,13 @@ class Call:
     query: str
     model: str | None  # client-side model name
     backend_model: str | None
-    exchange: Exchange
+    # time.perf_counter() when the request arrived: the durations an answer reports count from it.
+    started: float
     # The client wants NDJSON (the default for Ollama's streaming endpoints).
     stream: bool = True
-    headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One SSE frame of a relayed stream: its bytes as received and its parsed data."""
 
@@ -59,37 +67,126 @@ class Frame:
 
 
 @dataclass(slots=True)
-class Reply:
-    """What the backend answered: a complete body, an NDJSON line stream or SSE frames."""
+class Whole:
+    """A complete answer."""
 
-    status: int = 200
-    content_type: str = "application/json"
-    body: bytes | None = None
-    lines: AsyncGenerator[Batch, None] | None = None
-    frames: AsyncGenerator[Frame, None] | None = None  # a relayed SSE stream (``/v1/*``)
-    chunks: AsyncGenerator[bytes, None] | None = None  # a whole body too large to hold, as it arrives
-    # What a stream holds until it ends (its backend connection, a llama-server).
-    # The generators free it in ``finally:`` too, but a generator closed before
-    # its first item never runs its body: a client that leaves before the
-    # backend's first byte would leave the connection open, and the backend
-    # writing into it, for good.
-    on_close: list[Callable[[], None]] = field(default_factory=list)
+    status: int
+    content_type: str
+    body: bytes
+    sent: Any = None  # what the backend was sent, when it is not the call's body
 
-    @property
-    def streaming(self) -> bool:
-        """True when the reply is a stream of lines."""
-        return self.lines is not None
+    async def close(self) -> None:
+        """Nothing to free: the body is all here."""
+
+
+Item = TypeVar("Item")
+
+
+class Stream(Generic[Item]):
+    """An answer read item by item as the backend sends it; :meth:`close` frees what it holds.
+
+    Iterating it yields the items; its end, or an error from it, closes it at
+    once. ``close()`` runs its releases once, and also when the stream was never
+    started: a generator closed before its first item never runs its own
+    ``finally:``, so a client that left before the backend's first byte would
+    otherwise leave the connection open, and the backend writing into it.
+    """
+
+    __slots__ = ("_closed", "_explain", "_failed", "_items", "_releases", "content_type", "sent", "status")
+
+    def __init__(
+        self,
+        status: int,
+        content_type: str,
+        items: AsyncGenerator[Item, None],
+        *,
+        release: Callable[[], None] | None = None,
+        sent: Any = None,
+    ) -> None:
+        self.status = status
+        self.content_type = content_type
+        self.sent = sent  # what the backend was sent, when it is not the call's body
+        self._items = items
+        self._releases: list[Callable[[bool], None]] = []
+        if release is not None:
+            self._releases.append(lambda _failed: release())
+        self._explain: Callable[[ProxyError], Awaitable[ProxyError]] | None = None
+        self._failed = False
+        self._closed = False
+
+    def hold(
+        self, release: Callable[[bool], None], explain: Callable[[ProxyError], Awaitable[ProxyError]]
+    ) -> None:
+        """Keep what the stream comes from until it ends: ``release(failed)`` then, once.
+
+        ``failed`` is True when the stream broke off with a 5xx. ``explain``
+        turns such an error into the one to report (a llama-server that died).
+        """
+        self._releases.append(release)
+        self._explain = explain
+
+    def __aiter__(self) -> Stream[Item]:
+        return self
+
+    async def __anext__(self) -> Item:
+        try:
+            return await self._items.__anext__()
+        except StopAsyncIteration:
+            await self.close()
+            raise
+        except ProxyError as exc:
+            self._failed = exc.status >= 500
+            error = exc if self._explain is None else await self._explain(exc)
+            await self.close()
+            if error is exc:
+                raise
+            raise error from None
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """End the stream, read to its end or not, and free what it holds (once)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            for stream in (self.lines, self.frames, self.chunks):
-                if stream is not None:
-                    await stream.aclose()
+            await self._items.aclose()
         finally:
-            callbacks, self.on_close = self.on_close, []
-            for callback in callbacks:
-                callback()
+            for release in self._releases:
+                release(self._failed)
+
+
+class Lines(Stream[Batch]):
+    """Ollama NDJSON lines (``/api/*``), a batch per backend read."""
+
+    __slots__ = ()
+
+
+class Frames(Stream[Frame]):
+    """A relayed SSE stream (``/v1/*``), frame by frame."""
+
+    __slots__ = ()
+
+
+class Chunks(Stream[bytes]):
+    """A whole body too large to hold, as it arrives, passed on unchanged."""
+
+    __slots__ = ()
+
+
+Reply = Whole | Lines | Frames | Chunks
+
+
+@contextmanager
+def sending(body: Any) -> Iterator[None]:
+    """Inside: a ProxyError is one that happened after ``body`` was built to send (for the record)."""
+    try:
+        yield
+    except ProxyError as exc:
+        if exc.sent is None:
+            exc.sent = body
+        raise
 
 
 class Backend(Protocol):
@@ -113,7 +210,7 @@ class Backend(Protocol):
         """Forward one request; raises a :class:`~llm_proxy.errors.ProxyError` on failure."""
 
     async def openai(self, call: Call) -> Reply:
-        """Relay one OpenAI-compatible (``/v1/*``) request; a stream comes back as ``frames``.
+        """Relay one OpenAI-compatible (``/v1/*``) request; a stream comes back as ``Frames``.
 
         The backend's status and body are kept, errors included; only transport
         failures (and a model the backend does not serve) raise ProxyErrors.

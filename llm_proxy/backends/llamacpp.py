@@ -12,30 +12,28 @@ running ones, with when each will stop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
-from ..translate import ollama_openai as tr
+from ..translate import Kind
+from ..translate.catalog import FAR_FUTURE, client_names, details, digest, normalize_model_name
+from ..translate.requests import is_load_request
 from . import replies, transport
-from .base import Call, Reply
-from .openai import OpenAIBackend, _is_load_request
+from .base import Call, Reply, Whole
+from .openai import OpenAIBackend
 from .pool import ModelServer, ServerPool, find_binary, parse_keep_alive
 
 # Routes that need a model's server running.
 _MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings"})
 # Routes whose body may carry Ollama's keep_alive.
 _KEEP_ALIVE_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
-# Ollama's expires_at for a model kept loaded forever.
-NEVER = "2318-01-01T00:00:00Z"
 CRASH_NOTICE = 0.5  # seconds to wait, after a broken answer, for the server's exit to be seen
-
-Item = TypeVar("Item")
 
 
 class LlamaCppBackend:
@@ -128,9 +126,9 @@ class LlamaCppBackend:
         keep: float | None = None
         if call.body is not None and call.endpoint in _KEEP_ALIVE_ROUTES:
             keep = parse_keep_alive(call.body.get("keep_alive"))
-        kind: tr.Kind = "chat" if call.endpoint == "/api/chat" else "generate"
+        kind: Kind = "chat" if call.endpoint == "/api/chat" else "generate"
         completes = call.endpoint in ("/api/chat", "/api/generate") and call.body is not None
-        if completes and keep == 0 and call.body is not None and _is_load_request(call.body, kind):
+        if completes and keep == 0 and call.body is not None and is_load_request(call.body, kind):
             await self.pool.unload(name)  # Ollama's "ollama stop": an empty prompt, keep_alive 0
             return replies.empty_answer(call, kind, "unload")
         server = await self.pool.acquire(name)
@@ -143,38 +141,15 @@ class LlamaCppBackend:
         except BaseException:
             self.pool.release(server, keep)
             raise
-        if reply.lines is None and reply.frames is None:
+        if isinstance(reply, Whole):
             self.pool.release(server, keep)
-            return reply
-        released = False
-
-        def release(failed: bool = False) -> None:  # once: by the stream's end or by Reply.close()
-            nonlocal released
-            if not released:
-                released = True
-                self.pool.release(server, keep, failed)
-
-        reply.on_close.append(release)
-        if reply.lines is not None:
-            reply.lines = self._hold(reply.lines, server, release)
-        elif reply.frames is not None:
-            reply.frames = self._hold(reply.frames, server, release)
+        else:
+            # A stream keeps its server from being stopped until it ends.
+            reply.hold(
+                lambda failed: self.pool.release(server, keep, failed),
+                functools.partial(self._explain, server),
+            )
         return reply
-
-    async def _hold(
-        self, items: AsyncGenerator[Item, None], server: ModelServer, release: Callable[[bool], None]
-    ) -> AsyncGenerator[Item, None]:
-        """Relay a stream, keeping its server from being stopped until the stream ends."""
-        failed = False
-        try:
-            async for item in items:
-                yield item
-        except ProxyError as exc:
-            failed = exc.status >= 500
-            raise await self._explain(server, exc) from None
-        finally:
-            await items.aclose()
-            release(failed)
 
     async def _explain(self, server: ModelServer, exc: ProxyError) -> ProxyError:
         """Name the crash when a request failed because its llama-server died."""
@@ -183,11 +158,13 @@ class LlamaCppBackend:
         await asyncio.wait({server.watcher}, timeout=CRASH_NOTICE)
         if not server.exited or server.stopping:
             return exc
-        return BackendError(
+        explained = BackendError(
             f"llama-server for model '{server.name}' {server.ended()} while answering "
             f"({exc.message}); it starts again on the next request",
             502,
         )
+        explained.sent = exc.sent
+        return explained
 
     def _client(self, server: ModelServer) -> OpenAIBackend:
         """The OpenAI-style client of ``server``'s current process."""
@@ -207,13 +184,13 @@ class LlamaCppBackend:
             if name in models:
                 return name
         for name in models:
-            if tr.normalize_model_name(name) == tr.normalize_model_name(wanted):
+            if normalize_model_name(name) == normalize_model_name(wanted):
                 return name
         raise ModelNotFound(call.model or wanted)
 
     def _names(self, name: str) -> list[str]:
         """The names clients know a configured model by: its mapped aliases, else its own."""
-        return tr.client_names(name, self.config.models.mappings)
+        return client_names(name, self.config.models.mappings)
 
     def _file(self, name: str) -> tuple[int, float]:
         """Size and modification time of a model's file (0, now when it went away)."""
@@ -230,8 +207,8 @@ class LlamaCppBackend:
             "name": client_name,
             "model": client_name,
             "size": size,
-            "digest": tr._digest(name),
-            "details": tr._details(None, {"model_path": path}),
+            "digest": digest(name),
+            "details": details(None, {"model_path": path}),
         }
 
     def _tag(self, name: str, client_name: str) -> dict[str, Any]:
@@ -239,7 +216,7 @@ class LlamaCppBackend:
         return {**self._common(name, client_name), "modified_at": _rfc3339(mtime)}
 
     def _ps(self, server: ModelServer, client_name: str) -> dict[str, Any]:
-        expires = NEVER if server.expires is None else _rfc3339(server.expires)
+        expires = FAR_FUTURE if server.expires is None else _rfc3339(server.expires)
         return {
             **self._common(server.name, client_name),
             "size_vram": 0,  # llama-server does not say where it put the weights

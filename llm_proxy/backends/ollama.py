@@ -18,7 +18,7 @@ from ..errors import ProxyError
 from ..translate import TooLong
 from ..translate.ndjson import LineDecoder
 from . import relay, transport
-from .base import Batch, Call, Reply, StreamItem
+from .base import Batch, Call, Lines, Reply, StreamItem, Whole
 
 # Routes whose answers list models by name.
 _LISTS = ("/api/tags", "/api/ps")
@@ -80,11 +80,11 @@ class OllamaBackend:
         )
         content_type = resp.headers.get("Content-Type", "application/json")
         if resp.status < 400 and content_type.startswith("application/x-ndjson"):
-            return Reply(resp.status, content_type, lines=self._lines(resp, call), on_close=[resp.release])
+            return Lines(resp.status, content_type, self._lines(resp, call), release=resp.release)
         if resp.status < 400 and content_type.startswith("application/json") and self._renames(call):
             async with resp:
                 body = await transport.read_body(resp, self.endpoint, self.max_answer)
-            return Reply(resp.status, content_type, body=self._rename_body(body, call))
+            return Whole(resp.status, content_type, self._rename_body(body, call))
         # Passed on unchanged: a large answer (a blob, a big embedding batch) is
         # relayed as it arrives rather than held.
         return await transport.relayed(resp, self.endpoint, self.keep)
@@ -94,14 +94,14 @@ class OllamaBackend:
         if path == "/v1/models/{model}":
             assert call.backend_model is not None
             path = f"/v1/models/{call.backend_model}"  # quoted by transport.url
-        # Model lists are held whole: the handler shows them with client-side names.
+        # Model lists are held whole: the pipeline shows them with client-side names.
         hold = None if call.endpoint in _V1_MODELS else self.keep
         return await relay.forward(self.session, self.endpoint, path, call, limit=self.max_answer, hold=hold)
 
     async def _lines(self, resp: transport.Response, call: Call) -> AsyncGenerator[Batch, None]:
         """Relay NDJSON lines as they arrive; re-serialise only to rename the model.
 
-        Reply.close() releases ``resp``, whether or not this generator ever ran.
+        Lines.close() releases ``resp``, whether or not this generator ever ran.
         """
         rename = call.model if call.model != call.backend_model else None
         decoder = LineDecoder(self.max_answer)

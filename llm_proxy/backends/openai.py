@@ -14,6 +14,7 @@ the same cached catalog.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -23,18 +24,26 @@ import orjson
 
 from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
-from ..translate import TooLong
-from ..translate import ollama_openai as tr
+from ..translate import JSONDict, Kind, TooLong
+from ..translate.catalog import normalize_model_name, ps_from_models, show_from_props, tags_from_models
+from ..translate.embeddings import (
+    embed_request,
+    embed_response,
+    embeddings_legacy_request,
+    embeddings_legacy_response,
+)
+from ..translate.errors import error_from_backend
 from ..translate.ndjson import ChunkAssembler
+from ..translate.requests import CHAT_PATH, apply_params, chat_request, generate_request, is_load_request
 from ..translate.sse import SSEDecoder
+from ..translate.stream import StreamTranslator
 from . import relay, replies, transport
-from .base import Batch, Call, Reply
+from .base import Batch, Call, Lines, Reply, sending
 from .pool import parse_keep_alive
 
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
 CATALOG_TIMEOUT = 3.0  # seconds a catalog refresh may take before a stale copy is used
 JSON, NDJSON = replies.JSON, replies.NDJSON
-JSONDict = tr.JSONDict
 
 
 @dataclass(slots=True)
@@ -47,10 +56,10 @@ class Catalog:
 
     def entry(self, name: str) -> dict[str, Any] | None:
         """The ``/v1/models`` entry whose id is ``name`` (``x`` and ``x:latest`` alike)."""
-        wanted = tr.normalize_model_name(name)
+        wanted = normalize_model_name(name)
         for entry in self.models.get("data") or []:
             is_entry = isinstance(entry, dict) and isinstance(entry.get("id"), str)
-            if is_entry and tr.normalize_model_name(entry["id"]) == wanted:
+            if is_entry and normalize_model_name(entry["id"]) == wanted:
                 return entry
         return None
 
@@ -122,7 +131,7 @@ class OpenAIBackend:
             except ProxyError as exc:
                 return exc.message
             return None
-        return tr.error_from_backend(resp.status, body).message
+        return error_from_backend(resp.status, body).message
 
     async def call(self, call: Call) -> Reply:
         endpoint = call.endpoint
@@ -133,12 +142,12 @@ class OpenAIBackend:
         if endpoint == "/api/tags":
             catalog = await self.catalog()
             return replies.json_reply(
-                tr.tags_from_models(catalog.models, catalog.props, self.config.models.mappings)
+                tags_from_models(catalog.models, catalog.props, self.config.models.mappings)
             )
         if endpoint == "/api/ps":
             catalog = await self.catalog()
             return replies.json_reply(
-                tr.ps_from_models(catalog.models, catalog.props, self.config.models.mappings)
+                ps_from_models(catalog.models, catalog.props, self.config.models.mappings)
             )
         if endpoint == "/api/show":
             assert call.model is not None and call.backend_model is not None
@@ -146,7 +155,7 @@ class OpenAIBackend:
             entry = catalog.entry(call.backend_model)
             if entry is None:
                 raise ModelNotFound(call.model)
-            return replies.json_reply(tr.show_from_props(call.model, entry, catalog.props))
+            return replies.json_reply(show_from_props(call.model, entry, catalog.props))
         if endpoint in ("/api/embed", "/api/embeddings"):
             return await self._embed(call)
         if endpoint == "/api/pull":
@@ -166,18 +175,19 @@ class OpenAIBackend:
             if entry is None:
                 raise ModelNotFound(call.model)
             return replies.json_reply(entry)
+        sent = None
         if call.body is not None and call.model is not None:
             # llama-server answers whatever model is asked for: check it here so an
             # unknown one is a 404, and send the id the server knows it by.
             body = {**call.body, "model": await self._served_name(call)}
-            tr.apply_params(self.config.models.params_for(call.model), body)
+            apply_params(self.config.models.params_for(call.model), body)
             if body != call.body:
-                call.body, call.raw = body, orjson.dumps(body)
-                call.exchange.backend_request = body
-        return await relay.forward(
-            self.session, self.endpoint, call.endpoint, call,
-            limit=self.max_answer, hold=self.keep,
-        )  # fmt: skip
+                call, sent = dataclasses.replace(call, body=body, raw=orjson.dumps(body)), body
+        with sending(sent):
+            return await relay.forward(
+                self.session, self.endpoint, call.endpoint, call,
+                limit=self.max_answer, hold=self.keep, sent=sent,
+            )  # fmt: skip
 
     # -- models ---------------------------------------------------------------
 
@@ -212,7 +222,7 @@ class OpenAIBackend:
         if resp.status >= 400:
             if optional:
                 return None
-            raise tr.error_from_backend(resp.status, body)
+            raise error_from_backend(resp.status, body)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -247,9 +257,9 @@ class OpenAIBackend:
 
     # -- chat and generate ------------------------------------------------------
 
-    async def _complete(self, call: Call, kind: tr.Kind) -> Reply:
+    async def _complete(self, call: Call, kind: Kind) -> Reply:
         assert call.body is not None and call.model is not None
-        if _is_load_request(call.body, kind):
+        if is_load_request(call.body, kind):
             # keep_alive 0 with nothing to answer is `ollama stop`: llama-server keeps
             # its model loaded, but the client is told what Ollama would tell it.
             unload = parse_keep_alive(call.body.get("keep_alive")) == 0
@@ -257,36 +267,36 @@ class OpenAIBackend:
         served = await self._served_name(call)
         params = self.config.models.params_for(call.model)
         if kind == "chat":
-            path, body = tr.CHAT_PATH, tr.chat_request(call.body, served, params)
+            path, body = CHAT_PATH, chat_request(call.body, served, params)
         else:
-            path, body = tr.generate_request(call.body, served, params)
-        call.exchange.backend_request = body
-        resp = await transport.send(
-            self.session, "POST", self._url(path), backend=self.endpoint,
-            data=orjson.dumps(body), headers={"Content-Type": JSON},
-        )  # fmt: skip
-        if resp.status >= 400:
+            path, body = generate_request(call.body, served, params)
+        with sending(body):
+            resp = await transport.send(
+                self.session, "POST", self._url(path), backend=self.endpoint,
+                data=orjson.dumps(body), headers={"Content-Type": JSON},
+            )  # fmt: skip
+            if resp.status >= 400:
+                async with resp:
+                    raw = await transport.read_body(resp, self.endpoint, self.max_answer)
+                raise error_from_backend(resp.status, raw)
+            # Tool calls are held whole until they go out, within backend.max_answer_mb.
+            translator = StreamTranslator(kind, call.model, limit=self.max_answer)
+            if call.stream:
+                lines = self._translate(resp, translator, call)
+                return Lines(200, NDJSON, lines, release=resp.release, sent=body)
             async with resp:
+                # Still a stream from the backend (backend.timeout bounds each silence,
+                # not the answer), but read whole and folded at once: one wake-up per
+                # answer instead of one per SSE frame, and no NDJSON lines to write.
                 raw = await transport.read_body(resp, self.endpoint, self.max_answer)
-            raise tr.error_from_backend(resp.status, raw)
-        # The translator's own copy of the text is capped like the record's; tool
-        # calls it holds whole until they go out, within backend.max_answer_mb.
-        translator = tr.StreamTranslator(kind, call.model, keep=self.keep, limit=self.max_answer)
-        if call.stream:
-            return Reply(200, NDJSON, lines=self._translate(resp, translator, call), on_close=[resp.release])
-        async with resp:
-            # Still a stream from the backend (backend.timeout bounds each silence,
-            # not the answer), but read whole and folded at once: one wake-up per
-            # answer instead of one per SSE frame, and no NDJSON lines to write.
-            raw = await transport.read_body(resp, self.endpoint, self.max_answer)
-        return replies.json_reply(self._fold(raw, translator, call))
+            return replies.json_reply(self._fold(raw, translator, call), sent=body)
 
     async def _translate(
-        self, resp: transport.Response, translator: tr.StreamTranslator, call: Call
+        self, resp: transport.Response, translator: StreamTranslator, call: Call
     ) -> AsyncGenerator[Batch, None]:
         """Backend SSE in, Ollama NDJSON lines out, one per delta, as they arrive.
 
-        Reply.close() releases ``resp``, whether or not this generator ever ran.
+        Lines.close() releases ``resp``, whether or not this generator ever ran.
         """
         decoder = SSEDecoder(self.max_answer)
         finished = False
@@ -301,7 +311,7 @@ class OpenAIBackend:
                 raise transport.too_long(exc) from None
             chunks: list[JSONDict] = []
             try:
-                finished = _translate_events(events, translator, chunks)
+                finished = translator.feed_events(events, chunks)
             except ProxyError:
                 if chunks:  # what came before the error frame still reaches the client
                     yield _as_lines(chunks)
@@ -310,26 +320,28 @@ class OpenAIBackend:
                 yield _as_lines(chunks)
         if not finished:
             chunks = []
-            finished = _translate_events(decoder.flush(), translator, chunks)
+            finished = translator.feed_events(decoder.flush(), chunks)
             if chunks:
                 yield _as_lines(chunks)
         if not finished:
             raise translator.eof_without_done()
-        elapsed = time.perf_counter() - call.exchange.started_mono
+        elapsed = time.perf_counter() - call.started
         yield _as_lines(translator.finish(int(elapsed * 1e9)))
 
-    def _fold(self, raw: bytes, translator: tr.StreamTranslator, call: Call) -> dict[str, Any]:
+    def _fold(self, raw: bytes, translator: StreamTranslator, call: Call) -> dict[str, Any]:
         """A whole SSE answer as one Ollama object, as a ``stream: false`` client wants it."""
         decoder = SSEDecoder()
         chunks: list[JSONDict] = []
-        if not _translate_events(decoder.feed(raw) + decoder.flush(), translator, chunks):
+        if not translator.feed_events(decoder.feed(raw) + decoder.flush(), chunks):
             raise translator.eof_without_done()
-        elapsed = time.perf_counter() - call.exchange.started_mono
+        elapsed = time.perf_counter() - call.started
         chunks.extend(translator.finish(int(elapsed * 1e9)))
         assembler = ChunkAssembler()
         for chunk in chunks:
             assembler.feed(chunk)
-        return assembler.result()
+        folded = assembler.result()
+        assert folded is not None  # finish() gave the final chunk at least
+        return folded
 
     # -- embeddings -------------------------------------------------------------
 
@@ -338,61 +350,30 @@ class OpenAIBackend:
         served = await self._served_name(call)
         legacy = call.endpoint == "/api/embeddings"
         if legacy:
-            body = tr.embeddings_legacy_request(call.body, served)
+            body = embeddings_legacy_request(call.body, served)
         else:
-            body = tr.embed_request(call.body, served)
+            body = embed_request(call.body, served)
             if body["input"] == []:
                 return replies.json_reply({"model": call.model, "embeddings": []})
-        call.exchange.backend_request = body
-        resp = await transport.send(
-            self.session, "POST", self._url("/v1/embeddings"), backend=self.endpoint,
-            data=orjson.dumps(body), headers={"Content-Type": JSON},
-        )  # fmt: skip
-        async with resp:
-            raw = await transport.read_body(resp, self.endpoint, self.max_answer)
-        if resp.status >= 400:
-            raise tr.error_from_backend(resp.status, raw)
-        try:
-            answer = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BackendError("backend's /v1/embeddings did not answer JSON", 502) from None
-        if legacy:
-            return replies.json_reply(tr.embeddings_legacy_response(answer))
-        elapsed = time.perf_counter() - call.exchange.started_mono
-        return replies.json_reply(tr.embed_response(answer, call.model, int(elapsed * 1e9)))
-
-
-def _is_load_request(body: dict[str, Any], kind: tr.Kind) -> bool:
-    """Ollama treats a request with nothing to answer as "load the model"."""
-    if kind == "chat":
-        return body.get("messages") in (None, [])
-    return body.get("prompt") in (None, "") and not body.get("images")
-
-
-def _translate_events(
-    events: list[str], translator: tr.StreamTranslator, chunks: list[dict[str, Any]]
-) -> bool:
-    """Append the Ollama chunks of SSE ``events`` to ``chunks``; True once ``[DONE]`` came.
-
-    Chunks made before an error frame are in ``chunks`` when its ProxyError is raised.
-    """
-    for event in events:
-        if event == "[DONE]":
-            return True
-        chunks.extend(translator.feed(_event_json(event)))
-    return False
+        with sending(body):
+            resp = await transport.send(
+                self.session, "POST", self._url("/v1/embeddings"), backend=self.endpoint,
+                data=orjson.dumps(body), headers={"Content-Type": JSON},
+            )  # fmt: skip
+            async with resp:
+                raw = await transport.read_body(resp, self.endpoint, self.max_answer)
+            if resp.status >= 400:
+                raise error_from_backend(resp.status, raw)
+            try:
+                answer = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise BackendError("backend's /v1/embeddings did not answer JSON", 502) from None
+            if legacy:
+                return replies.json_reply(embeddings_legacy_response(answer), sent=body)
+            elapsed = time.perf_counter() - call.started
+            return replies.json_reply(embed_response(answer, call.model, int(elapsed * 1e9)), sent=body)
 
 
 def _as_lines(chunks: list[JSONDict]) -> Batch:
     """NDJSON lines (without newlines) for chunks, each with its object."""
     return [(orjson.dumps(c), c) for c in chunks]
-
-
-def _event_json(event: str) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(event)
-    except orjson.JSONDecodeError:
-        raise BackendError(f"backend sent an event that is not JSON: {event[:200]!r}", 502) from None
-    if not isinstance(chunk, dict):
-        raise BackendError(f"backend sent an event that is not a JSON object: {event[:200]!r}", 502)
-    return chunk

@@ -9,27 +9,36 @@ its bytes untouched, as soon as it is complete.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import orjson
 
 from ..translate import TooLong
 from ..translate.sse import SSEDecoder, SSEFramer
 from . import transport
-from .base import Call, Frame, Reply
+from .base import Call, Frame, Frames, Reply, Whole
 
 JSON = "application/json"
 SSE = "text/event-stream"
 
 
 async def forward(
-    session: transport.Session, endpoint: str, path: str, call: Call, *, limit: int, hold: int | None
+    session: transport.Session,
+    endpoint: str,
+    path: str,
+    call: Call,
+    *,
+    limit: int,
+    hold: int | None,
+    sent: Any = None,
 ) -> Reply:
-    """Send ``call`` to ``endpoint + path``; an SSE answer comes back as frames.
+    """Send ``call`` to ``endpoint + path``; an SSE answer comes back as :class:`~.base.Frames`.
 
     ``limit`` (backend.max_answer_mb in bytes) bounds a frame, and a body read
-    whole because the handler changes it (``hold=None``: model lists). Any other
+    whole because the pipeline changes it (``hold=None``: model lists). Any other
     body is held up to ``hold`` bytes (the stored copy) and relayed as it comes
-    beyond that.
+    beyond that. ``sent`` is what the reply reports as sent (the call's body,
+    when the backend changed it).
     """
     data = call.raw if call.method == "POST" else None
     headers = {"Content-Type": JSON} if data is not None else None
@@ -39,19 +48,19 @@ async def forward(
     content_type = resp.headers.get("Content-Type", JSON)
     if resp.status < 400 and content_type.startswith(SSE):
         stream = frames(resp, endpoint, limit)
-        return Reply(resp.status, content_type, frames=stream, on_close=[resp.release])
+        return Frames(resp.status, content_type, stream, release=resp.release, sent=sent)
     if hold is not None:
-        return await transport.relayed(resp, endpoint, hold)
+        return await transport.relayed(resp, endpoint, hold, sent)
     async with resp:
         body = await transport.read_body(resp, endpoint, limit)
-    return Reply(resp.status, content_type, body=body)
+    return Whole(resp.status, content_type, body, sent=sent)
 
 
 async def frames(resp: transport.Response, backend: str, limit: int) -> AsyncGenerator[Frame, None]:
     """The SSE answer frame by frame as it arrives, each with its parsed data.
 
     A frame longer than ``limit`` bytes ends the stream with a 502.
-    Reply.close() releases ``resp``, whether or not this generator ever ran.
+    Frames.close() releases ``resp``, whether or not this generator ever ran.
     """
     framer, decoder = SSEFramer(limit), SSEDecoder(limit)
     try:

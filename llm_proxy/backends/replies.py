@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from ..errors import ProxyError
-from ..translate.ollama_openai import rfc3339_now
-from .base import Batch, Call, Reply
+from ..translate import rfc3339_now
+from .base import Batch, Call, Lines, Reply, Whole
 
 # The Ollama version we answer /api/version with: the API level we speak.
 OLLAMA_VERSION = "0.12.6"
@@ -26,9 +26,9 @@ NDJSON = "application/x-ndjson"
 MANAGEMENT = frozenset({"/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}"})
 
 
-def json_reply(obj: Any) -> Reply:
-    """A 200 JSON answer."""
-    return Reply(200, JSON, body=orjson.dumps(obj))
+def json_reply(obj: Any, sent: Any = None) -> Whole:
+    """A 200 JSON answer; ``sent`` is what the backend was sent for it."""
+    return Whole(200, JSON, orjson.dumps(obj), sent=sent)
 
 
 async def one_line(obj: dict[str, Any]) -> AsyncGenerator[Batch, None]:
@@ -39,11 +39,11 @@ async def one_line(obj: dict[str, Any]) -> AsyncGenerator[Batch, None]:
 def single(call: Call, obj: dict[str, Any]) -> Reply:
     """``obj`` as the client asked for it: one NDJSON line, or one JSON object."""
     if call.stream:
-        return Reply(200, NDJSON, lines=one_line(obj))
+        return Lines(200, NDJSON, one_line(obj))
     return json_reply(obj)
 
 
-def empty_answer(call: Call, kind: str, done_reason: str) -> Reply:
+def empty_answer(call: Call, kind: str, done_reason: str) -> Whole:
     """Ollama's answer to a request with nothing to generate ("load", "unload").
 
     Always one ``application/json`` object, whatever ``stream`` says, as Ollama
@@ -71,7 +71,7 @@ def answer_locally(call: Call, backend: str, serves: str) -> Reply:
     if call.endpoint == "/api/version":
         return json_reply({"version": OLLAMA_VERSION})
     if call.endpoint == "/":
-        return Reply(200, "text/plain; charset=utf-8", body=b"Ollama is running")
+        return Whole(200, "text/plain; charset=utf-8", b"Ollama is running")
     if call.endpoint in MANAGEMENT:
         raise ProxyError(
             f"{call.endpoint} is not available: the {backend} backend {serves} "

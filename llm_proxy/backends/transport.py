@@ -32,7 +32,7 @@ from .. import __version__
 from ..config import BackendConfig
 from ..errors import BackendError, BackendTimeout, BackendUnavailable
 from ..translate import TooLong
-from .base import Reply
+from .base import Chunks, Whole
 
 HEALTH_TIMEOUT = 3.0  # seconds a health probe may take
 READ_SIZE = 64 * 1024  # bytes taken from the backend's answer per read
@@ -161,11 +161,11 @@ async def read_body(resp: Response, backend: str, limit: int) -> bytes:
     return b"".join(pieces)
 
 
-async def relayed(resp: Response, backend: str, hold: int) -> Reply:
-    """The answer as a :class:`Reply`: whole up to ``hold`` bytes, else relayed as it comes.
+async def relayed(resp: Response, backend: str, hold: int, sent: Any = None) -> Whole | Chunks:
+    """The answer whole up to ``hold`` bytes, else relayed as it comes; ``sent`` as the reply's.
 
     Either way nothing more than ``hold`` bytes and one read is held: a larger
-    answer comes back as ``chunks`` that pass each read on to the client.
+    answer comes back as :class:`~.base.Chunks` that pass each read on to the client.
     """
     content_type = resp.headers.get("Content-Type", "application/json")
     pieces: list[bytes] = []
@@ -176,19 +176,17 @@ async def relayed(resp: Response, backend: str, hold: int) -> Reply:
             pieces.append(data)
             size += len(data)
             if size > hold:
-                return Reply(
-                    resp.status, content_type,
-                    chunks=_rest(pieces, reads), on_close=[resp.release],
-                )  # fmt: skip
+                rest = _rest(pieces, reads)
+                return Chunks(resp.status, content_type, rest, release=resp.release, sent=sent)
     except BaseException:
         resp.release()
         raise
     resp.release()
-    return Reply(resp.status, content_type, body=b"".join(pieces))
+    return Whole(resp.status, content_type, b"".join(pieces), sent=sent)
 
 
 async def _rest(first: list[bytes], reads: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-    """What was read already, then the rest as it arrives (Reply.close() releases the answer)."""
+    """What was read already, then the rest as it arrives (Chunks.close() releases the answer)."""
     held = b"".join(first)
     first.clear()
     yield held

@@ -63,7 +63,7 @@ class LineDecoder:
 
 
 class ChunkAssembler:
-    """Builds the one-object answer out of a stream of Ollama chunks.
+    """Builds the one-object answer out of a stream of Ollama chunks: an :class:`~.Assembler`.
 
     The same object serves the audit trail (content, thinking, tool calls,
     counts) and ``stream: false`` clients of a streaming backend. With a
@@ -73,39 +73,37 @@ class ChunkAssembler:
     any length is recorded in bounded memory.
     """
 
-    __slots__ = ("budget", "chunks", "content", "error", "final", "kind", "last", "thinking", "tool_calls")
+    __slots__ = ("_budget", "_content", "_final", "_kind", "_last", "_thinking", "_tool_calls", "error")
 
     def __init__(self, limit: int | None = None) -> None:
-        self.content: list[str] = []
-        self.thinking: list[str] = []
-        self.tool_calls: list[Any] = []
-        self.final: dict[str, Any] | None = None
-        self.last: dict[str, Any] | None = None
+        self._content: list[str] = []
+        self._thinking: list[str] = []
+        self._tool_calls: list[Any] = []
+        self._final: dict[str, Any] | None = None  # the done chunk
+        self._last: dict[str, Any] | None = None
+        self._kind: str | None = None  # "chat" (message) or "generate" (response)
+        self._budget = Budget(limit)
         self.error: str | None = None
-        self.kind: str | None = None  # "chat" (message) or "generate" (response)
-        self.chunks = 0
-        self.budget = Budget(limit)
 
-    def feed(self, chunk: dict[str, Any]) -> bool:
+    def feed(self, obj: dict[str, Any]) -> bool:
         """Take one chunk; True when it carried a token (content, thinking or a tool call)."""
-        self.chunks += 1
-        self.last = chunk
+        self._last = obj
         token = False
-        message = chunk.get("message")
+        message = obj.get("message")
         if isinstance(message, dict):
-            self.kind = "chat"
+            self._kind = "chat"
             token = self._take(message.get("content"), message.get("thinking"))
             calls = message.get("tool_calls")
             if calls:
-                if self.budget.room is None or self.budget.fits(len(orjson.dumps(calls, default=str))):
-                    self.tool_calls.extend(calls)
+                if self._budget.room is None or self._budget.fits(len(orjson.dumps(calls, default=str))):
+                    self._tool_calls.extend(calls)
                 token = True
-        elif "response" in chunk:
-            self.kind = "generate"
-            token = self._take(chunk.get("response"), chunk.get("thinking"))
-        if chunk.get("done") is True:
-            self.final = chunk
-        error = chunk.get("error")
+        elif "response" in obj:
+            self._kind = "generate"
+            token = self._take(obj.get("response"), obj.get("thinking"))
+        if obj.get("done") is True:
+            self._final = obj
+        error = obj.get("error")
         if error:
             self.error = str(error)
         return token
@@ -113,44 +111,80 @@ class ChunkAssembler:
     def _take(self, content: Any, thinking: Any) -> bool:
         token = False
         if isinstance(content, str) and content:
-            self.budget.keep(self.content, content)
+            self._budget.keep(self._content, content)
             token = True
         if isinstance(thinking, str) and thinking:
-            self.budget.keep(self.thinking, thinking)
+            self._budget.keep(self._thinking, thinking)
             token = True
         return token
 
     @property
     def truncated(self) -> bool:
         """True when something was left out of the copy to stay within the limit."""
-        return self.budget.truncated
+        return self._budget.truncated
 
     @property
-    def text(self) -> str:
-        """The assembled answer."""
-        return "".join(self.content)
+    def text(self) -> str | None:
+        """The assembled answer; for pull, push and create progress, the last status."""
+        if self._kind is not None:
+            return "".join(self._content)
+        status = (self._last or {}).get("status")
+        return status if isinstance(status, str) else None
 
     @property
-    def thought(self) -> str:
-        """The assembled thinking."""
-        return "".join(self.thinking)
+    def thinking(self) -> str | None:
+        """The assembled thinking, None without any."""
+        return "".join(self._thinking) or None
 
-    def result(self) -> dict[str, Any]:
+    @property
+    def tool_calls(self) -> list[Any]:
+        return self._tool_calls
+
+    # Streams put their counts on the done chunk; whole answers such as
+    # /api/embed carry them without one.
+
+    @property
+    def done_reason(self) -> str | None:
+        value = (self._final or self._last or {}).get("done_reason")
+        return value if isinstance(value, str) else None
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return _count(self._final or self._last, "prompt_eval_count")
+
+    @property
+    def completion_tokens(self) -> int | None:
+        return _count(self._final or self._last, "eval_count")
+
+    @property
+    def error_status(self) -> int | None:
+        """None: an Ollama error line names no status."""
+        return None
+
+    def result(self) -> dict[str, Any] | None:
         """The whole answer as one Ollama object (final chunk's metrics included)."""
-        out = dict(self.final or self.last or {})
-        if self.kind == "chat":
+        if self._last is None:
+            return None
+        out = dict(self._final or self._last)
+        text = "".join(self._content)
+        if self._kind == "chat":
             message: dict[str, Any] = dict(out.get("message") or {"role": "assistant"})
             message.setdefault("role", "assistant")
-            message["content"] = self.text
-            if self.thinking:
-                message["thinking"] = self.thought
+            message["content"] = text
+            if self._thinking:
+                message["thinking"] = "".join(self._thinking)
             else:
                 message.pop("thinking", None)
-            if self.tool_calls:
-                message["tool_calls"] = self.tool_calls
+            if self._tool_calls:
+                message["tool_calls"] = self._tool_calls
             out["message"] = message
-        elif self.kind == "generate":
-            out["response"] = self.text
-            if self.thinking:
-                out["thinking"] = self.thought
+        elif self._kind == "generate":
+            out["response"] = text
+            if self._thinking:
+                out["thinking"] = "".join(self._thinking)
         return out
+
+
+def _count(obj: dict[str, Any] | None, key: str) -> int | None:
+    value = (obj or {}).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -82,21 +82,23 @@ _ENTRY_COST = 64
 
 
 class OpenAIAssembler:
-    """Collect an OpenAI-style answer, chunk by chunk or whole."""
+    """Collect an OpenAI-style answer, chunk by chunk or whole: an :class:`~.Assembler`."""
 
-    __slots__ = ("_choices", "budget", "error", "error_code", "head", "timings", "usage")
+    __slots__ = ("_choices", "_fed", "budget", "error", "error_status", "head", "timings", "usage")
 
     def __init__(self, limit: int | None = None) -> None:
         self.budget = Budget(limit)
         self._choices: dict[int, _Choice] = {}
+        self._fed = False
         self.head: dict[str, Any] = {}
         self.usage: dict[str, Any] | None = None
         self.timings: dict[str, Any] | None = None
         self.error: str | None = None
-        self.error_code: int | None = None
+        self.error_status: int | None = None  # the error's "code", when it is an integer
 
     def feed(self, obj: dict[str, Any]) -> bool:
         """Take one chunk or whole answer; True when it carried answer tokens."""
+        self._fed = True
         if not self.head:
             self.head = {key: obj[key] for key in _HEAD if key in obj}
         if isinstance(obj.get("usage"), dict):
@@ -118,7 +120,7 @@ class OpenAIAssembler:
             message = error.get("message")
             self.error = message if isinstance(message, str) and message else str(error)
             code = error.get("code")
-            self.error_code = code if _is_int(code) else None
+            self.error_status = code if _is_int(code) else None
         else:
             self.error = str(error)
 
@@ -195,19 +197,21 @@ class OpenAIAssembler:
         return "".join(first.content) if first is not None else None
 
     @property
-    def reasoning(self) -> str | None:
+    def thinking(self) -> str | None:
+        """The reasoning (llama-server's reasoning_content, Ollama's reasoning), None without any."""
         first = self._first
         return "".join(first.reasoning) if first is not None and first.reasoning else None
 
     @property
-    def tool_calls(self) -> list[dict[str, Any]] | None:
+    def tool_calls(self) -> list[Any]:
         first = self._first
-        if first is None or not first.tool_calls:
-            return None
+        if first is None:
+            return []
         return [first.tool_calls[i].result() for i in sorted(first.tool_calls)]
 
     @property
-    def finish_reason(self) -> str | None:
+    def done_reason(self) -> str | None:
+        """The finish_reason."""
         first = self._first
         return first.finish_reason if first is not None else None
 
@@ -221,8 +225,10 @@ class OpenAIAssembler:
         value = (self.usage or {}).get("completion_tokens")
         return value if _is_int(value) else None
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> dict[str, Any] | None:
         """The streamed answer as one object, in the shape of the non-streamed answer."""
+        if not self._fed:
+            return None
         out = dict(self.head)
         if isinstance(out.get("object"), str):
             out["object"] = _WHOLE.get(out["object"], out["object"])
