@@ -141,8 +141,11 @@ def _end_body_with_connection(resp: Response) -> None:
         lost()
         return
     closed.add_done_callback(lost)
-    # A kept-alive connection serves many answers: each one's callback goes with its body.
-    content.on_eof(lambda: closed.remove_done_callback(lost))
+
+    def ended() -> None:  # a kept-alive connection serves many answers: each callback goes with its body
+        closed.remove_done_callback(lost)
+
+    content.on_eof(ended)
 
 
 async def read_body(resp: Response, backend: str, limit: int) -> bytes:
