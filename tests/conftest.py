@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from llm_proxy import config as config_mod
-from llm_proxy.app import create_app
+from llm_proxy.server.app import create_app
 
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble

@@ -11,8 +11,8 @@ from pathlib import Path
 import ollama
 import pytest
 
-from llm_proxy import cli
 from llm_proxy.audit.migrate import migrate
+from llm_proxy.cli.main import main
 
 from .conftest import Proxy
 
@@ -68,7 +68,7 @@ def test_every_command_has_help_and_a_readme_example(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as done:
-        cli.main([*command, "--help"])
+        main([*command, "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: llm-proxy {' '.join(command)}")
     assert f"llm-proxy {' '.join(command)}" in README
@@ -84,6 +84,6 @@ async def test_the_readme_commands_work(proxy: Proxy, capsys: pytest.CaptureFixt
     assert len(lines) >= 8 and all(line[0] == "llm-proxy" for line in lines)
     outputs = []
     for line in lines:
-        assert cli.main([*line[1:], "--db", str(proxy.db)]) == 0, line
+        assert main([*line[1:], "--db", str(proxy.db)]) == 0, line
         outputs.append(capsys.readouterr().out)
     assert "kitchen light" in outputs[1]  # the search found the request

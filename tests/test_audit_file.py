@@ -19,11 +19,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from llm_proxy import config as config_mod
-from llm_proxy import keys
-from llm_proxy.app import create_app
 from llm_proxy.audit.migrate import available
 from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
+from llm_proxy.server import state
+from llm_proxy.server.app import create_app
 
 from .conftest import read_rows
 from .ollama_double import OllamaDouble
@@ -199,7 +199,7 @@ async def test_ready_is_503_while_the_disk_is_full_and_the_waiting_rows_land_aft
     make_proxy: Any, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
     proxy = await make_proxy(ollama_double[1])
-    store = proxy.app[keys.RECORDER].store
+    store = proxy.app[state.RECORDER].store
     async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/api/tags") as resp:
         assert resp.status == 200
     assert len(await rows_when(proxy.db, 1)) == 1
@@ -226,7 +226,7 @@ async def test_ready_is_503_when_free_space_runs_low(
     make_proxy: Any, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
     proxy = await make_proxy(ollama_double[1])
-    store = proxy.app[keys.RECORDER].store
+    store = proxy.app[state.RECORDER].store
     free = os.statvfs(proxy.db.parent)
     store.min_free = free.f_bavail * free.f_frsize + 2**30  # the threshold above what is free
     status, body = await probe(proxy.url)

@@ -22,10 +22,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from llm_proxy import keys
 from llm_proxy.audit.exchange import COLUMNS, Exchange
 from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import TEXT_COLUMNS, Store
+from llm_proxy.server import state
 
 from .conftest import read_rows
 
@@ -355,7 +355,7 @@ async def test_token_counts_a_backend_gets_wrong_are_not_stored_and_say_so(
 
 
 async def test_reduced_rows_are_counted_in_the_metrics(proxy: Any) -> None:
-    recorder = proxy.app[keys.RECORDER]
+    recorder = proxy.app[state.RECORDER]
     poisoned = good(0, Unchecked)
     poisoned.poison = {"prompt_tokens": 2**64}  # type: ignore[attr-defined]
     recorder.submit(poisoned)

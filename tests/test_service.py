@@ -16,7 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_proxy import config as config_mod
-from llm_proxy.metrics import ModelLabels, token_count
+from llm_proxy.server.metrics import ModelLabels, token_count
 
 from . import raw
 from .conftest import read_rows
@@ -448,8 +448,8 @@ async def test_reload_reaches_the_openai_backend_names_and_params(
     import ollama
 
     from llm_proxy import config as config_mod
-    from llm_proxy import reload
-    from llm_proxy.app import create_app
+    from llm_proxy.server import reload
+    from llm_proxy.server.app import create_app
 
     double, url = llama_double
     path = tmp_path / "config.yaml"

@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .. import keys
 from ..audit.exchange import Exchange
-from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Call, Reply
 from ..config import Config
-from ..console import Console
 from ..errors import ProxyError
+from ..server import state as keys
+from ..server.console import Console
+from ..server.recording import CLIENT_GONE, why_cut_off
 from ..translate.ndjson import ChunkAssembler
 from . import body as body_mod
 from . import validate

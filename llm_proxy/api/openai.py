@@ -18,14 +18,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .. import keys
 from ..audit.exchange import Exchange
-from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Call, Reply
 from ..config import Config, ModelsConfig
-from ..console import Console
 from ..errors import BackendError, BadRequest, ProxyError
-from ..middlewares import openai_error
+from ..server import state as keys
+from ..server.console import Console
+from ..server.middlewares import openai_error
+from ..server.recording import CLIENT_GONE, why_cut_off
 from ..translate.ollama_openai import error_from_backend
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only
 from . import body as body_mod

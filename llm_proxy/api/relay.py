@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .. import keys
 from ..audit.exchange import Exchange
-from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Reply
-from ..console import Console
 from ..errors import ProxyError
+from ..server import state as keys
+from ..server.console import Console
+from ..server.recording import CLIENT_GONE, why_cut_off
 
 
 def stored_copy(body: bytes, keep: int, exchange: Exchange) -> bytes | None:

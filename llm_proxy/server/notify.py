@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
-from . import keys
+from . import state
 
 log = logging.getLogger("llm_proxy")
 
@@ -80,17 +80,17 @@ class Notifier:
 
 def setup(app: web.Application, notifier: Notifier) -> None:
     """Announce shutdown and keep the watchdog fed for ``app``'s lifetime."""
-    app[keys.NOTIFIER] = notifier
+    app[state.NOTIFIER] = notifier
     app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_watchdog)
 
 
 async def _stopping(app: web.Application) -> None:
-    app[keys.NOTIFIER].stopping()
+    app[state.NOTIFIER].stopping()
 
 
 async def _watchdog(app: web.Application) -> AsyncIterator[None]:
-    notifier = app[keys.NOTIFIER]
+    notifier = app[state.NOTIFIER]
     task = None
     if notifier.address is not None and notifier.watchdog is not None:
         task = asyncio.create_task(_feed(notifier, notifier.watchdog / 2), name="sd-watchdog")

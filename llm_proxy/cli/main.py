@@ -10,13 +10,12 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
-from . import __version__, cli_logs, demo
-from . import config as config_mod
-from .audit.migrate import migrate
-from .config import Config
-from .errors import AuditError, ConfigError
-
-PROG = "llm-proxy"
+from .. import __version__
+from .. import config as config_mod
+from ..audit.migrate import migrate
+from ..config import Config
+from ..errors import AuditError, ConfigError
+from . import PROG, audit_commands, demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(mig)
     mig.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
-    cli_logs.register(commands, _add_config)
+    audit_commands.register(commands, _add_config)
     demo.add_parser(commands)
     return parser
 
@@ -61,7 +60,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    known = ("serve", "migrate", "demo", *cli_logs.COMMANDS, "-h", "--help", "--version")
+    known = ("serve", "migrate", "demo", *audit_commands.COMMANDS, "-h", "--help", "--version")
     if not args_list or args_list[0] not in known:
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
@@ -71,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_mod.load(config_mod.find_config_file(args.config))
         if args.command == "migrate":
             return _migrate(config, args.db)
-        if args.command in cli_logs.COMMANDS:
+        if args.command in audit_commands.COMMANDS:
             return int(args.run(args, config))
         config = config_mod.replace(config, host=args.host, port=args.port)
         return _serve(config)
@@ -114,12 +113,12 @@ def event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _serve(config: Config, banner: str | None = None) -> int:
-    from . import connections, keys, logs
-    from .app import create_app
-    from .auth import exposure_warning
-    from .notify import Notifier
+    from ..server import connections, logging_setup, state
+    from ..server.app import create_app
+    from ..server.auth import exposure_warning
+    from ..server.notify import Notifier
 
-    logs.setup(config.server.log_format)
+    logging_setup.setup(config.server.log_format)
     notifier = Notifier.from_environ()
     app = create_app(config, notifier)
     server = config.server
@@ -150,7 +149,7 @@ def _serve(config: Config, banner: str | None = None) -> int:
         # web.run_app, with a bound on client connections (see connections.py).
         connections.run(
             app,
-            app[keys.CONNECTIONS],
+            app[state.CONNECTIONS],
             host=server.host,
             port=server.port,
             loop=event_loop(),

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .audit.exchange import Exchange
-from .audit.recorder import Recorder
-from .backends.base import Backend
-from .backends.gate import Gate
-from .config import Config
+from ..audit.exchange import Exchange
+from ..audit.recorder import Recorder
+from ..backends.base import Backend
+from ..backends.gate import Gate
+from ..config import Config
+from ..errors import ProxyError
 from .console import Console
-from .errors import ProxyError
 from .lifecycle import Lifecycle
 
 if TYPE_CHECKING:  # these modules import this one; their keys are typed by annotation
