@@ -15,8 +15,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import logging_setup, state
+from .metrics import METRICS
+from .recording import CLIENT_GONE
 
-CLIENT_GONE = 499
 METRICS_PATH = "/metrics"
 
 
@@ -24,7 +25,7 @@ METRICS_PATH = "/metrics"
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Time the request, then log it and count it."""
     app = request.app
-    metrics = app[state.METRICS]
+    metrics = app[METRICS]
     # Scrapes are not counted: the counters then show the traffic alone.
     counted = request.path != METRICS_PATH
     started = time.perf_counter()

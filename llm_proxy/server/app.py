@@ -16,10 +16,8 @@ from ..audit.retention import Retention
 from ..audit.store import Store
 from ..backends.gate import Gate
 from ..config import Config
-from . import access, auth, metrics, middlewares, notify, ratelimit, reload, state
-from .connections import ConnectionLimit
+from . import access, auth, connections, metrics, middlewares, notify, ratelimit, reload, state
 from .console import Console
-from .lifecycle import Lifecycle
 from .recording import audit_trail
 
 log = logging.getLogger("llm_proxy")
@@ -40,13 +38,13 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     app = web.Application(middlewares=chain, client_max_size=max_body)
     app[state.CONFIG] = config
     app[state.CONSOLE] = Console(config.server)
-    app[state.LIFECYCLE] = Lifecycle()
+    app[state.LIFECYCLE] = state.Lifecycle()
     app.on_shutdown.append(_stopping)
     app[state.BACKEND] = backends.create(config)
     reload.setup(app)
     metrics.setup(app)
     app[state.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
-    app[state.CONNECTIONS] = ConnectionLimit(config.server.max_connections)
+    app[connections.CONNECTIONS] = connections.ConnectionLimit(config.server.max_connections)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
         app.on_response_prepare.append(middlewares.add_cors_headers)

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from ..audit.exchange import Exchange
 from ..config import Config
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
-from . import state
+from . import connections, state
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -166,6 +166,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+METRICS = web.AppKey("metrics", Metrics)
+
+
 class AuditCollector(Collector):
     """The audit writer's numbers, read from the app's Recorder at scrape time."""
 
@@ -204,7 +207,7 @@ class ConnectionCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        limit = self.app[state.CONNECTIONS]
+        limit = self.app[connections.CONNECTIONS]
         yield GaugeMetricFamily("llm_proxy_client_connections", "Client connections open now.",
                                 value=limit.open)  # fmt: skip
         yield CounterMetricFamily("llm_proxy_client_connections_closed_idle",
@@ -217,19 +220,19 @@ class ConnectionCollector(Collector):
 
 async def scrape(request: web.Request) -> web.Response:
     """``GET /metrics``."""
-    return web.Response(body=request.app[state.METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def setup(app: web.Application) -> None:
     """Give ``app`` its metrics and, unless ``server.metrics`` is off, the /metrics route.
 
     Needs ``app[state.LIVE]`` (:func:`llm_proxy.server.reload.setup`): labels follow the config in force;
-    and ``app[state.CONNECTIONS]`` by the first scrape.
+    and ``app[connections.CONNECTIONS]`` by the first scrape.
     """
     live = app[state.LIVE]
     metrics = Metrics(lambda: live.config)
     metrics.registry.register(AuditCollector(app))
     metrics.registry.register(ConnectionCollector(app))
-    app[state.METRICS] = metrics
+    app[METRICS] = metrics
     if app[state.CONFIG].server.metrics:
         app.router.add_get("/metrics", scrape)

@@ -15,11 +15,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..audit.exchange import Exchange
-from ..errors import ProxyError
+from ..errors import ClientGone, ProxyError
 from . import state
 from .middlewares import header_text
 
-CLIENT_GONE = 499  # nginx's and Ollama's status for "the client closed the request"
+CLIENT_GONE = ClientGone.status  # 499, nginx's and Ollama's "the client closed the request"
 
 # The proxy's own probes and scrapes: polled every few seconds, they would drown the trail.
 UNRECORDED = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})

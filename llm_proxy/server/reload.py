@@ -18,7 +18,6 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -26,17 +25,11 @@ from .. import config as config_mod
 from ..config import Config
 from ..errors import ConfigError
 from . import logging_setup, state
+from .state import LiveConfig
 
 log = logging.getLogger("llm_proxy")
 
 RELOADABLE_SERVER = ("log_messages", "log_raw_requests", "log_raw_responses", "log_format")
-
-
-@dataclass(slots=True)
-class LiveConfig:
-    """The config in force: the startup config with the last reload's reloadable parts."""
-
-    config: Config
 
 
 def merge(running: Config, loaded: Config) -> tuple[Config, list[str]]:

@@ -1,8 +1,17 @@
-"""Every typed key of the application's and requests' state."""
+"""The application's and requests' typed state: its ``web.AppKey``s and the two mutable holders.
+
+A key whose value's module reads the app's state itself is defined in that
+module, beside its class, as aiohttp's docs advise: :data:`metrics.METRICS
+<llm_proxy.server.metrics.METRICS>`, :data:`notify.NOTIFIER
+<llm_proxy.server.notify.NOTIFIER>` and :data:`connections.CONNECTIONS
+<llm_proxy.server.connections.CONNECTIONS>`. Typing them here would import
+those modules, and they import this one: a circle. Everything this module
+imports knows nothing of the app.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -13,13 +22,23 @@ from ..backends.gate import Gate
 from ..config import Config
 from ..errors import ProxyError
 from .console import Console
-from .lifecycle import Lifecycle
 
-if TYPE_CHECKING:  # these modules import this one; their keys are typed by annotation
-    from .connections import ConnectionLimit
-    from .metrics import Metrics
-    from .notify import Notifier
-    from .reload import LiveConfig
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Mutable process state that handlers may consult (the app itself is frozen once started)."""
+
+    # Set when shutdown begins: requests cut off from then on were interrupted
+    # by the proxy, not abandoned by their clients.
+    stopping: bool = False
+
+
+@dataclass(slots=True)
+class LiveConfig:
+    """The config in force: the startup config with the last reload's reloadable parts."""
+
+    config: Config
+
 
 CONFIG = web.AppKey("config", Config)
 RECORDER = web.AppKey("recorder", Recorder)
@@ -27,16 +46,12 @@ BACKEND = web.AppKey("backend", Backend)
 CONSOLE = web.AppKey("console", Console)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 GATE = web.AppKey("gate", Gate)
-# The client connections open, counted by the server `llm-proxy serve` runs (connections.run).
-CONNECTIONS: web.AppKey[ConnectionLimit] = web.AppKey("connections")
-# The config in force: CONFIG with the reloadable parts of the last SIGHUP reload.
-LIVE: web.AppKey[LiveConfig] = web.AppKey("live")
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
+# The config in force: CONFIG with the reloadable parts of the last SIGHUP reload (reload.py).
+LIVE = web.AppKey("live", LiveConfig)
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)
-# The request's audit record, created by the audit middleware.
+# The request's audit record, created by the recording middleware.
 EXCHANGE = web.RequestKey("exchange", Exchange)
 # The ProxyError the request failed with, for metrics and the access log.
 FAILURE = web.RequestKey("failure", ProxyError)
