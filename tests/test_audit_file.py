@@ -205,8 +205,8 @@ async def test_ready_is_503_while_the_disk_is_full_and_the_waiting_rows_land_aft
     assert len(await rows_when(proxy.db, 1)) == 1
     # SQLite's own limit on the file's size stands in for a full disk: its writes
     # then fail with SQLITE_FULL, as on a disk with no space left.
-    [(pages,)] = await store.fetch("PRAGMA page_count")
-    await store.fetch(f"PRAGMA max_page_count = {pages}")
+    [(pages,)] = await store.run(lambda conn: conn.execute("PRAGMA page_count").fetchall())
+    await store.run(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}").fetchall())
     async with aiohttp.ClientSession() as http:
         for n in range(3):
             async with http.post(f"{proxy.url}/api/chat", json=chat(n)) as resp:
@@ -214,7 +214,7 @@ async def test_ready_is_503_while_the_disk_is_full_and_the_waiting_rows_land_aft
     status, body = await probe_until(proxy.url, 503)
     assert status == 503
     assert body["checks"]["database"].endswith("the last write failed: database or disk is full")
-    await store.fetch("PRAGMA max_page_count = 1073741823")  # space again
+    await store.run(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823").fetchall())  # space again
     status, body = await probe_until(proxy.url, 200)
     assert status == 200
     rows = await rows_when(proxy.db, 4)
