@@ -49,6 +49,7 @@ class Unchecked(Exchange):
     """An exchange whose row skips the edge's checks: what a new column or a bug could let through."""
 
     __slots__ = ("poison",)
+    poison: dict[str, Any]  # column → the value its row carries instead
 
     def row(self) -> tuple[Any, ...]:
         values = dict(zip(COLUMNS, Exchange.row(self), strict=True))

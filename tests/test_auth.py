@@ -20,7 +20,7 @@ from llm_proxy.server import state
 from llm_proxy.server.auth import exposure_warning
 from llm_proxy.server.ratelimit import RateLimiter
 
-from .conftest import MakeProxy, Proxy
+from .conftest import MakeProxy, Proxy, present
 from .ollama_double import OllamaDouble
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -300,7 +300,9 @@ async def test_full_wait_queue_gets_503_and_waiting_requests_complete(
     proxy = await make_proxy(endpoint, backend={"max_concurrency": 1, "max_queue": 1})
 
     async def chat() -> str:
-        parts = [c.message.content async for c in await client(proxy).chat("llama3.2", USER, stream=True)]
+        parts = [
+            present(c.message.content) async for c in await client(proxy).chat("llama3.2", USER, stream=True)
+        ]
         return "".join(parts)
 
     gate = proxy.app[state.GATE]

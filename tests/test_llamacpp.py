@@ -22,6 +22,7 @@ import ollama
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionUserMessageParam
 
 from llm_proxy.backends.llamacpp import LlamaCppBackend
 from llm_proxy.backends.pool import parse_keep_alive
@@ -33,7 +34,7 @@ from .conftest import MakeProxy, Proxy, read_rows
 from .llama_server import NotInstalled, find_binary, find_model, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-USER = {"role": "user", "content": "Say hello."}
+USER: ChatCompletionUserMessageParam = {"role": "user", "content": "Say hello."}
 TINY = {"num_predict": 3, "temperature": 0}
 # One thread: llama.cpp's threads stall each other on a busy two-core machine.
 ARGS = ["-t", "1"]

@@ -97,10 +97,10 @@ async def test_a_client_cannot_forge_a_log_line(
         assert " WARNING aiohttp.server: refused a malformed request from 127.0.0.1: 400 " in warning
     else:
         objects = [orjson.loads(ln) for ln in served.stderr]  # every line is one JSON object
-        access = [o for o in objects if o["logger"] == "llm_proxy.access"]
-        assert [o["request_id"] for o in access[1:]] == ids[1:]
-        assert access[1]["model"] == f"x\r\n{FORGED}\x1b[2J\u00ff"  # JSON carries the value exactly
-        assert access[2]["path"] == f"/api\r\n{FORGED}\x1b%ff"
+        records = [o for o in objects if o["logger"] == "llm_proxy.access"]
+        assert [o["request_id"] for o in records[1:]] == ids[1:]
+        assert records[1]["model"] == f"x\r\n{FORGED}\x1b[2J\u00ff"  # JSON carries the value exactly
+        assert records[2]["path"] == f"/api\r\n{FORGED}\x1b%ff"
         [warning] = [o for o in objects if "refused a malformed request" in o["message"]]
         assert warning["level"] == "WARNING" and "exception" not in warning
 

@@ -46,7 +46,7 @@ def file_bytes(db: Path) -> int:
 
 
 @contextmanager
-def connect(db: Path) -> Iterator[sqlite3.Connection]:
+def connect(db: str | Path) -> Iterator[sqlite3.Connection]:
     """A plain sqlite3 connection, committed and closed at the end (so the WAL can go away)."""
     with closing(sqlite3.connect(db)) as conn, conn:
         yield conn
