@@ -128,7 +128,6 @@ class Retention:
         self.days = config.retention_days
         self.max_bytes = config.max_size_mb * 1024 * 1024
         self.every = every
-        self.deleted = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -169,7 +168,6 @@ class Retention:
         except StopIteration as done:
             deleted = int(done.value)
         if deleted:
-            self.deleted += deleted
             log.info("retention: deleted %d old rows", deleted)
         return deleted
 

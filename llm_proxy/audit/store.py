@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -273,12 +273,6 @@ class Store:
             return f"database {self.path} is not writable: {exc}"
         return None
 
-    async def count(self) -> int:
-        """Number of rows in ``logs``."""
-        return int(
-            await self._open().run(lambda conn: conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0])
-        )
-
 
 def _identity(path: str) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the file at ``path``; None when there is none."""
@@ -418,8 +412,3 @@ def _strip_text(values: dict[str, Any]) -> None:
             if isinstance(c, dict)
         ]
         values["tool_calls"] = orjson.dumps(names).decode()
-
-
-def row_dicts(cursor_rows: Iterable[Sequence[Any]], names: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows as dicts keyed by column name."""
-    return [dict(zip(names, r, strict=True)) for r in cursor_rows]
