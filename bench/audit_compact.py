@@ -26,9 +26,9 @@ from aiohttp.test_utils import TestServer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_proxy import config as config_mod
-from llm_proxy.app import create_app
 from llm_proxy.audit import query
 from llm_proxy.audit.compact import blob_names
+from llm_proxy.server.app import create_app
 from tests import ha_turn
 from tests.llama_double import LlamaServerDouble
 

@@ -26,8 +26,8 @@ from tests import ha_turn
 
 CHILD = (
     "import resource, sys\n"
-    "from llm_proxy import cli\n"
-    "code = cli.main(sys.argv[1:])\n"
+    "from llm_proxy.cli.main import main\n"
+    "code = main(sys.argv[1:])\n"
     "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     "raise SystemExit(code)\n"
 )

@@ -12,10 +12,10 @@ import hashlib
 import os
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import orjson
@@ -25,9 +25,10 @@ from .errors import ConfigError
 
 ENV_VAR = "LLM_PROXY_CONFIG"
 DEFAULT_FILE = "config.yaml"
-BACKEND_TYPES = ("ollama", "openai", "llamacpp")
-LOG_FORMATS = ("text", "json")
-STORE_BODIES = ("full", "metadata")
+# The enumerated settings: their values are checked against these when loaded.
+BackendType = Literal["ollama", "openai", "llamacpp"]
+LogFormat = Literal["text", "json"]
+StoreBodies = Literal["full", "metadata"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ServerConfig:
     # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     shutdown_timeout: float = 30.0
     # "text" for people, "json" for log collectors: one object per line.
-    log_format: str = "text"
+    log_format: LogFormat = "text"
     # Serve Prometheus metrics at GET /metrics.
     metrics: bool = True
     # Largest request body accepted, in MiB: room for several images in one chat.
@@ -71,7 +72,7 @@ class LlamaModel:
 class BackendConfig:
     """The LLM server every request is forwarded to."""
 
-    type: str = "openai"
+    type: BackendType = "openai"
     endpoint: str = "http://127.0.0.1:8080"
     # Seconds each wait for the next bytes of an answer may take (not the whole
     # answer: a long generation that keeps streaming is never cut off).
@@ -108,7 +109,7 @@ class DatabaseConfig:
     # instead of dropping rows.
     queue_size: int = 10000
     # "full" keeps prompts, answers and bodies; "metadata" keeps everything else.
-    store_bodies: str = "full"
+    store_bodies: StoreBodies = "full"
     # Rows older than this many days are deleted in the background (0: keep all).
     retention_days: int = 0
     # Oldest rows are deleted while the database is larger than this (0: no limit).
@@ -274,71 +275,89 @@ def replace(config: Config, **server_overrides: Any) -> Config:
 
 
 def _section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    # The fields' types, resolved: this module's annotations are strings until asked.
+    types_of = get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        if key not in fields:
+        if key not in types_of:
             raise ConfigError(f"unknown key '{name}.{key}' (expected one of: {', '.join(fields)})")
-        kwargs[key] = _coerce(f"{name}.{key}", fields[key].type, value)
+        kwargs[key] = _coerce(f"{name}.{key}", types_of[key], value)
     return cls(**kwargs)
 
 
-def _coerce(key: str, annotation: Any, value: Any) -> Any:
+def _coerce(key: str, kind: Any, value: Any) -> Any:
     """Check one value against its field's type; only harmless widening (int → float)."""
-    kind = str(annotation)
     # Secrets are described by their type only, so a typo never prints one.
     describe = _shape if key in _SECRETS else _kind
-    if kind == "bool":
+    if kind is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"'{key}' must be true or false, got {describe(value)}")
-    if kind == "int":
+    if kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"'{key}' must be an integer, got {describe(value)}")
-    if kind == "float":
+    if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"'{key}' must be a number, got {describe(value)}")
-    if kind == "str":
+    if kind is str:
         if isinstance(value, str):
             return value
         raise ConfigError(f"'{key}' must be a string, got {describe(value)}")
-    if kind == "Mapping[str, str]":
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is Literal:  # an enumerated setting: one of a few strings
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {describe(value)}")
+        if value not in args:
+            raise ConfigError(f"'{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        return _coerce_list(key, args[0], value, describe)
+    if origin is Mapping:
+        return _coerce_mapping(key, args[1], value, describe)
+    raise ConfigError(f"'{key}' has an unsupported type {kind}")  # a programming error
+
+
+def _coerce_list(key: str, item: Any, value: Any, describe: Callable[[Any], str]) -> tuple[Any, ...]:
+    """A ``tuple[item, ...]`` setting, given as a list."""
+    if item is str:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"'{key}' must be a list of strings, got {describe(value)}")
+        return tuple(value)
+    if item is ApiKey:
         if value is None:
-            return types.MappingProxyType({})
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list of {{name, key}} entries, got {describe(value)}")
+        return tuple(_api_key(f"{key}[{i}]", entry) for i, entry in enumerate(value))
+    raise ConfigError(f"'{key}' has an unsupported type tuple[{item}, ...]")  # a programming error
+
+
+def _coerce_mapping(key: str, item: Any, value: Any, describe: Callable[[Any], str]) -> Mapping[str, Any]:
+    """A ``Mapping[str, item]`` setting; null is an empty one."""
+    if value is None:
+        return types.MappingProxyType({})
+    if item is str:
         if not isinstance(value, Mapping):
             raise ConfigError(f"'{key}' must be a mapping of names, got {describe(value)}")
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigError(f"'{key}.{k}' must map a model name to a model name, got {_kind(v)}")
         return types.MappingProxyType(dict(value))
-    if kind == "Mapping[str, Mapping[str, Any]]":
-        if value is None:
-            return types.MappingProxyType({})
+    if item is LlamaModel:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{key}' must be a mapping of model names, got {_kind(value)}")
+        return types.MappingProxyType({str(k): _llama_model(f"{key}.{k}", v) for k, v in value.items()})
+    if get_origin(item) is Mapping:  # model name → extra request fields
         if not isinstance(value, Mapping):
             raise ConfigError(f"'{key}' must be a mapping of model names, got {describe(value)}")
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, Mapping):
                 raise ConfigError(f"'{key}.{k}' must be a mapping of request fields, got {_kind(v)}")
         return types.MappingProxyType({k: dict(v) for k, v in value.items()})
-    if kind == "tuple[str, ...]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"'{key}' must be a list of strings, got {describe(value)}")
-        return tuple(value)
-    if kind == "tuple[ApiKey, ...]":
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise ConfigError(f"'{key}' must be a list of {{name, key}} entries, got {describe(value)}")
-        return tuple(_api_key(f"{key}[{i}]", entry) for i, entry in enumerate(value))
-    if kind == "Mapping[str, LlamaModel]":
-        if value is None:
-            return types.MappingProxyType({})
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"'{key}' must be a mapping of model names, got {_kind(value)}")
-        return types.MappingProxyType({str(k): _llama_model(f"{key}.{k}", v) for k, v in value.items()})
-    raise ConfigError(f"'{key}' has an unsupported type {kind}")  # a programming error
+    raise ConfigError(f"'{key}' has an unsupported type Mapping[str, {item}]")  # a programming error
 
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -380,10 +399,10 @@ def _llama_model(key: str, value: Any) -> LlamaModel:
             raise ConfigError(f"unknown key '{key}.{name}' (expected one of: {', '.join(known)})")
     if "path" not in value:
         raise ConfigError(f"'{key}.path' is required: the GGUF file to serve")
-    path = _coerce(f"{key}.path", "str", value["path"])
+    path = _coerce(f"{key}.path", str, value["path"])
     if not path:
         raise ConfigError(f"'{key}.path' must not be empty")
-    ctx = _coerce(f"{key}.ctx", "int", value.get("ctx", LlamaModel.ctx))
+    ctx = _coerce(f"{key}.ctx", int, value.get("ctx", LlamaModel.ctx))
     if ctx < 0:
         raise ConfigError(f"'{key}.ctx' must not be negative, got {ctx}")
     args = value.get("args", [])
@@ -401,15 +420,6 @@ def _check(config: Config) -> None:
         raise ConfigError(f"'server.port' must be between 0 and 65535, got {server.port}")
     if server.shutdown_timeout < 0:
         raise ConfigError("'server.shutdown_timeout' must not be negative")
-    if server.log_format not in LOG_FORMATS:
-        raise ConfigError(
-            f"'server.log_format' must be one of {', '.join(map(repr, LOG_FORMATS))}, "
-            f"got {server.log_format!r}"
-        )
-    if backend.type not in BACKEND_TYPES:
-        raise ConfigError(
-            f"'backend.type' must be one of {', '.join(map(repr, BACKEND_TYPES))}, got {backend.type!r}"
-        )
     if backend.type != "llamacpp":  # llamacpp has no one endpoint: it runs a server per model
         _check_endpoint(backend.endpoint)
     if backend.timeout <= 0:
@@ -424,11 +434,6 @@ def _check(config: Config) -> None:
         raise ConfigError("'database.path' must not be empty")
     if db.queue_size < 1:
         raise ConfigError(f"'database.queue_size' must be at least 1, got {db.queue_size}")
-    if db.store_bodies not in STORE_BODIES:
-        raise ConfigError(
-            f"'database.store_bodies' must be one of {', '.join(map(repr, STORE_BODIES))}, "
-            f"got {db.store_bodies!r}"
-        )
     if db.retention_days < 0:
         raise ConfigError(f"'database.retention_days' must not be negative, got {db.retention_days}")
     if db.max_size_mb < 0:

@@ -7,17 +7,25 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from llm_proxy import config as config_mod
-from llm_proxy.app import create_app
+from llm_proxy.server.app import create_app
 
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
+
+T = TypeVar("T")
+
+
+def present(value: T | None) -> T:
+    """``value``, failing the test when it is None: how a test narrows an Optional."""
+    assert value is not None
+    return value
 
 
 @dataclass

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from llm_proxy import config as config_mod
 from llm_proxy.api.ollama import ROUTES
-from llm_proxy.app import create_app
+from llm_proxy.server.app import create_app
 
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble

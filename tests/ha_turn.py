@@ -168,7 +168,7 @@ async def spoken_request(
             model="smollm2", messages=messages, tools=TOOLS, stream=True,
             keep_alive="-1.0s", options={"num_ctx": 8192.0}, think=False,
         )  # fmt: skip
-        content, calls = "", []
+        content, calls = "", list[ollama.Message.ToolCall]()
         async for chunk in stream:
             content += chunk.message.content or ""
             calls.extend(chunk.message.tool_calls or [])

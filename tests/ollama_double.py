@@ -320,6 +320,7 @@ THOUGHT = ["The user", " asks about the sky."]
 
 
 def _known(model: Any) -> bool:
+    """Ollama's lookup: ``x`` means ``x:latest``."""
     return isinstance(model, str) and (model in MODELS or f"{model}:latest" in MODELS)
 
 
@@ -343,11 +344,6 @@ def _v1_tool_call(tool: dict[str, Any]) -> dict[str, Any]:
     name = tool["function"]["name"]
     return {"id": "call_u1b3kx9f", "index": 0, "type": "function",
             "function": {"name": name, "arguments": '{"name":"kitchen light"}'}}  # fmt: skip
-
-
-def _known(name: str) -> bool:
-    """Ollama's lookup: ``x`` means ``x:latest``."""
-    return name in MODELS or f"{name}:latest" in MODELS
 
 
 def _model(body: dict[str, Any]) -> str:

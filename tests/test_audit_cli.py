@@ -17,9 +17,9 @@ import ollama
 import orjson
 import pytest
 
-from llm_proxy import cli
 from llm_proxy.audit.compact import blob_names
 from llm_proxy.audit.migrate import available, migrate, migrations_dir
+from llm_proxy.cli.main import main
 
 from . import ha_turn
 from .conftest import MakeProxy, Proxy
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """The CLI in-process, as a user would call it; returns (exit code, stdout, stderr)."""
-    code = cli.main(list(args))
+    code = main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

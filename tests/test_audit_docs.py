@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import sqlite3
@@ -11,15 +12,34 @@ from pathlib import Path
 import ollama
 import pytest
 
-from llm_proxy import cli
 from llm_proxy.audit.migrate import migrate
+from llm_proxy.cli import audit_commands
+from llm_proxy.cli.main import build_parser, main
 
 from .conftest import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "audit-trail.md").read_text(encoding="utf-8")
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-COMMANDS = [["logs"], ["logs", "show"], ["logs", "export"], ["stats"], ["prune"]]
+
+
+def commands(parser: argparse.ArgumentParser, above: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and sub-command the parser knows, as the words that name it."""
+    found = []
+    for action in parser._actions:  # argparse lists sub-parsers nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [[*above, name], *commands(sub, (*above, name))]
+    return found
+
+
+ALL_COMMANDS = commands(build_parser())
+# The audit trail's commands: docs/audit-trail.md documents them too.
+COMMANDS = [c for c in ALL_COMMANDS if c[0] in audit_commands.COMMANDS]
+# The README's table of commands, one row per command.
+TABLE = [
+    line for line in README.split("## Commands", 1)[1].split("\n## ", 1)[0].splitlines() if line[:1] == "|"
+]
 
 
 def schema(db: Path) -> str:
@@ -68,11 +88,31 @@ def test_every_command_has_help_and_a_readme_example(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as done:
-        cli.main([*command, "--help"])
+        main([*command, "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: llm-proxy {' '.join(command)}")
     assert f"llm-proxy {' '.join(command)}" in README
     assert f"llm-proxy {' '.join(command)}" in DOC
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS, ids=" ".join)
+def test_every_command_has_help_and_a_row_in_the_readme_table(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: llm-proxy {' '.join(command)}")
+    # In a row's first cell, and not as the start of a longer command (`logs` in `logs show`).
+    named = re.compile(rf"`llm-proxy {re.escape(' '.join(command))}(`| [^a-z])")
+    rows = [row for row in TABLE if named.search(row.split("|")[1])]
+    assert rows, f"README's table of commands has no row for llm-proxy {' '.join(command)}"
+
+
+def test_the_commands_are_found() -> None:
+    """The parser walk finds what a user can type, sub-commands included."""
+    assert {"serve", "migrate", "demo"} <= {c[0] for c in ALL_COMMANDS}
+    assert ["logs", "show"] in ALL_COMMANDS and len(COMMANDS) >= 5
 
 
 async def test_the_readme_commands_work(proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,6 +124,6 @@ async def test_the_readme_commands_work(proxy: Proxy, capsys: pytest.CaptureFixt
     assert len(lines) >= 8 and all(line[0] == "llm-proxy" for line in lines)
     outputs = []
     for line in lines:
-        assert cli.main([*line[1:], "--db", str(proxy.db)]) == 0, line
+        assert main([*line[1:], "--db", str(proxy.db)]) == 0, line
         outputs.append(capsys.readouterr().out)
     assert "kitchen light" in outputs[1]  # the search found the request

@@ -19,11 +19,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from llm_proxy import config as config_mod
-from llm_proxy import keys
-from llm_proxy.app import create_app
 from llm_proxy.audit.migrate import available
 from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
+from llm_proxy.server import state
+from llm_proxy.server.app import create_app
 
 from .conftest import read_rows
 from .ollama_double import OllamaDouble
@@ -199,14 +199,14 @@ async def test_ready_is_503_while_the_disk_is_full_and_the_waiting_rows_land_aft
     make_proxy: Any, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
     proxy = await make_proxy(ollama_double[1])
-    store = proxy.app[keys.RECORDER].store
+    store = proxy.app[state.RECORDER].store
     async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/api/tags") as resp:
         assert resp.status == 200
     assert len(await rows_when(proxy.db, 1)) == 1
     # SQLite's own limit on the file's size stands in for a full disk: its writes
     # then fail with SQLITE_FULL, as on a disk with no space left.
-    [(pages,)] = await store.fetch("PRAGMA page_count")
-    await store.fetch(f"PRAGMA max_page_count = {pages}")
+    [(pages,)] = await store.run(lambda conn: conn.execute("PRAGMA page_count").fetchall())
+    await store.run(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}").fetchall())
     async with aiohttp.ClientSession() as http:
         for n in range(3):
             async with http.post(f"{proxy.url}/api/chat", json=chat(n)) as resp:
@@ -214,7 +214,7 @@ async def test_ready_is_503_while_the_disk_is_full_and_the_waiting_rows_land_aft
     status, body = await probe_until(proxy.url, 503)
     assert status == 503
     assert body["checks"]["database"].endswith("the last write failed: database or disk is full")
-    await store.fetch("PRAGMA max_page_count = 1073741823")  # space again
+    await store.run(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823").fetchall())  # space again
     status, body = await probe_until(proxy.url, 200)
     assert status == 200
     rows = await rows_when(proxy.db, 4)
@@ -226,7 +226,7 @@ async def test_ready_is_503_when_free_space_runs_low(
     make_proxy: Any, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
     proxy = await make_proxy(ollama_double[1])
-    store = proxy.app[keys.RECORDER].store
+    store = proxy.app[state.RECORDER].store
     free = os.statvfs(proxy.db.parent)
     store.min_free = free.f_bavail * free.f_frsize + 2**30  # the threshold above what is free
     status, body = await probe(proxy.url)

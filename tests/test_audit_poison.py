@@ -22,10 +22,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from llm_proxy import keys
 from llm_proxy.audit.exchange import COLUMNS, Exchange
 from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import TEXT_COLUMNS, Store
+from llm_proxy.server import state
 
 from .conftest import read_rows
 
@@ -49,6 +49,7 @@ class Unchecked(Exchange):
     """An exchange whose row skips the edge's checks: what a new column or a bug could let through."""
 
     __slots__ = ("poison",)
+    poison: dict[str, Any]  # column → the value its row carries instead
 
     def row(self) -> tuple[Any, ...]:
         values = dict(zip(COLUMNS, Exchange.row(self), strict=True))
@@ -355,7 +356,7 @@ async def test_token_counts_a_backend_gets_wrong_are_not_stored_and_say_so(
 
 
 async def test_reduced_rows_are_counted_in_the_metrics(proxy: Any) -> None:
-    recorder = proxy.app[keys.RECORDER]
+    recorder = proxy.app[state.RECORDER]
     poisoned = good(0, Unchecked)
     poisoned.poison = {"prompt_tokens": 2**64}  # type: ignore[attr-defined]
     recorder.submit(poisoned)

@@ -15,12 +15,12 @@ import ollama
 import pytest
 
 from llm_proxy import config as config_mod
-from llm_proxy import keys
-from llm_proxy.auth import exposure_warning
 from llm_proxy.errors import ConfigError
-from llm_proxy.ratelimit import RateLimiter
+from llm_proxy.server import state
+from llm_proxy.server.auth import exposure_warning
+from llm_proxy.server.ratelimit import RateLimiter
 
-from .conftest import MakeProxy, Proxy
+from .conftest import MakeProxy, Proxy, present
 from .ollama_double import OllamaDouble
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -300,10 +300,12 @@ async def test_full_wait_queue_gets_503_and_waiting_requests_complete(
     proxy = await make_proxy(endpoint, backend={"max_concurrency": 1, "max_queue": 1})
 
     async def chat() -> str:
-        parts = [c.message.content async for c in await client(proxy).chat("llama3.2", USER, stream=True)]
+        parts = [
+            present(c.message.content) async for c in await client(proxy).chat("llama3.2", USER, stream=True)
+        ]
         return "".join(parts)
 
-    gate = proxy.app[keys.GATE]
+    gate = proxy.app[state.GATE]
     first = asyncio.create_task(chat())
     await _until(lambda: gate.active == 1 and bool(double.requests))  # the first stream is held
     second = asyncio.create_task(chat())

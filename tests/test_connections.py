@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_proxy.connections import ConnectionLimit, Full
+from llm_proxy.server.connections import ConnectionLimit, Full
 
 from . import raw
 from .conftest import read_rows

@@ -21,6 +21,7 @@ import ollama
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionUserMessageParam
 
 from . import llama_server
 from .conftest import MakeProxy, Proxy
@@ -29,7 +30,7 @@ from .llama_server import ALIAS, INSTALL_HINT, LlamaServer, NotInstalled, Server
 # Makes an ollama.AsyncClient talking to a proxy (the `connect` fixture).
 Connect = Callable[[Proxy], ollama.AsyncClient]
 MODEL = ALIAS  # what clients ask for; the proxy lists it as "smollm2:latest"
-USER = {"role": "user", "content": "Say hello."}
+USER: ChatCompletionUserMessageParam = {"role": "user", "content": "Say hello."}
 # Small answers keep the file fast on two CPU cores; the counts are what is checked.
 SHORT = {"num_predict": 8, "temperature": 0}
 # The final chunk's counts and durations: positive integers for any real answer.
@@ -434,7 +435,7 @@ async def test_v1_tool_call_fragments_accumulate_to_the_backends_call(
     ):
         final = await stream.get_final_completion()
     calls = final.choices[0].message.tool_calls or []
-    got = [
+    got: list[dict[str, Any]] = [
         {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": c.function.arguments}}
         for c in calls
         if c.type == "function"

@@ -71,7 +71,7 @@ async def test_multi_round_tool_loop(oproxy: Proxy, llama_double: tuple[LlamaSer
             think=False,
             format=SCHEMA,
         )
-        content, calls = "", []
+        content, calls = "", list[ollama.Message.ToolCall]()
         async for chunk in stream:  # the client validates every chunk with pydantic
             content += chunk.message.content or ""
             calls.extend(chunk.message.tool_calls or [])
@@ -171,7 +171,7 @@ async def test_home_assistant_2026_11_turn_with_prefixed_tools_numeric_keep_aliv
             model="smollm2", messages=messages, tools=HA_2026_TOOLS, stream=True,
             keep_alive=-1, options={"num_ctx": 8192.0},
         )  # fmt: skip
-        content, thinking, calls = "", "", []
+        content, thinking, calls = "", "", list[ollama.Message.ToolCall]()
         async for chunk in stream:
             content += chunk.message.content or ""
             thinking += chunk.message.thinking or ""

@@ -41,8 +41,9 @@ async def test_sigterm_lets_in_flight_streams_finish(
     async with serve(tmp_path, backend) as served:
         streams = [asyncio.create_task(stream_chat(served.url)) for _ in range(20)]
         await backend_has(double, 20)
+        mark = len(served.stderr)
         served.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await served.wait_log("shutting down: waiting up to", after=mark)  # the shutdown has begun
         double.hold.set()  # the backend finishes its answers after the signal
         results = await asyncio.gather(*streams)
         assert await served.stop(signalled=True) == 0

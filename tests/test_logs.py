@@ -10,10 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llm_proxy import logs
 from llm_proxy.audit.exchange import Exchange
 from llm_proxy.config import ServerConfig
-from llm_proxy.console import Console
+from llm_proxy.server import logging_setup
+from llm_proxy.server.console import Console
 
 from . import raw
 from .conftest import read_rows
@@ -28,27 +28,29 @@ VALUES = ("ha-conversation-42", "POST", "/api/chat", 200, 1234, "qwen2.5:latest"
 def test_access_line_reads_as_the_formatter_writes_it(log_format: str, when: float) -> None:
     """Access lines skip the LogRecord; a user reading (or parsing) the log cannot tell."""
     request_id, method, path, status, latency_ms, model, backend = VALUES
-    record = logs.ACCESS.makeRecord(
-        logs.ACCESS.name, logging.INFO, __file__, 0, logs.ACCESS_MESSAGE,
+    record = logging_setup.ACCESS.makeRecord(
+        logging_setup.ACCESS.name, logging.INFO, __file__, 0, logging_setup.ACCESS_MESSAGE,
         (method, path, status, latency_ms, model, backend, request_id), None,
-        extra=dict(zip(logs.ACCESS_FIELDS, VALUES, strict=True)),
+        extra=dict(zip(logging_setup.ACCESS_FIELDS, VALUES, strict=True)),
     )  # fmt: skip
     record.created, record.msecs = when, int((when - int(when)) * 1000) + 0.0
-    expected = logs.formatter(log_format).format(record)
-    assert logs.AccessLines(log_format).line(when, VALUES) == expected
+    expected = logging_setup.formatter(log_format).format(record)
+    assert logging_setup.AccessLines(log_format).line(when, VALUES) == expected
     if log_format == "json":
         assert orjson.loads(expected)["request_id"] == "ha-conversation-42"
 
 
 def test_access_line_without_a_model_shows_a_dash() -> None:
-    line = logs.AccessLines("text").line(1795319481.0, (None, "GET", "/api/tags", 200, 0, None, "ollama"))
+    line = logging_setup.AccessLines("text").line(
+        1795319481.0, (None, "GET", "/api/tags", 200, 0, None, "ollama")
+    )
     assert line.endswith("llm_proxy.access: GET /api/tags 200 0ms model=- backend=ollama id=None")
 
 
 def test_printable_escapes_what_could_break_or_disguise_a_line() -> None:
-    assert logs.printable("/api/chat") == "/api/chat"
-    assert logs.printable("a\r\nb\tc\x1b[2J\x00") == "a\\r\\nb\\tc\\x1b[2J\\x00"
-    assert logs.printable("caf\u00e9 \u2028\u202e\udcff") == "caf\u00e9 \\u2028\\u202e\\udcff"
+    assert logging_setup.printable("/api/chat") == "/api/chat"
+    assert logging_setup.printable("a\r\nb\tc\x1b[2J\x00") == "a\\r\\nb\\tc\\x1b[2J\\x00"
+    assert logging_setup.printable("caf\u00e9 \u2028\u202e\udcff") == "caf\u00e9 \\u2028\\u202e\\udcff"
 
 
 # What a client controls, each carrying a line break, a terminal escape and a byte that is not UTF-8.
@@ -95,10 +97,10 @@ async def test_a_client_cannot_forge_a_log_line(
         assert " WARNING aiohttp.server: refused a malformed request from 127.0.0.1: 400 " in warning
     else:
         objects = [orjson.loads(ln) for ln in served.stderr]  # every line is one JSON object
-        access = [o for o in objects if o["logger"] == "llm_proxy.access"]
-        assert [o["request_id"] for o in access[1:]] == ids[1:]
-        assert access[1]["model"] == f"x\r\n{FORGED}\x1b[2J\u00ff"  # JSON carries the value exactly
-        assert access[2]["path"] == f"/api\r\n{FORGED}\x1b%ff"
+        records = [o for o in objects if o["logger"] == "llm_proxy.access"]
+        assert [o["request_id"] for o in records[1:]] == ids[1:]
+        assert records[1]["model"] == f"x\r\n{FORGED}\x1b[2J\u00ff"  # JSON carries the value exactly
+        assert records[2]["path"] == f"/api\r\n{FORGED}\x1b%ff"
         [warning] = [o for o in objects if "refused a malformed request" in o["message"]]
         assert warning["level"] == "WARNING" and "exception" not in warning
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from llm_proxy.translate import TooLong
+from llm_proxy.translate import Assembler, TooLong
 from llm_proxy.translate.ndjson import ChunkAssembler, LineDecoder
+
+
+def answer(assembler: Assembler) -> dict[str, Any]:
+    """The assembled answer, which these tests always have."""
+    result = assembler.result()
+    assert result is not None
+    return result
+
 
 STREAM = b'{"a":1}\n\n{"b":"two"}\r\n  \n{"c":[3]}\n{"d":4}'
 LINES = [b'{"a":1}', b'{"b":"two"}', b'{"c":[3]}', b'{"d":4}']
@@ -55,9 +65,10 @@ def test_the_assembler_keeps_the_start_within_its_limit_and_says_so() -> None:
     assembler.feed({"model": "m", "message": {"role": "assistant", "content": "", "tool_calls": [call]}})
     assembler.feed({"model": "m", "message": {"content": ""}, "done": True, "eval_count": 100})
     assert assembler.truncated and assembler.tool_calls == []
+    assert assembler.text is not None and assembler.thinking is not None
     assert len(assembler.text) + len(assembler.thinking) == 55 and assembler.text.startswith("0123456789")
-    assert assembler.result()["eval_count"] == 100
+    assert answer(assembler)["eval_count"] == 100
     unlimited = ChunkAssembler()
     for _ in range(100):
         unlimited.feed({**chunk, "done": False})
-    assert not unlimited.truncated and len(unlimited.text) == 1000
+    assert not unlimited.truncated and len(unlimited.text or "") == 1000

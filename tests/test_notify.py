@@ -7,7 +7,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from llm_proxy.notify import Notifier
+from llm_proxy.server.notify import Notifier
 
 
 def test_abstract_namespace_address(tmp_path: Path) -> None:

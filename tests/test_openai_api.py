@@ -404,6 +404,7 @@ async def test_ollama_chat_stream_with_mapping(proxy: Proxy, ollama_double: tupl
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(ANSWER)
     assert all(c.choices for c in chunks) and chunks[-1].choices[0].finish_reason == "stop"
     [(path, sent)] = ollama_double[0].requests
+    assert sent is not None
     assert (path, sent["model"], sent["stream_options"]) == (
         "/v1/chat/completions", "llama3.2", {"include_usage": True},
     )  # fmt: skip

@@ -6,9 +6,17 @@ from typing import Any
 
 import orjson
 
+from llm_proxy.translate import Assembler
 from llm_proxy.translate.openai_assembler import OpenAIAssembler, is_usage_only
 
 from .llama_double import fixture, sse_events
+
+
+def answer(assembler: Assembler) -> dict[str, Any]:
+    """The assembled answer, which these tests always have."""
+    result = assembler.result()
+    assert result is not None
+    return result
 
 
 def fold(events: list[dict[str, Any]]) -> OpenAIAssembler:
@@ -31,7 +39,7 @@ def test_recorded_tool_stream_folds_to_the_recorded_shape() -> None:
     assert call["function"]["name"] == "HassTurnOn" and call["type"] == "function"
     assert orjson.loads(call["function"]["arguments"]) == {"name": "HassTurnOn"}
     assert assembler.done_reason == "tool_calls" and assembler.text is not None
-    assert assembler.result()["object"] == "chat.completion"
+    assert answer(assembler)["object"] == "chat.completion"
 
 
 def test_whole_answer_and_its_stream_record_the_same_columns() -> None:
@@ -69,7 +77,7 @@ def test_reasoning_under_either_name_and_tokens_flag() -> None:
     assert assembler.feed(delta({"content": "", "reasoning": "ollama"}))
     assert assembler.feed(delta({"content": "hi"}))
     assert (assembler.thinking, assembler.text) == ("llama ollama", "hi")
-    assert assembler.result()["choices"][0]["message"]["reasoning_content"] == "llama ollama"
+    assert answer(assembler)["choices"][0]["message"]["reasoning_content"] == "llama ollama"
 
 
 def test_last_usage_wins_and_the_usage_only_chunk_is_recognised() -> None:
@@ -79,7 +87,7 @@ def test_last_usage_wins_and_the_usage_only_chunk_is_recognised() -> None:
     assembler = fold([{**text, "usage": zero}, last])
     assert (assembler.text, assembler.prompt_tokens, assembler.completion_tokens) == ("a", 4, 1)
     assert is_usage_only(last) and not is_usage_only({**text, "usage": zero})
-    assert assembler.result()["choices"] == [{"index": 0, "text": "a", "finish_reason": None}]
+    assert answer(assembler)["choices"] == [{"index": 0, "text": "a", "finish_reason": None}]
 
 
 def test_error_frame_is_kept_with_its_code() -> None:
@@ -98,7 +106,7 @@ def test_a_limit_keeps_the_start_of_the_answer_and_says_it_was_cut() -> None:
     assert assembler.truncated and assembler.text is not None
     kept = len(assembler.text) + len(assembler.thinking or "")
     assert kept <= 100 and assembler.text.startswith("abcabc")
-    assert len(assembler.result()["choices"]) == 1
+    assert len(answer(assembler)["choices"]) == 1
     whole = OpenAIAssembler(limit=10_000)
     assert not fold_into(whole, [delta({"content": "abc"})] * 50).truncated
     assert whole.text == "abc" * 50

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from . import raw, raw_backend
-from .conftest import MakeProxy, Proxy, read_rows
+from .conftest import MakeProxy, Proxy, present, read_rows
 from .ollama_double import ANSWER, OllamaDouble
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
@@ -45,9 +45,10 @@ async def test_chat_stream_is_relayed_and_recorded(
     double, _ = ollama_double
     pieces = []
     async for chunk in await client(proxy).chat(model="llama2", messages=USER, stream=True):
-        pieces.append(chunk.message.content)
+        pieces.append(present(chunk.message.content))
         assert chunk.model == "llama2"  # the name the client asked for, not the backend's
     assert "".join(pieces) == "".join(ANSWER)
+    assert double.requests[-1][1] is not None
     assert double.requests[-1][1]["model"] == "llama3.2"  # the mapping reached the backend
     [row] = await proxy.wait_rows(1)
     assert row["endpoint"] == "/api/chat"
@@ -76,7 +77,10 @@ async def test_chat_and_generate_without_streaming(proxy: Proxy) -> None:
 
 async def test_generate_stream(proxy: Proxy) -> None:
     text = "".join(
-        [c.response async for c in await client(proxy).generate(model="llama2", prompt="p", stream=True)]
+        [
+            present(c.response)
+            async for c in await client(proxy).generate(model="llama2", prompt="p", stream=True)
+        ]
     )
     assert text == "The sky is blue."
     [row] = await proxy.wait_rows(1)
@@ -160,6 +164,7 @@ async def test_models_default_fills_a_missing_model(
     async with aiohttp.ClientSession() as http, http.post(f"{proxy.url}/api/chat", json=body) as resp:
         assert resp.status == 200
         assert (await resp.json())["message"]["content"] == "The sky is blue."
+    assert double.requests[-1][1] is not None
     assert double.requests[-1][1]["model"] == "llama3.2"
     [row] = await proxy.wait_rows(1)
     assert row["model"] == "llama3.2"
@@ -181,7 +186,7 @@ async def test_stream_is_not_buffered(proxy: Proxy, ollama_double: tuple[OllamaD
     # The backend has sent one line and is waiting: the client already has it.
     assert first.message.content == "The" and not double.hold.is_set()
     double.hold.set()
-    rest = [c.message.content async for c in stream]
+    rest = [present(c.message.content) async for c in stream]
     assert "".join(["The", *rest]) == "The sky is blue."
 
 

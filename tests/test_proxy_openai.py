@@ -11,7 +11,7 @@ import ollama
 import orjson
 import pytest
 
-from .conftest import MakeProxy, Proxy
+from .conftest import MakeProxy, Proxy, present
 from .llama_double import LlamaServerDouble, sse_events
 
 USER = [{"role": "user", "content": "Say hello in five words."}]
@@ -31,7 +31,7 @@ async def test_list_show_ps_version(oproxy: Proxy) -> None:
     listed = await c.list()
     [model] = listed.models
     assert model.model == "smollm2:latest" and isinstance(model.size, int) and model.size > 0
-    assert isinstance(model.modified_at, datetime) and model.details.quantization_level == "Q4_1"
+    assert isinstance(model.modified_at, datetime) and present(model.details).quantization_level == "Q4_1"
     shown = await c.show("smollm2")
     assert "completion" in (shown.capabilities or []) and shown.modelinfo is not None
     assert shown.modelinfo["general.parameter_count"] == 134515008
@@ -107,7 +107,7 @@ async def test_generate_uses_chat_template_and_raw_uses_completions(
 ) -> None:
     text = "".join(
         [
-            c.response
+            present(c.response)
             async for c in await client(oproxy).generate(
                 model="smollm2", prompt="Hi", system="Be brief", stream=True
             )
@@ -116,7 +116,7 @@ async def test_generate_uses_chat_template_and_raw_uses_completions(
     assert text == RECORDED_TEXT
     raw = "".join(
         [
-            c.response
+            present(c.response)
             async for c in await client(oproxy).generate(
                 model="smollm2", prompt="The sky is", raw=True, stream=True
             )
@@ -218,7 +218,7 @@ async def test_failures_mid_stream_end_with_an_error_line(
     got = []
     with pytest.raises(ollama.ResponseError) as caught:
         async for chunk in await client(oproxy).chat(model="smollm2", messages=USER, stream=True):
-            got.append(chunk.message.content)
+            got.append(present(chunk.message.content))
             assert not chunk.done  # no final chunk for a stream that failed
     assert message in caught.value.error and got  # the tokens before the failure arrived
     [row] = await oproxy.wait_rows(1)

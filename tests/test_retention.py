@@ -12,7 +12,7 @@ from pathlib import Path
 import ollama
 import pytest
 
-from llm_proxy import cli
+from llm_proxy.cli.main import main
 
 from .conftest import MakeProxy, Proxy
 from .ollama_double import OllamaDouble
@@ -46,7 +46,7 @@ def file_bytes(db: Path) -> int:
 
 
 @contextmanager
-def connect(db: Path) -> Iterator[sqlite3.Connection]:
+def connect(db: str | Path) -> Iterator[sqlite3.Connection]:
     """A plain sqlite3 connection, committed and closed at the end (so the WAL can go away)."""
     with closing(sqlite3.connect(db)) as conn, conn:
         yield conn
@@ -83,12 +83,12 @@ async def test_prune_deletes_exactly_the_old_rows_and_shrinks_the_file(
     age(proxy.db, list(range(1, 9)))
     db = str(proxy.db)
 
-    assert cli.main(["prune", "--older-than", "30d", "--dry-run", "--db", db]) == 0
+    assert main(["prune", "--older-than", "30d", "--dry-run", "--db", db]) == 0
     assert capsys.readouterr().out.startswith("would delete 8 exchanges older than")
     assert ids(proxy.db) == list(range(1, 13))
 
     size_before = file_bytes(proxy.db)
-    assert cli.main(["prune", "--older-than", "30d", "--db", db]) == 0  # the proxy is still running
+    assert main(["prune", "--older-than", "30d", "--db", db]) == 0  # the proxy is still running
     out = capsys.readouterr().out
     assert out.startswith(f"deleted 8 exchanges; {db}: ")
     assert ids(proxy.db) == [9, 10, 11, 12]
@@ -98,9 +98,9 @@ async def test_prune_deletes_exactly_the_old_rows_and_shrinks_the_file(
         assert conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 4  # one message each
         assert conn.execute("SELECT COUNT(*) FROM blobs WHERE refs != 1").fetchone()[0] == 0
     # The search index forgot the deleted rows.
-    assert cli.main(["logs", "--db", db, "--json", "-q", "note1"]) == 0
+    assert main(["logs", "--db", db, "--json", "-q", "note1"]) == 0
     assert capsys.readouterr().out == ""
-    assert cli.main(["logs", "--db", db, "--json", "-q", "note9"]) == 0
+    assert main(["logs", "--db", db, "--json", "-q", "note9"]) == 0
     assert capsys.readouterr().out.startswith('{"id":10,')
 
     # The proxy goes on writing after a prune.
@@ -109,9 +109,9 @@ async def test_prune_deletes_exactly_the_old_rows_and_shrinks_the_file(
     )
     assert (await proxy.wait_rows(5))[-1]["id"] == 13  # ids are never reused
 
-    assert cli.main(["prune", "--db", db]) == 1
+    assert main(["prune", "--db", db]) == 1
     assert "say what to delete" in capsys.readouterr().err
-    assert cli.main(["prune", "--older-than", "soon", "--db", db]) == 1
+    assert main(["prune", "--older-than", "soon", "--db", db]) == 1
     assert "--older-than" in capsys.readouterr().err
 
 

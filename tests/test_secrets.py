@@ -11,7 +11,7 @@ import aiohttp
 import ollama
 import pytest
 
-from .conftest import Proxy, read_rows
+from .conftest import Proxy, present, read_rows
 from .ollama_double import OllamaDouble
 from .process import serve
 
@@ -62,7 +62,9 @@ async def test_no_key_in_database_stdout_or_log_after_an_authenticated_session(
     ) as served, aiohttp.ClientSession() as http:  # fmt: skip
         url = served.url
         ha = ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-        assert "".join([c.message.content async for c in await ha.chat("llama3.2", USER, stream=True)])
+        assert "".join(
+            [present(c.message.content) async for c in await ha.chat("llama3.2", USER, stream=True)]
+        )
         await ha.generate(model="llama3.2", prompt="p", stream=False)
         await ha.list()
         await ha.embed(model="nomic-embed-text", input=["a"])

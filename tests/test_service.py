@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_proxy import config as config_mod
-from llm_proxy.metrics import ModelLabels, token_count
+from llm_proxy.server.metrics import ModelLabels, token_count
 
 from . import raw
 from .conftest import read_rows
@@ -26,7 +27,7 @@ from .test_lifecycle import USER, backend_has
 
 
 async def chat(
-    url: str, model: str = "llama3.2", stream: bool = True, **headers: str
+    url: str, model: str = "llama3.2", stream: bool = True, headers: Mapping[str, str] | None = None
 ) -> aiohttp.ClientResponse:
     """One /api/chat, read to the end; the response keeps its headers."""
     async with aiohttp.ClientSession() as http:
@@ -168,7 +169,7 @@ async def test_json_log_lines_carry_the_request_id_the_client_saw(
     tmp_path: Path, ollama_double: tuple[OllamaDouble, str]
 ) -> None:
     async with serve(tmp_path, ollama_double[1], server={"log_format": "json"}) as served:
-        given = await chat(served.url, **{"X-Request-Id": "ha-conversation-42"})
+        given = await chat(served.url, headers={"X-Request-Id": "ha-conversation-42"})
         generated = await chat(served.url, model="no-such-model", stream=False)
         assert await served.stop() == 0
     assert given.headers["X-Request-Id"] == "ha-conversation-42"
@@ -448,8 +449,8 @@ async def test_reload_reaches_the_openai_backend_names_and_params(
     import ollama
 
     from llm_proxy import config as config_mod
-    from llm_proxy import reload
-    from llm_proxy.app import create_app
+    from llm_proxy.server import reload
+    from llm_proxy.server.app import create_app
 
     double, url = llama_double
     path = tmp_path / "config.yaml"

@@ -451,7 +451,9 @@ def fold(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     assembler = ChunkAssembler()
     for chunk in chunks:
         assembler.feed(chunk)
-    return assembler.result()
+    result = assembler.result()
+    assert result is not None
+    return result
 
 
 def test_fold_chat_stream() -> None:

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.test_utils import TestServer
 
 from llm_proxy import __version__
@@ -93,15 +94,39 @@ async def get(s: transport.Session, url: str, method: str = "GET", data: bytes |
         return await transport.read_body(resp, url, LIMIT)
 
 
+class Watch:
+    """What aiohttp's client protocol does, as events a test can wait for: reads and pauses."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads: list[bytes] = []
+        self.read = asyncio.Event()  # set by every read from the socket
+        self.paused = asyncio.Event()  # set when the client stops reading: its buffer is full
+        data_received, pause_reading = ResponseHandler.data_received, ResponseHandler.pause_reading
+
+        def on_data(protocol: ResponseHandler, data: bytes) -> None:
+            if data:  # aiohttp calls itself with b"" to resume a decoder: not a read
+                self.reads.append(data)
+                self.read.set()
+            data_received(protocol, data)
+
+        def on_pause(protocol: ResponseHandler) -> None:
+            self.paused.set()
+            pause_reading(protocol)
+
+        monkeypatch.setattr(ResponseHandler, "data_received", on_data)
+        monkeypatch.setattr(ResponseHandler, "pause_reading", on_pause)
+
+
 @pytest.mark.parametrize("split", range(1, len(CHUNKED)))
-async def test_chunked_answer_split_anywhere(split: int) -> None:
+async def test_chunked_answer_split_anywhere(split: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Wherever TCP cuts the answer, the body comes out whole and the trailer is skipped."""
+    watch = Watch(monkeypatch)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(CHUNKED[:split])
         await writer.drain()
-        await asyncio.sleep(0.002)  # the two pieces arrive as two reads
+        await watch.read.wait()  # the client has read the first piece: the second is a read of its own
         writer.write(CHUNKED[split:])
         await writer.drain()
         await reader.read()  # keep the connection open: the framing alone ends the body
@@ -110,6 +135,7 @@ async def test_chunked_answer_split_anywhere(split: int) -> None:
         resp = await transport.send(s, "GET", f"{url}/api/chat", backend=url)
         assert resp.status == 200 and resp.headers.get("Content-Type") == "application/x-ndjson"
         assert b"".join([data async for data in transport.iter_chunks(resp, url)]) == BODY
+    assert len(watch.reads) >= 2 and len(watch.reads[0]) <= split  # cut where the test meant
 
 
 async def test_keep_alive_reuses_one_connection() -> None:
@@ -197,8 +223,9 @@ async def test_answer_until_close_and_head() -> None:
         assert await get(s, f"{url}/") == b""  # the 204 on the connection the HEAD used
 
 
-async def test_slow_reader_gets_every_byte() -> None:
+async def test_slow_reader_gets_every_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 4 MB answer read slowly (the socket is paused meanwhile) arrives intact."""
+    watch = Watch(monkeypatch)
     payload = bytes(range(256)) * 16384
 
     async def big(request: web.Request) -> web.Response:
@@ -212,14 +239,15 @@ async def test_slow_reader_gets_every_byte() -> None:
     try:
         async with session(read=2) as s:
             resp = await transport.send(s, "GET", url, backend=url)
+            await asyncio.wait_for(watch.paused.wait(), 10)  # the answer filled the buffer: reading stopped
             parts = []
             async for data in transport.iter_chunks(resp, url):
                 assert len(data) <= transport.READ_SIZE
                 parts.append(data)
-                await asyncio.sleep(0.001)
             assert b"".join(parts) == payload
+            watch.paused.clear()
             resp = await transport.send(s, "GET", url, backend=url)
-            await asyncio.sleep(0.2)  # the answer fills the buffer (and the socket pauses) meanwhile
+            await asyncio.wait_for(watch.paused.wait(), 10)  # the same before a read of the whole body
             async with resp:
                 assert await transport.read_body(resp, url, len(payload)) == payload
     finally:

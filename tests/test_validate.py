@@ -144,6 +144,7 @@ async def test_unknown_fields_reach_the_backend(
         "POST", "/api/chat", json={"model": M, "messages": USER, "stream": False, "future_field": {"a": [1]}}
     )
     assert answer.status_code == 200
+    assert double.requests[-1][1] is not None
     assert double.requests[-1][1]["future_field"] == {"a": [1]}
 
 

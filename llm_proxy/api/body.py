@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .. import keys
-from ..audit.middleware import why_cut_off
 from ..config import Config
 from ..errors import BadRequest, ClientGone, PayloadTooLarge, RequestTimeout
+from ..server import state as keys
+from ..server.recording import why_cut_off
 
 
 async def read(request: web.Request) -> bytes:

@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import keys
 from ..config import BackendConfig
+from ..server import state as keys
 
 
 async def health(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from ..audit.exchange import Exchange
 from ..backends.base import Backend, Batch, Call, Frame, Reply, Whole
 from ..config import Config, ModelsConfig
 from ..errors import BackendError, BadRequest, ProxyError
-from ..middlewares import openai_error
+from ..server.middlewares import openai_error
 from ..translate import Assembler
 from ..translate.errors import error_from_backend
 from ..translate.openai_assembler import OpenAIAssembler, is_usage_only

@@ -35,13 +35,13 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 from aiohttp import web
 
-from .. import keys
 from ..audit.exchange import Exchange
-from ..audit.middleware import CLIENT_GONE, why_cut_off
 from ..backends.base import Backend, Batch, Call, Chunks, Frame, Frames, Lines, Reply, Whole
 from ..config import Config, ModelsConfig
-from ..console import Console
 from ..errors import ProxyError
+from ..server import state as keys
+from ..server.console import Console
+from ..server.recording import CLIENT_GONE, why_cut_off
 from ..translate import Assembler
 from . import body as body_mod
 

@@ -1,14 +1,17 @@
 """Retention: delete the oldest rows in small batches and give the space back to the file system.
 
-Two callers share the SQL here: the running proxy's background task
-(:class:`Retention`, driven by ``database.retention_days`` / ``max_size_mb``)
-and ``llm-proxy prune`` (:func:`prune`).
+One implementation, :func:`plan`, run by two drivers: the running proxy's
+background task (:class:`Retention`, driven by ``database.retention_days`` /
+``max_size_mb``) and ``llm-proxy prune`` (:func:`prune`). A plan is a
+generator of steps, each a small function of a ``sqlite3`` connection; the
+driver runs a step and sends its result back, which decides the next one.
+``prune`` runs the steps on a connection of its own, one after the other.
 
-The background task uses the writer's own connection (through
-:class:`~llm_proxy.audit.store.Store`, one transaction at a time under its
-lock) rather than a second connection: a second writer would only contend for
+The background task runs them on the writer's own connection (through
+:meth:`~llm_proxy.audit.store.Store.run`, one step at a time under its lock)
+rather than a second connection: a second writer would only contend for
 SQLite's single write lock and sleep in busy_timeout, while taking turns on one
-connection never waits on a lock at all. Each turn is one small batch, so the
+connection never waits on a lock at all. Each step is one small batch, so the
 audit writer waits at most one batch; handlers never wait on either (they only
 queue exchanges). Deleting rows frees their full-text entries and blobs through
 the triggers of migrations 0002 and 0003.
@@ -18,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import sqlite3
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ..config import DatabaseConfig
 from .store import Store
@@ -52,6 +58,10 @@ USED_BYTES = (
     "FROM pragma_page_count() AS p, pragma_freelist_count() AS f, pragma_page_size() AS s"
 )
 
+# One step of a plan: a function of the connection, run by whichever driver.
+Step = Callable[[sqlite3.Connection], Any]
+Plan = Generator[Step, Any, int]
+
 
 def cutoff(days: float, now: datetime | None = None) -> str:
     """The timestamp before which rows are older than ``days``."""
@@ -69,6 +79,47 @@ def size_batch(used: int, max_bytes: int, rows: int) -> int:
     return max(1, min(BATCH, math.ceil(rows * share)))
 
 
+def plan(before: str | None, max_bytes: int) -> Plan:
+    """Delete rows older than ``before`` (a timestamp), then the oldest while the data passes
+    ``max_bytes`` (0: no limit), shrinking the file after each; returns the rows deleted."""
+    deleted = 0
+    if before:
+        while n := (yield functools.partial(_write, sql=DELETE_OLDER, params=(before, BATCH))):
+            deleted += n
+        if deleted:
+            yield from _shrink()
+    if max_bytes:
+        while (used := (yield _used_bytes)) > max_bytes:
+            span = yield _id_span
+            rows = size_batch(used, max_bytes, span)
+            n = yield functools.partial(_write, sql=DELETE_OLDEST, params=(rows,))
+            if not n:
+                break
+            deleted += n
+            yield from _shrink()
+    return deleted
+
+
+def _shrink() -> Generator[Step, Any, None]:
+    """Merge the search index and give free pages back, each in small steps."""
+    while (yield _merge_fts) >= 2:
+        pass
+    while (yield _free_pages):
+        yield _vacuum_some
+    # PASSIVE never waits for readers; the file shrinks once the WAL is checkpointed.
+    yield _checkpoint
+
+
+def run(conn: sqlite3.Connection, steps: Plan) -> int:
+    """Run a plan's steps on ``conn``, one after the other; returns the plan's result."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(step(conn))
+    except StopIteration as done:
+        return int(done.value)
+
+
 class Retention:
     """The proxy's background task: enforce the age and size limits now and every few minutes."""
 
@@ -77,7 +128,6 @@ class Retention:
         self.days = config.retention_days
         self.max_bytes = config.max_size_mb * 1024 * 1024
         self.every = every
-        self.deleted = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -108,42 +158,18 @@ class Retention:
 
     async def once(self) -> int:
         """One pass: delete what the limits say, then shrink the file; returns rows deleted."""
-        deleted = 0
-        if self.days:
-            before = cutoff(self.days)
-            while n := await self.store.write(DELETE_OLDER, (before, BATCH)):
-                deleted += n
-                await asyncio.sleep(0)  # let the writer and handlers in between batches
+        steps = plan(cutoff(self.days) if self.days else None, self.max_bytes)
+        try:
+            step = next(steps)
+            while True:
+                # Each step takes the store's lock for itself: the writer's
+                # batches get their turns in between.
+                step = steps.send(await self.store.run(step))
+        except StopIteration as done:
+            deleted = int(done.value)
         if deleted:
-            await self._shrink()
-        if self.max_bytes:
-            while (used := await self._used()) > self.max_bytes:
-                [(span,)] = await self.store.fetch(ID_SPAN)
-                n = await self.store.write(DELETE_OLDEST, (size_batch(used, self.max_bytes, span),))
-                if not n:
-                    break
-                deleted += n
-                await self._shrink()
-        if deleted:
-            self.deleted += deleted
             log.info("retention: deleted %d old rows", deleted)
         return deleted
-
-    async def _used(self) -> int:
-        [(used,)] = await self.store.fetch(USED_BYTES)
-        return int(used)
-
-    async def _shrink(self) -> None:
-        """Merge the search index and give free pages back, each in small steps."""
-        while True:
-            if await self.store.changes(MERGE_FTS) < 2:
-                break
-            await asyncio.sleep(0)
-        while (await self.store.fetch("PRAGMA freelist_count"))[0][0]:
-            await self.store.fetch(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
-            await asyncio.sleep(0)
-        # PASSIVE never waits for readers; the file shrinks once the WAL is checkpointed.
-        await self.store.fetch("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,37 +190,15 @@ def prune(path: str, before: str | None, max_bytes: int = 0, dry_run: bool = Fal
         if dry_run:
             n = conn.execute(COUNT_OLDER, (before,)).fetchone()[0] if before else 0
             return Pruned(n, size_before, size_before)
-        deleted = 0
-        if before:
-            while n := _write(conn, DELETE_OLDER, (before, BATCH)):
-                deleted += n
-        if deleted:
-            _shrink(conn)
-        if max_bytes:
-            while (used := conn.execute(USED_BYTES).fetchone()[0]) > max_bytes:
-                span = conn.execute(ID_SPAN).fetchone()[0]
-                n = _write(conn, DELETE_OLDEST, (size_batch(used, max_bytes, span),))
-                if not n:
-                    break
-                deleted += n
-                _shrink(conn)
+        deleted = run(conn, plan(before, max_bytes))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return Pruned(deleted, size_before, _file_bytes(conn))
     finally:
         conn.close()
 
 
-def _shrink(conn: sqlite3.Connection) -> None:
-    while True:
-        before = conn.total_changes
-        _write(conn, MERGE_FTS, ())
-        if conn.total_changes - before < 2:
-            break
-    while conn.execute("PRAGMA freelist_count").fetchone()[0]:
-        conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
-
-
-def _write(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
+def _write(conn: sqlite3.Connection, sql: str, params: tuple[object, ...] = ()) -> int:
+    """One writing statement in a transaction that takes the write lock up front; the rows it changed."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         n = conn.execute(sql, params).rowcount
@@ -203,6 +207,33 @@ def _write(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> in
         conn.execute("ROLLBACK")
         raise
     return n
+
+
+def _merge_fts(conn: sqlite3.Connection) -> int:
+    """One step of the index merge; every change it made (the merge's are not rows of logs)."""
+    before = conn.total_changes
+    _write(conn, MERGE_FTS)
+    return conn.total_changes - before
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(USED_BYTES).fetchone()[0])
+
+
+def _id_span(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(ID_SPAN).fetchone()[0])
+
+
+def _free_pages(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def _vacuum_some(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _file_bytes(conn: sqlite3.Connection) -> int:

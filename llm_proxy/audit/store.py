@@ -21,8 +21,8 @@ import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -34,6 +34,7 @@ from .migrate import migrate
 from .turns import TurnTracker, chat_messages, message_keys
 
 log = logging.getLogger("llm_proxy.audit")
+T = TypeVar("T")
 
 # What ``database.store_bodies: metadata`` leaves out of a row, and what
 # ``database.max_body_kb`` caps the stored copy of.
@@ -224,30 +225,10 @@ class Store:
                 blobs.update(packed.blobs)
         return (row_id, *(values[c] for c in STORED))
 
-    async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one writing statement in its own transaction; returns the rows it changed."""
-
-        def run(conn: sqlite3.Connection) -> int:
-            return conn.execute(sql, params).rowcount  # autocommit: one statement, one transaction
-
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` on the writer's connection, in its own turn (between the writer's batches)."""
         async with self.lock:
-            return await self._open().run(run)
-
-    async def changes(self, sql: str) -> int:
-        """Run one writing statement; returns every change it made, triggers' and FTS merges' too."""
-
-        def run(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            conn.execute(sql)
-            return conn.total_changes - before
-
-        async with self.lock:
-            return await self._open().run(run)
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Rows of one statement (also pragmas that change things, such as incremental_vacuum)."""
-        async with self.lock:
-            return await self._open().run(lambda conn: conn.execute(sql, params).fetchall())
+            return await self._open().run(fn)
 
     def _open(self) -> Connection:
         """The open connection; while there is none (the file went away), :class:`Unavailable`."""
@@ -291,12 +272,6 @@ class Store:
         except sqlite3.Error as exc:
             return f"database {self.path} is not writable: {exc}"
         return None
-
-    async def count(self) -> int:
-        """Number of rows in ``logs``."""
-        return int(
-            await self._open().run(lambda conn: conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0])
-        )
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -437,8 +412,3 @@ def _strip_text(values: dict[str, Any]) -> None:
             if isinstance(c, dict)
         ]
         values["tool_calls"] = orjson.dumps(names).decode()
-
-
-def row_dicts(cursor_rows: Iterable[Sequence[Any]], names: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows as dicts keyed by column name."""
-    return [dict(zip(names, r, strict=True)) for r in cursor_rows]

@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
-from . import keys
-
 log = logging.getLogger("llm_proxy")
 
 
@@ -78,19 +76,22 @@ class Notifier:
         return self.send("WATCHDOG=1")
 
 
+NOTIFIER = web.AppKey("notifier", Notifier)
+
+
 def setup(app: web.Application, notifier: Notifier) -> None:
     """Announce shutdown and keep the watchdog fed for ``app``'s lifetime."""
-    app[keys.NOTIFIER] = notifier
+    app[NOTIFIER] = notifier
     app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_watchdog)
 
 
 async def _stopping(app: web.Application) -> None:
-    app[keys.NOTIFIER].stopping()
+    app[NOTIFIER].stopping()
 
 
 async def _watchdog(app: web.Application) -> AsyncIterator[None]:
-    notifier = app[keys.NOTIFIER]
+    notifier = app[NOTIFIER]
     task = None
     if notifier.address is not None and notifier.watchdog is not None:
         task = asyncio.create_task(_feed(notifier, notifier.watchdog / 2), name="sd-watchdog")

@@ -18,12 +18,12 @@ from typing import IO, Any
 
 import orjson
 
-from .audit import query
-from .audit.migrate import migrate
-from .audit.retention import prune
-from .audit.when import parse_age, parse_when, stamp
-from .config import Config
-from .errors import AuditError
+from ..audit import query
+from ..audit.migrate import migrate
+from ..audit.retention import prune
+from ..audit.when import parse_age, parse_when, stamp
+from ..config import Config
+from ..errors import AuditError
 
 COMMANDS = ("logs", "stats", "prune")
 DEFAULT_COUNT = 20

@@ -3,7 +3,7 @@
 It sits inside the error boundary and outside authentication, rate limiting and
 the handlers, so a request turned away with 401, 429 or 413 leaves its row by
 the same path as one that reached the backend. Handlers fill in the exchange
-they find under ``request[keys.EXCHANGE]``; the row is submitted from
+they find under ``request[state.EXCHANGE]``; the row is submitted from
 ``finally:``, so failed and cancelled requests are recorded too.
 """
 
@@ -14,12 +14,12 @@ import asyncio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .. import keys
-from ..errors import ProxyError
-from ..middlewares import header_text
-from .exchange import Exchange
+from ..audit.exchange import Exchange
+from ..errors import ClientGone, ProxyError
+from . import state
+from .middlewares import header_text
 
-CLIENT_GONE = 499  # nginx's and Ollama's status for "the client closed the request"
+CLIENT_GONE = ClientGone.status  # 499, nginx's and Ollama's "the client closed the request"
 
 # The proxy's own probes and scrapes: polled every few seconds, they would drown the trail.
 UNRECORDED = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
@@ -31,24 +31,24 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
     if request.path in UNRECORDED:
         return await handler(request)
     app = request.app
-    recorder, console = app[keys.RECORDER], app[keys.CONSOLE]
+    recorder, console = app[state.RECORDER], app[state.CONSOLE]
     await recorder.admit()
     resource = request.match_info.route.resource
     exchange = Exchange(
         endpoint=resource.canonical if resource is not None else request.path,
         method=request.method,
-        backend_type=app[keys.BACKEND].type,
+        backend_type=app[state.BACKEND].type,
         api="openai" if request.path.startswith("/v1/") else "ollama",
-        request_id=request.get(keys.REQUEST_ID),
+        request_id=request.get(state.REQUEST_ID),
         client_addr=request.remote,
         user_agent=header_text(request, "User-Agent"),
     )
-    request[keys.EXCHANGE] = exchange
+    request[state.EXCHANGE] = exchange
     try:
         response = await handler(request)
     except ProxyError as exc:
         exchange.status_code, exchange.error = exc.status, exc.message
-        request[keys.FAILURE] = exc  # for the metrics, by kind
+        request[state.FAILURE] = exc  # for the metrics, by kind
         raise
     except web.HTTPException as exc:
         exchange.status_code = exc.status
@@ -91,6 +91,6 @@ async def send_whole(request: web.Request, response: web.StreamResponse, exchang
 
 def why_cut_off(request: web.Request) -> str:
     """Why a request ended early: its client left, or the proxy is stopping."""
-    if request.app[keys.LIFECYCLE].stopping:
+    if request.app[state.LIFECYCLE].stopping:
         return "interrupted: the proxy is shutting down"
     return "client disconnected"

@@ -8,18 +8,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import access, auth, backends, keys, metrics, middlewares, notify, ratelimit, reload
-from .api import health, ollama
-from .api import openai as openai_api
-from .audit.middleware import audit_trail
-from .audit.recorder import Recorder
-from .audit.retention import Retention
-from .audit.store import Store
-from .backends.gate import Gate
-from .config import Config
-from .connections import ConnectionLimit
+from .. import backends
+from ..api import health, ollama
+from ..api import openai as openai_api
+from ..audit.recorder import Recorder
+from ..audit.retention import Retention
+from ..audit.store import Store
+from ..backends.gate import Gate
+from ..config import Config
+from . import access, auth, connections, metrics, middlewares, notify, ratelimit, reload, state
 from .console import Console
-from .lifecycle import Lifecycle
+from .recording import audit_trail
 
 log = logging.getLogger("llm_proxy")
 
@@ -37,15 +36,15 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
         chain.append(ratelimit.middleware(config.auth))
     max_body = int(config.server.max_body_mb * 1024 * 1024)
     app = web.Application(middlewares=chain, client_max_size=max_body)
-    app[keys.CONFIG] = config
-    app[keys.CONSOLE] = Console(config.server)
-    app[keys.LIFECYCLE] = Lifecycle()
+    app[state.CONFIG] = config
+    app[state.CONSOLE] = Console(config.server)
+    app[state.LIFECYCLE] = state.Lifecycle()
     app.on_shutdown.append(_stopping)
-    app[keys.BACKEND] = backends.create(config)
+    app[state.BACKEND] = backends.create(config)
     reload.setup(app)
     metrics.setup(app)
-    app[keys.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
-    app[keys.CONNECTIONS] = ConnectionLimit(config.server.max_connections)
+    app[state.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
+    app[connections.CONNECTIONS] = connections.ConnectionLimit(config.server.max_connections)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
         app.on_response_prepare.append(middlewares.add_cors_headers)
@@ -62,20 +61,20 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
 
 
 async def _stopping(app: web.Application) -> None:
-    app[keys.LIFECYCLE].stopping = True
-    timeout = app[keys.CONFIG].server.shutdown_timeout
+    app[state.LIFECYCLE].stopping = True
+    timeout = app[state.CONFIG].server.shutdown_timeout
     log.info("shutting down: waiting up to %gs for requests in flight", timeout)
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
-    config = app[keys.CONFIG]
+    config = app[state.CONFIG]
     store = Store(config.database.path, config.database.store_bodies, config.database.max_body_kb)
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
-    app[keys.RECORDER] = recorder
+    app[state.RECORDER] = recorder
     retention = Retention(store, config.database)
     retention.start()
     try:
@@ -91,7 +90,7 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _backend(app: web.Application) -> AsyncIterator[None]:
-    backend = app[keys.BACKEND]
+    backend = app[state.BACKEND]
     await backend.start()
     try:
         yield

@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import keys
-from .errors import ProxyError
+from ..errors import ProxyError
+from . import state
 
 log = logging.getLogger("llm_proxy")
 
@@ -77,7 +77,7 @@ def header_text(request: web.Request, name: str) -> str | None:
 async def error_boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id and turn every failure into its API's error shape."""
     request_id = header_text(request, "X-Request-Id") or next_request_id()
-    request[keys.REQUEST_ID] = request_id
+    request[state.REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except ProxyError as exc:
@@ -97,7 +97,7 @@ async def error_boundary(request: web.Request, handler: Handler) -> web.StreamRe
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare`` hook: every answer, streams included, names its request id."""
-    request_id = request.get(keys.REQUEST_ID)
+    request_id = request.get(state.REQUEST_ID)
     if request_id:
         response.headers["X-Request-Id"] = request_id
 

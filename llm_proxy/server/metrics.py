@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import keys
-from .audit.exchange import Exchange
-from .config import Config
-from .errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
+from ..audit.exchange import Exchange
+from ..config import Config
+from ..errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
+from . import connections, state
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -166,6 +166,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+METRICS = web.AppKey("metrics", Metrics)
+
+
 class AuditCollector(Collector):
     """The audit writer's numbers, read from the app's Recorder at scrape time."""
 
@@ -176,7 +179,7 @@ class AuditCollector(Collector):
         return []  # the Recorder exists only once the app runs; nothing to describe before
 
     def collect(self) -> Iterator[Metric]:
-        recorder = self.app.get(keys.RECORDER)
+        recorder = self.app.get(state.RECORDER)
         if recorder is None:
             return
         yield GaugeMetricFamily("llm_proxy_audit_queue_depth", "Audit rows waiting for the writer.",
@@ -204,7 +207,7 @@ class ConnectionCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        limit = self.app[keys.CONNECTIONS]
+        limit = self.app[connections.CONNECTIONS]
         yield GaugeMetricFamily("llm_proxy_client_connections", "Client connections open now.",
                                 value=limit.open)  # fmt: skip
         yield CounterMetricFamily("llm_proxy_client_connections_closed_idle",
@@ -217,19 +220,19 @@ class ConnectionCollector(Collector):
 
 async def scrape(request: web.Request) -> web.Response:
     """``GET /metrics``."""
-    return web.Response(body=request.app[keys.METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def setup(app: web.Application) -> None:
     """Give ``app`` its metrics and, unless ``server.metrics`` is off, the /metrics route.
 
-    Needs ``app[keys.LIVE]`` (:func:`llm_proxy.reload.setup`): labels follow the config in force;
-    and ``app[keys.CONNECTIONS]`` by the first scrape.
+    Needs ``app[state.LIVE]`` (:func:`llm_proxy.server.reload.setup`): labels follow the config in force;
+    and ``app[connections.CONNECTIONS]`` by the first scrape.
     """
-    live = app[keys.LIVE]
+    live = app[state.LIVE]
     metrics = Metrics(lambda: live.config)
     metrics.registry.register(AuditCollector(app))
     metrics.registry.register(ConnectionCollector(app))
-    app[keys.METRICS] = metrics
-    if app[keys.CONFIG].server.metrics:
+    app[METRICS] = metrics
+    if app[state.CONFIG].server.metrics:
         app.router.add_get("/metrics", scrape)

@@ -92,6 +92,10 @@ class ConnectionLimit:
         raise Full()
 
 
+# The client connections open, counted by the server that :func:`run` runs.
+CONNECTIONS = web.AppKey("connections", ConnectionLimit)
+
+
 class Full(Exception):
     """Every connection has a request in hand: a new one is refused."""
 

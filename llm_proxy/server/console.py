@@ -11,9 +11,9 @@ from typing import IO, Any
 
 import orjson
 
-from .audit.exchange import Exchange
-from .config import ServerConfig
-from .logs import printable
+from ..audit.exchange import Exchange
+from ..config import ServerConfig
+from .logging_setup import printable
 
 SUMMARY_CHARS = 200  # how much of a prompt or answer a summary line shows
 

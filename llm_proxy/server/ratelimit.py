@@ -15,9 +15,9 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from . import keys
-from .config import AuthConfig
-from .errors import TooManyRequests
+from ..config import AuthConfig
+from ..errors import TooManyRequests
+from . import state
 
 MAX_CALLERS = 10_000  # buckets kept; the least recently seen are forgotten first
 
@@ -77,7 +77,7 @@ def middleware(auth: AuthConfig) -> Middleware:
     @web.middleware
     async def limit_rate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in exempt:
-            name = request.get(keys.KEY_NAME)
+            name = request.get(state.KEY_NAME)
             caller = f"key:{name}" if name is not None else f"addr:{request.remote}"
             wait = limiter.take(caller)
             if wait > 0:

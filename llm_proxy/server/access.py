@@ -14,9 +14,10 @@ from contextlib import suppress
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import keys, logs
+from . import logging_setup, state
+from .metrics import METRICS
+from .recording import CLIENT_GONE
 
-CLIENT_GONE = 499
 METRICS_PATH = "/metrics"
 
 
@@ -24,7 +25,7 @@ METRICS_PATH = "/metrics"
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Time the request, then log it and count it."""
     app = request.app
-    metrics = app[keys.METRICS]
+    metrics = app[METRICS]
     # Scrapes are not counted: the counters then show the traffic alone.
     counted = request.path != METRICS_PATH
     started = time.perf_counter()
@@ -49,20 +50,20 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     finally:
         seconds = time.perf_counter() - started
-        exchange = request.get(keys.EXCHANGE)
+        exchange = request.get(state.EXCHANGE)
         if exchange is not None and exchange.status_code is not None:
             status = exchange.status_code
         resource = request.match_info.route.resource
         endpoint = resource.canonical if resource is not None else "unmatched"
         if counted:
             metrics.in_flight.dec()
-            metrics.observe(endpoint, status, seconds, exchange, request.get(keys.FAILURE))
-        logs.access(
-            request_id=request.get(keys.REQUEST_ID),
+            metrics.observe(endpoint, status, seconds, exchange, request.get(state.FAILURE))
+        logging_setup.access(
+            request_id=request.get(state.REQUEST_ID),
             method=request.method,
             path=request.path,
             status=status,
             latency_ms=int(seconds * 1000),
             model=exchange.model if exchange is not None else None,
-            backend=app[keys.BACKEND].type,
+            backend=app[state.BACKEND].type,
         )

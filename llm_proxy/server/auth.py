@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from . import keys
-from .config import AuthConfig, Config
-from .errors import TooManyRequests, Unauthorized
+from ..config import AuthConfig, Config
+from ..errors import TooManyRequests, Unauthorized
+from . import state
 from .ratelimit import RateLimiter
 
 
@@ -83,8 +83,8 @@ def middleware(auth: AuthConfig) -> Middleware:
                 guesses.take(address)  # a wrong key; a missing one is no guess
             raise Unauthorized()
         if name is not None:
-            request[keys.KEY_NAME] = name
-            exchange = request.get(keys.EXCHANGE)
+            request[state.KEY_NAME] = name
+            exchange = request.get(state.EXCHANGE)
             if exchange is not None:
                 exchange.key_name = name
         return await handler(request)

@@ -5,9 +5,9 @@ else (where to listen, which backend, the database) needs a restart; a reload th
 changes it says so in the log and keeps the running value. A file that does not
 load keeps the old config in force, and the log says why.
 
-``app[keys.CONFIG]`` stays the config the app started with (the app's state is
+``app[state.CONFIG]`` stays the config the app started with (the app's state is
 frozen once it runs, and its non-reloadable parts never change); the config in
-force is ``app[keys.LIVE].config``, which readers of reloadable parts consult.
+force is ``app[state.LIVE].config``, which readers of reloadable parts consult.
 """
 
 from __future__ import annotations
@@ -18,25 +18,18 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import config as config_mod
-from . import keys, logs
-from .config import Config
-from .errors import ConfigError
+from .. import config as config_mod
+from ..config import Config
+from ..errors import ConfigError
+from . import logging_setup, state
+from .state import LiveConfig
 
 log = logging.getLogger("llm_proxy")
 
 RELOADABLE_SERVER = ("log_messages", "log_raw_requests", "log_raw_responses", "log_format")
-
-
-@dataclass(slots=True)
-class LiveConfig:
-    """The config in force: the startup config with the last reload's reloadable parts."""
-
-    config: Config
 
 
 def merge(running: Config, loaded: Config) -> tuple[Config, list[str]]:
@@ -55,7 +48,7 @@ def merge(running: Config, loaded: Config) -> tuple[Config, list[str]]:
 
 def reload(app: web.Application) -> bool:
     """Re-read the file the app's config came from; True when the new one is in force."""
-    live = app[keys.LIVE]
+    live = app[state.LIVE]
     path = live.config.source
     if path is None:
         log.warning("SIGHUP: no config file to reload (started with the built-in defaults)")
@@ -82,11 +75,11 @@ def reload(app: web.Application) -> bool:
 
 def apply(app: web.Application, config: Config) -> None:
     """Put ``config`` in force from the next request on; nothing is closed or restarted."""
-    app[keys.LIVE].config = config
+    app[state.LIVE].config = config
     # The backends look up model mappings and params through their config.
-    app[keys.BACKEND].config = config
-    app[keys.CONSOLE].configure(config.server)
-    logs.set_format(config.server.log_format)
+    app[state.BACKEND].config = config
+    app[state.CONSOLE].configure(config.server)
+    logging_setup.set_format(config.server.log_format)
 
 
 async def on_sighup(app: web.Application) -> AsyncIterator[None]:
@@ -106,5 +99,5 @@ async def on_sighup(app: web.Application) -> AsyncIterator[None]:
 
 def setup(app: web.Application) -> None:
     """Give ``app`` its live config and the SIGHUP handler."""
-    app[keys.LIVE] = LiveConfig(app[keys.CONFIG])
+    app[state.LIVE] = LiveConfig(app[state.CONFIG])
     app.cleanup_ctx.append(on_sighup)

@@ -1,0 +1,3 @@
+"""The command line: ``llm-proxy [serve|migrate|logs|stats|prune|demo] ...``."""
+
+PROG = "llm-proxy"
