@@ -99,6 +99,11 @@ class BackendConfig:
     # llamacpp only: model name → its GGUF file, context size and extra arguments.
     models: Mapping[str, LlamaModel] = field(default_factory=lambda: types.MappingProxyType({}))
 
+    @property
+    def max_answer_bytes(self) -> int:
+        """``max_answer_mb`` in bytes."""
+        return int(self.max_answer_mb * 1024 * 1024)
+
 
 @dataclass(frozen=True)
 class DatabaseConfig:
@@ -116,6 +121,11 @@ class DatabaseConfig:
     max_size_mb: int = 0
     # The stored copy of each body (and of an answer's text) is cut at this many KiB.
     max_body_kb: int = 1024
+
+    @property
+    def max_body_bytes(self) -> int:
+        """``max_body_kb`` in bytes: what the record keeps of each body and answer text."""
+        return self.max_body_kb * 1024
 
 
 @dataclass(frozen=True)

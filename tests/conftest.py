@@ -14,6 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from llm_proxy import config as config_mod
+from llm_proxy.audit.recorder import Recorder
+from llm_proxy.audit.store import Store
 from llm_proxy.server.app import create_app
 
 from .llama_double import LlamaServerDouble
@@ -135,3 +137,19 @@ async def llama_double(aiohttp_server: Any) -> tuple[LlamaServerDouble, str]:
 async def oproxy(make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]) -> Proxy:
     """A proxy with the openai backend in front of the llama-server double."""
     return await make_proxy(llama_double[1], backend_type="openai")
+
+
+Writer = tuple[Recorder, Path]
+
+
+@pytest.fixture
+async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
+    """A recorder writing to a fresh SQLite file."""
+    db = tmp_path / "audit.db"
+    store = Store(str(db))
+    await store.open()
+    recorder = Recorder(store, limit=100)
+    recorder.start()
+    yield recorder, db
+    await recorder.close()
+    await store.close()

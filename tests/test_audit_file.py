@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +19,12 @@ from aiohttp.test_utils import TestServer
 
 from llm_proxy import config as config_mod
 from llm_proxy.audit.migrate import available
-from llm_proxy.audit.recorder import Recorder
-from llm_proxy.audit.store import Store
 from llm_proxy.server import state
 from llm_proxy.server.app import create_app
 
-from .conftest import read_rows
+from .conftest import Writer, read_rows
 from .ollama_double import OllamaDouble
 from .test_audit_poison import good
-
-Writer = tuple[Recorder, Path]
-
-
-@pytest.fixture
-async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
-    db = tmp_path / "audit.db"
-    store = Store(str(db))
-    await store.open()
-    recorder = Recorder(store, limit=100)
-    recorder.start()
-    yield recorder, db
-    await recorder.close()
-    await store.close()
 
 
 def query(db: Path, sql: str) -> list[Any]:

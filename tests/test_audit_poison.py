@@ -13,7 +13,6 @@ import logging
 import math
 import re
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,7 @@ from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import TEXT_COLUMNS, Store
 from llm_proxy.server import state
 
-from .conftest import read_rows
-
-Writer = tuple[Recorder, Path]
-
-
-@pytest.fixture
-async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
-    """A recorder writing to a fresh SQLite file."""
-    db = tmp_path / "audit.db"
-    store = Store(str(db))
-    await store.open()
-    recorder = Recorder(store, limit=100)
-    recorder.start()
-    yield recorder, db
-    await recorder.close()
-    await store.close()
+from .conftest import Writer, read_rows
 
 
 class Unchecked(Exchange):

@@ -143,7 +143,7 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
         exchange.backend_request = parsed.sent
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
-    keep = config.database.max_body_kb * 1024  # bytes (or characters) of each copy the record keeps
+    keep = config.database.max_body_bytes  # bytes (or characters) of each copy the record keeps
     async with app[keys.GATE].slot_if(endpoint in codec.gated):
         try:
             reply = await codec.send(backend, call)

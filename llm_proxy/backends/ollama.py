@@ -40,16 +40,6 @@ class OllamaBackend:
         assert self._session is not None, "OllamaBackend.start() was not awaited"
         return self._session
 
-    @property
-    def max_answer(self) -> int:
-        """backend.max_answer_mb in bytes: the largest answer held whole to change it."""
-        return int(self.config.backend.max_answer_mb * transport.MIB)
-
-    @property
-    def keep(self) -> int:
-        """database.max_body_kb in bytes: an answer passed on unchanged is held up to this."""
-        return self.config.database.max_body_kb * 1024
-
     async def start(self) -> None:
         self._session = transport.new_session(self.config.backend)
 
@@ -83,11 +73,11 @@ class OllamaBackend:
             return Lines(resp.status, content_type, self._lines(resp, call), release=resp.release)
         if resp.status < 400 and content_type.startswith("application/json") and self._renames(call):
             async with resp:
-                body = await transport.read_body(resp, self.endpoint, self.max_answer)
+                body = await transport.read_body(resp, self.endpoint, self.config.backend.max_answer_bytes)
             return Whole(resp.status, content_type, self._rename_body(body, call))
         # Passed on unchanged: a large answer (a blob, a big embedding batch) is
         # relayed as it arrives rather than held.
-        return await transport.relayed(resp, self.endpoint, self.keep)
+        return await transport.relayed(resp, self.endpoint, self.config.database.max_body_bytes)
 
     async def openai(self, call: Call) -> Reply:
         path = call.endpoint
@@ -95,8 +85,10 @@ class OllamaBackend:
             assert call.backend_model is not None
             path = f"/v1/models/{call.backend_model}"  # quoted by transport.url
         # Model lists are held whole: the pipeline shows them with client-side names.
-        hold = None if call.endpoint in _V1_MODELS else self.keep
-        return await relay.forward(self.session, self.endpoint, path, call, limit=self.max_answer, hold=hold)
+        hold = None if call.endpoint in _V1_MODELS else self.config.database.max_body_bytes
+        return await relay.forward(
+            self.session, self.endpoint, path, call, limit=self.config.backend.max_answer_bytes, hold=hold
+        )
 
     async def _lines(self, resp: transport.Response, call: Call) -> AsyncGenerator[Batch, None]:
         """Relay NDJSON lines as they arrive; re-serialise only to rename the model.
@@ -104,7 +96,7 @@ class OllamaBackend:
         Lines.close() releases ``resp``, whether or not this generator ever ran.
         """
         rename = call.model if call.model != call.backend_model else None
-        decoder = LineDecoder(self.max_answer)
+        decoder = LineDecoder(self.config.backend.max_answer_bytes)
         async for data in transport.iter_chunks(resp, self.endpoint):
             try:
                 lines = decoder.feed(data)

@@ -89,16 +89,6 @@ class OpenAIBackend:
         assert self._session is not None, "OpenAIBackend.start() was not awaited"
         return self._session
 
-    @property
-    def max_answer(self) -> int:
-        """backend.max_answer_mb in bytes: the largest answer held whole to change it."""
-        return int(self.config.backend.max_answer_mb * transport.MIB)
-
-    @property
-    def keep(self) -> int:
-        """database.max_body_kb in bytes: an answer passed on unchanged is held up to this."""
-        return self.config.database.max_body_kb * 1024
-
     async def start(self) -> None:
         if self._owns_session:
             self._session = transport.new_session(self.config.backend)
@@ -120,7 +110,7 @@ class OpenAIBackend:
                 backend=self.endpoint, within=transport.HEALTH_TIMEOUT,
             )  # fmt: skip
             async with resp:
-                body = await transport.read_body(resp, self.endpoint, self.max_answer)
+                body = await transport.read_body(resp, self.endpoint, self.config.backend.max_answer_bytes)
         except ProxyError as exc:  # transport turns every transport failure into one
             return exc.message
         if resp.status == 200:
@@ -183,11 +173,11 @@ class OpenAIBackend:
             apply_params(self.config.models.params_for(call.model), body)
             if body != call.body:
                 call, sent = dataclasses.replace(call, body=body, raw=orjson.dumps(body)), body
+        limit, hold = self.config.backend.max_answer_bytes, self.config.database.max_body_bytes
         with sending(sent):
             return await relay.forward(
-                self.session, self.endpoint, call.endpoint, call,
-                limit=self.max_answer, hold=self.keep, sent=sent,
-            )  # fmt: skip
+                self.session, self.endpoint, call.endpoint, call, limit=limit, hold=hold, sent=sent
+            )
 
     # -- models ---------------------------------------------------------------
 
@@ -218,7 +208,7 @@ class OpenAIBackend:
     async def _get_json(self, path: str, optional: bool = False) -> Any:
         resp = await transport.send(self.session, "GET", self._url(path), backend=self.endpoint)
         async with resp:
-            body = await transport.read_body(resp, self.endpoint, self.max_answer)
+            body = await transport.read_body(resp, self.endpoint, self.config.backend.max_answer_bytes)
         if resp.status >= 400:
             if optional:
                 return None
@@ -277,10 +267,10 @@ class OpenAIBackend:
             )  # fmt: skip
             if resp.status >= 400:
                 async with resp:
-                    raw = await transport.read_body(resp, self.endpoint, self.max_answer)
+                    raw = await transport.read_body(resp, self.endpoint, self.config.backend.max_answer_bytes)
                 raise error_from_backend(resp.status, raw)
             # Tool calls are held whole until they go out, within backend.max_answer_mb.
-            translator = StreamTranslator(kind, call.model, limit=self.max_answer)
+            translator = StreamTranslator(kind, call.model, limit=self.config.backend.max_answer_bytes)
             if call.stream:
                 lines = self._translate(resp, translator, call)
                 return Lines(200, NDJSON, lines, release=resp.release, sent=body)
@@ -288,7 +278,7 @@ class OpenAIBackend:
                 # Still a stream from the backend (backend.timeout bounds each silence,
                 # not the answer), but read whole and folded at once: one wake-up per
                 # answer instead of one per SSE frame, and no NDJSON lines to write.
-                raw = await transport.read_body(resp, self.endpoint, self.max_answer)
+                raw = await transport.read_body(resp, self.endpoint, self.config.backend.max_answer_bytes)
             return replies.json_reply(self._fold(raw, translator, call), sent=body)
 
     async def _translate(
@@ -298,7 +288,7 @@ class OpenAIBackend:
 
         Lines.close() releases ``resp``, whether or not this generator ever ran.
         """
-        decoder = SSEDecoder(self.max_answer)
+        decoder = SSEDecoder(self.config.backend.max_answer_bytes)
         finished = False
         # Read to the end of the body even after [DONE]: leaving bytes unread
         # would close the connection instead of returning it to the pool.
@@ -361,7 +351,7 @@ class OpenAIBackend:
                 data=orjson.dumps(body), headers={"Content-Type": JSON},
             )  # fmt: skip
             async with resp:
-                raw = await transport.read_body(resp, self.endpoint, self.max_answer)
+                raw = await transport.read_body(resp, self.endpoint, self.config.backend.max_answer_bytes)
             if resp.status >= 400:
                 raise error_from_backend(resp.status, raw)
             try:
