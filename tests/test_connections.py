@@ -42,11 +42,10 @@ async def test_idle_connections_beyond_the_limit_make_room_for_a_new_client(
     server = {"max_connections": 50}
     async with serve(tmp_path, ollama_double[1], open_files=128, server=server) as served:
         idle = await open_idle(served.url, 300)  # without the limit, accept() runs out of descriptors at ~100
-        started = time.monotonic()
+        # Served at all is the point: without the limit, the connection is reset.
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             async with http.get(f"{served.url}/api/version") as resp:
                 assert resp.status == 200
-            waited = time.monotonic() - started
             found = await scrape(http, served.url)  # the same (kept-alive) connection
         # The longest idle were closed first: the 250 opened first, each for a newer one.
         for reader, _ in idle[:250]:
@@ -54,7 +53,6 @@ async def test_idle_connections_beyond_the_limit_make_room_for_a_new_client(
         for _, writer in idle:
             writer.close()
         assert await served.stop() == 0
-    assert waited < 2
     assert found["llm_proxy_client_connections"] <= 50
     assert found["llm_proxy_client_connections_closed_idle_total"] >= 250
     assert found["llm_proxy_client_connections_refused_total"] == 0
