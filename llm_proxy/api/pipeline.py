@@ -80,39 +80,30 @@ class Codec(Protocol):
 
     def parse(self, request: web.Request, endpoint: str, raw: bytes, config: Config) -> Parsed:
         """Parse and check the body (400 naming the field), map the model; the one check at the edge."""
-        ...
 
     async def send(self, backend: Backend, call: Call) -> Reply:
         """Ask the backend through the API's entry point."""
-        ...
 
     def assembler(self, keep: int) -> Assembler:
         """A fresh assembler of this API's answers, keeping ``keep`` characters."""
-        ...
 
     def stream_headers(self, content_type: str) -> dict[str, str]:
         """The headers of a streamed answer whose backend said ``content_type``."""
-        ...
 
     def piece(self, item: Batch | Frame, hide_usage: bool) -> Piece:
         """One stream item as it goes out."""
-        ...
 
     def unfinished(self, exchange: Exchange) -> ProxyError | None:
         """The error for a stream that ended without its end marker; None when it has none."""
-        ...
 
     def error_item(self, exc: ProxyError) -> bytes:
         """The stream item that ends a stream broken by ``exc``, in the API's error shape."""
-        ...
 
     def error_text(self, status: int, body: bytes) -> str:
         """What the record's ``error`` says for an error answer (or the start of one)."""
-        ...
 
     def present(self, exchange: Exchange, reply: Whole, models: ModelsConfig) -> bytes:
         """A whole answer as the client gets it (model lists with client-side names)."""
-        ...
 
 
 async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:

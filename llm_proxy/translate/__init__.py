@@ -114,27 +114,22 @@ class Assembler(Protocol):
 
     def feed(self, obj: dict[str, Any]) -> bool:
         """Take one chunk or whole answer; True when it carried a token (text, thinking, a tool call)."""
-        ...
 
     @property
     def text(self) -> str | None:
         """The answer's text (for Ollama's pull, push and create: the last status); None without one."""
-        ...
 
     @property
     def thinking(self) -> str | None:
         """The model's thinking (reasoning), None without any."""
-        ...
 
     @property
     def tool_calls(self) -> list[Any]:
         """The tool calls, in the API's own shape."""
-        ...
 
     @property
     def done_reason(self) -> str | None:
         """Why the answer ended (Ollama's done_reason, OpenAI's finish_reason)."""
-        ...
 
     @property
     def prompt_tokens(self) -> int | None: ...
@@ -145,18 +140,14 @@ class Assembler(Protocol):
     @property
     def error(self) -> str | None:
         """The error the answer reported (an error line or frame), None when it reported none."""
-        ...
 
     @property
     def error_status(self) -> int | None:
         """The status that error names (OpenAI's ``code``); None when it names none."""
-        ...
 
     @property
     def truncated(self) -> bool:
         """True when something was left out of the copy to stay within the limit."""
-        ...
 
     def result(self) -> dict[str, Any] | None:
         """The whole answer as one object, in the API's non-stream shape; None when nothing came."""
-        ...
