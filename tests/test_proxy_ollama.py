@@ -511,3 +511,17 @@ async def test_an_error_line_mid_stream_is_recorded_as_the_translating_backend_r
         [row] = await proxy.wait_rows(1)
     assert row["status_code"] == 500 and row["error"] == "llama runner process has terminated"
     assert row["response"] == "The"
+
+
+async def test_newer_probe_routes_pass_through(proxy: Proxy) -> None:
+    """HEAD /api/tags, HEAD /api/version and GET /api/status reach Ollama as they are."""
+    http = client(proxy)._client  # ollama-python has no call for these
+    for path in ("/api/tags", "/api/version"):
+        resp = await http.head(path)
+        assert resp.status_code == 200 and resp.content == b""
+    resp = await http.get("/api/status")
+    assert resp.json() == {"cloud": {"disabled": False, "source": "default"}}
+    rows = await proxy.wait_rows(3)
+    assert [(r["method"], r["endpoint"], r["status_code"]) for r in rows] == [
+        ("HEAD", "/api/tags", 200), ("HEAD", "/api/version", 200), ("GET", "/api/status", 200),
+    ]  # fmt: skip

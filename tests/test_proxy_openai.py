@@ -379,3 +379,21 @@ async def test_load_and_unload_answer_one_json_object_as_ollama_does(
     assert llama_double[0].requests == []
     rows = await oproxy.wait_rows(5)
     assert [r["done_reason"] for r in rows] == ["unload", "unload", "load", "load", "unload"]
+
+
+async def test_newer_probe_routes(oproxy: Proxy) -> None:
+    """HEAD /api/tags and /api/version answer 200 without a body; /api/status says no cloud."""
+    c = client(oproxy)
+    http = c._client  # the client's own HTTP connection: ollama-python has no call for these
+    for path in ("/api/tags", "/api/version"):
+        resp = await http.head(path)
+        assert resp.status_code == 200 and resp.content == b""
+    resp = await http.get("/api/status")
+    assert resp.status_code == 200
+    assert resp.json() == {"cloud": {"disabled": True, "source": "llm-proxy"}}
+    assert [m.model for m in (await c.list()).models] == ["smollm2:latest"]  # GET still has its body
+    rows = await oproxy.wait_rows(4)
+    assert [(r["method"], r["endpoint"], r["status_code"]) for r in rows] == [
+        ("HEAD", "/api/tags", 200), ("HEAD", "/api/version", 200), ("GET", "/api/status", 200),
+        ("GET", "/api/tags", 200),
+    ]  # fmt: skip

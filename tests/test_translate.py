@@ -27,6 +27,8 @@ from ollama._types import (
 )
 
 from llm_proxy.api import validate
+from llm_proxy.backends import replies
+from llm_proxy.backends.base import Call, Whole
 from llm_proxy.errors import BackendError, BadRequest
 from llm_proxy.translate import rfc3339_now
 from llm_proxy.translate.catalog import (
@@ -1271,3 +1273,10 @@ def test_a_tool_call_is_bounded() -> None:
         translator.feed(fragment)
     with pytest.raises(BackendError, match=r"tool call larger than .* MiB \(backend.max_answer_mb\)"):
         translator.feed(fragment)
+
+
+def test_status_answered_locally_says_cloud_is_disabled() -> None:
+    call = Call("/api/status", "GET", "/api/status", None, b"", "", None, None, 0.0, stream=False)
+    reply = replies.answer_locally(call, "openai", "serves what it serves")
+    assert isinstance(reply, Whole) and reply.status == 200 and reply.content_type == "application/json"
+    assert orjson.loads(reply.body) == {"cloud": {"disabled": True, "source": "llm-proxy"}}
