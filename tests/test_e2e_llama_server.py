@@ -500,3 +500,17 @@ async def test_v1_errors_are_the_sdks_exceptions(make_proxy: MakeProxy, chat_ser
     assert (missing["status_code"], missing["error"]) == (404, "model 'nope' not found")
     assert rejected["status_code"] == 400 and rejected["error"] == caught.value.body["message"]
     assert missing["api"] == rejected["api"] == "openai"
+
+
+@pytest.mark.parametrize("level", ["low", "max"])
+async def test_think_level_reaches_the_real_server(
+    make_proxy: MakeProxy, chat_server: LlamaServer, connect: Connect, level: str
+) -> None:
+    """A think level goes out as reasoning_effort with thinking on, and the server takes it."""
+    proxy = await make_proxy(chat_server.url, backend_type="openai", backend=BACKEND)
+    answer = await connect(proxy).chat(model=MODEL, messages=[USER], think=level, stream=False, options=SHORT)
+    assert isinstance(answer.message.content, str) and answer.done_reason in ("stop", "length")
+    [row] = await proxy.wait_rows(1)
+    assert (row["status_code"], row["error"]) == (200, None)
+    sent = orjson.loads(row["backend_request"])
+    assert (sent["reasoning_effort"], sent["chat_template_kwargs"]) == (level, {"enable_thinking": True})

@@ -397,3 +397,20 @@ async def test_newer_probe_routes(oproxy: Proxy) -> None:
         ("HEAD", "/api/tags", 200), ("HEAD", "/api/version", 200), ("GET", "/api/status", 200),
         ("GET", "/api/tags", 200),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("level", ["low", "medium", "high", "max"])
+async def test_think_level_is_reasoning_effort_with_thinking_on(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str], level: str
+) -> None:
+    llama_double[0].scenario = "reasoning"
+    answer = await client(oproxy).chat(model="smollm2", messages=USER, think=level, stream=False)
+    assert answer.message.thinking == "The user greets me." and answer.message.content == "Hello!"
+    [(_, sent)] = llama_double[0].requests
+    assert (sent["reasoning_effort"], sent["chat_template_kwargs"]) == (level, {"enable_thinking": True})
+
+
+async def test_think_of_another_kind_is_refused_at_the_edge(oproxy: Proxy) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        await client(oproxy).chat(model="smollm2", messages=USER, think="extreme", stream=False)
+    assert caught.value.status_code == 400 and "'think' must be true, false" in caught.value.error

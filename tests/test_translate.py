@@ -920,9 +920,10 @@ def test_format_mapping(fmt: Any, expected: dict[str, Any]) -> None:
     [
         (True, {"chat_template_kwargs": {"enable_thinking": True}}),
         (False, {"chat_template_kwargs": {"enable_thinking": False}}),
-        ("low", {"reasoning_effort": "low"}),
-        ("medium", {"reasoning_effort": "medium"}),
-        ("high", {"reasoning_effort": "high"}),
+        ("low", {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "low"}),
+        ("medium", {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "medium"}),
+        ("high", {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "high"}),
+        ("max", {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "max"}),
         (None, {}),
     ],
 )
@@ -1280,3 +1281,11 @@ def test_status_answered_locally_says_cloud_is_disabled() -> None:
     reply = replies.answer_locally(call, "openai", "serves what it serves")
     assert isinstance(reply, Whole) and reply.status == 200 and reply.content_type == "application/json"
     assert orjson.loads(reply.body) == {"cloud": {"disabled": True, "source": "llm-proxy"}}
+
+
+def test_think_level_in_generate_and_params_still_win() -> None:
+    _, out = generate_request({"prompt": "x", "think": "max"}, "m", {})
+    assert (out["reasoning_effort"], out["chat_template_kwargs"]) == ("max", {"enable_thinking": True})
+    params = {"chat_template_kwargs": {"enable_thinking": False}}
+    out = chat_request({"messages": [], "think": "low"}, "m", params)
+    assert out["chat_template_kwargs"] == {"enable_thinking": False}  # the operator's config rules

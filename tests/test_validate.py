@@ -88,6 +88,7 @@ GOOD = [
         "keep_alive": "-1s", "options": {"num_ctx": 8192.0, "stop": "\n", "new_option": [1]},
         "format": {"type": "object"}, "stream": None}),
     ("/api/chat", {"model": M, "messages": USER, "think": "high", "keep_alive": 300, "brand_new": {"x": 1}}),
+    ("/api/generate", {"model": M, "prompt": "x", "think": "max"}),
     ("/api/chat", {"model": M, "options": {"seed": 2**63 - 1, "top_k": 2**40, "num_predict": -1}}),
     ("/api/generate", {"model": M, "prompt": "p", "context": [1, 2], "raw": True, "format": "json"}),
     ("/api/embed", {"model": M, "input": ["a", "b"], "dimensions": 3, "truncate": True}),

@@ -22,7 +22,8 @@ from ..errors import BadRequest
 
 Body = dict[str, Any]
 
-THINK_LEVELS = ("low", "medium", "high")
+# ``think``'s levels as Ollama takes them ("max" since 2026-04), besides true and false.
+THINK_LEVELS = ("low", "medium", "high", "max")
 # Options Ollama reads as numbers, and as true/false; others pass as they are.
 NUMBER_OPTIONS = frozenset({
     "num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "tfs_z",
@@ -217,7 +218,7 @@ def _format(value: Any, field: str) -> None:
 def _think(value: Any, field: str) -> None:
     if isinstance(value, bool) or value in THINK_LEVELS:
         return
-    raise BadRequest(f'\'{field}\' must be true, false, "low", "medium" or "high", {_got(value)}')
+    raise BadRequest(f'\'{field}\' must be true, false, "low", "medium", "high" or "max", {_got(value)}')
 
 
 def _tool_call(value: Any, field: str) -> None:

@@ -351,13 +351,20 @@ def _apply_format(fmt: Any, out: JSONDict, *, raw: bool) -> None:
 
 
 def _apply_think(think: Any, out: JSONDict) -> None:
-    """Map Ollama's ``think`` to the template switch or the reasoning effort."""
+    """Map Ollama's ``think`` to the template switch, and a level to the reasoning effort too.
+
+    A level ("low", "medium", "high", "max": api.validate) asks for thinking
+    at that effort: llama-server hands ``reasoning_effort`` to templates that
+    read it (gpt-oss), and ``enable_thinking`` switches on the ones that read
+    that instead (Qwen3), which would otherwise follow their own default.
+    """
     if think is None:
         return
     if isinstance(think, bool):
         out["chat_template_kwargs"] = {"enable_thinking": think}
     else:
-        out["reasoning_effort"] = think  # "low", "medium" or "high"
+        out["chat_template_kwargs"] = {"enable_thinking": True}
+        out["reasoning_effort"] = think
 
 
 def apply_params(params: Mapping[str, Any], out: JSONDict) -> None:
