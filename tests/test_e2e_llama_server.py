@@ -514,3 +514,18 @@ async def test_think_level_reaches_the_real_server(
     assert (row["status_code"], row["error"]) == (200, None)
     sent = orjson.loads(row["backend_request"])
     assert (sent["reasoning_effort"], sent["chat_template_kwargs"]) == (level, {"enable_thinking": True})
+
+
+async def test_embed_dimensions_and_truncate(
+    make_proxy: MakeProxy, embed_server: LlamaServer, connect: Connect
+) -> None:
+    """``dimensions`` goes out as OpenAI's field, ``truncate`` not at all; the server answers."""
+    proxy = await make_proxy(embed_server.url, backend_type="openai")
+    answer = await connect(proxy).embed(model=MODEL, input="The sky is blue.", dimensions=8, truncate=True)
+    [vector] = answer.embeddings
+    # This llama-server ignores dimensions and answers the model's full width
+    # (docs/translation.md): the shape is what is checked, not the width.
+    assert len(vector) > 0 and all(isinstance(x, float) for x in vector)
+    [row] = await proxy.wait_rows(1)
+    sent = orjson.loads(row["backend_request"])
+    assert (sent["dimensions"], "truncate" in sent) == (8, False)

@@ -525,3 +525,18 @@ async def test_newer_probe_routes_pass_through(proxy: Proxy) -> None:
     assert [(r["method"], r["endpoint"], r["status_code"]) for r in rows] == [
         ("HEAD", "/api/tags", 200), ("HEAD", "/api/version", 200), ("GET", "/api/status", 200),
     ]  # fmt: skip
+
+
+async def test_newer_fields_pass_through_unchanged(
+    proxy: Proxy, ollama_double: tuple[OllamaDouble, str]
+) -> None:
+    """dimensions, truncate, shift and think levels reach Ollama as the client sent them."""
+    c = client(proxy)
+    await c.embed(model="nomic-embed-text", input="a", dimensions=2, truncate=False)
+    await c.chat(model="llama2", messages=USER, think="max", stream=False)
+    generate = {"model": "llama2", "prompt": "x", "stream": False, "truncate": True, "shift": False}
+    assert (await c._client.post("/api/generate", json=generate)).status_code == 200
+    sent = [body for _, body in ollama_double[0].requests if body is not None]
+    assert (sent[0]["dimensions"], sent[0]["truncate"]) == (2, False)
+    assert sent[1]["think"] == "max"
+    assert (sent[2]["truncate"], sent[2]["shift"]) == (True, False)

@@ -414,3 +414,31 @@ async def test_think_of_another_kind_is_refused_at_the_edge(oproxy: Proxy) -> No
     with pytest.raises(ollama.ResponseError) as caught:
         await client(oproxy).chat(model="smollm2", messages=USER, think="extreme", stream=False)
     assert caught.value.status_code == 400 and "'think' must be true, false" in caught.value.error
+
+
+async def test_embed_dimensions_sent_truncate_not(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    c = client(oproxy)
+    embedded = await c.embed(model="smollm2", input="hello", dimensions=64, truncate=False)
+    assert len(embedded.embeddings) == 1
+    [(_, sent)] = llama_double[0].requests
+    assert sent is not None and sent["dimensions"] == 64 and "truncate" not in sent
+    with pytest.raises(ollama.ResponseError) as caught:
+        await c.embed(model="smollm2", input="hello", dimensions=0)
+    assert caught.value.status_code == 400 and "'dimensions' must be an integer above 0" in caught.value.error
+
+
+async def test_chat_and_generate_take_truncate_and_shift(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    http = client(oproxy)._client  # ollama-python 0.6 has no parameter for these yet
+    chat = {"model": "smollm2", "messages": USER, "stream": False, "truncate": False, "shift": False}
+    resp = await http.post("/api/chat", json=chat)
+    assert resp.status_code == 200 and ollama.ChatResponse(**resp.json()).message.content == RECORDED_TEXT
+    generate = {"model": "smollm2", "prompt": "hi", "stream": False, "truncate": True, "shift": True}
+    assert (await http.post("/api/generate", json=generate)).status_code == 200
+    sent = [body for _, body in llama_double[0].requests]
+    assert all(body is not None and not {"truncate", "shift"} & body.keys() for body in sent)
+    resp = await http.post("/api/chat", json={**chat, "shift": "yes"})
+    assert resp.status_code == 400 and "'shift' must be true or false" in resp.json()["error"]

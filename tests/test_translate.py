@@ -1289,3 +1289,10 @@ def test_think_level_in_generate_and_params_still_win() -> None:
     params = {"chat_template_kwargs": {"enable_thinking": False}}
     out = chat_request({"messages": [], "think": "low"}, "m", params)
     assert out["chat_template_kwargs"] == {"enable_thinking": False}  # the operator's config rules
+
+
+def test_truncate_and_shift_are_not_sent_to_llama_server() -> None:
+    body = {"messages": [{"role": "user", "content": "x"}], "truncate": False, "shift": False}
+    assert not {"truncate", "shift"} & chat_request(body, "m", {}).keys()
+    _, out = generate_request({"prompt": "x", "truncate": True, "shift": True}, "m", {})
+    assert not {"truncate", "shift"} & out.keys()

@@ -118,6 +118,12 @@ def _integer(value: Any, field: str) -> None:
         raise BadRequest(f"'{field}' must be an integer, {_got(value)}")
 
 
+def _positive_integer(value: Any, field: str) -> None:
+    _integer(value, field)
+    if value <= 0:
+        raise BadRequest(f"'{field}' must be an integer above 0")
+
+
 def _object(value: Any, field: str) -> None:
     if not isinstance(value, dict):
         raise BadRequest(f"'{field}' must be an object, {_got(value)}")
@@ -265,6 +271,9 @@ def _generation(body: Body) -> None:
     _common(body)
     _optional(body, "format", _format)
     _optional(body, "think", _think)
+    # Context handling: cut an over-long prompt (truncate), slide the window (shift).
+    _optional(body, "truncate", _boolean)
+    _optional(body, "shift", _boolean)
 
 
 # -- endpoints --------------------------------------------------------------------
@@ -292,7 +301,7 @@ def _embed(body: Body) -> None:
     _common(body)
     _optional(body, "input", _string_or_strings)
     _optional(body, "truncate", _boolean)
-    _optional(body, "dimensions", _integer)
+    _optional(body, "dimensions", _positive_integer)
 
 
 def _embeddings(body: Body) -> None:

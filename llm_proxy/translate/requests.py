@@ -105,7 +105,8 @@ def generate_request(
     ``/v1/completions`` as is; otherwise it becomes a one-turn chat.
     ``suffix``, ``template`` and ``context`` are not forwarded: llama-server's
     ``/v1/completions`` rejects ``suffix``, and the other two have no
-    counterpart there.
+    counterpart there. Nor are ``truncate`` and ``shift``, here or in chat:
+    llama-server's context handling is set when it starts (docs/translation.md).
     """
     prompt = body.get("prompt") or ""
     if body.get("raw") is True:
