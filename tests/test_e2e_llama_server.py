@@ -529,3 +529,26 @@ async def test_embed_dimensions_and_truncate(
     [row] = await proxy.wait_rows(1)
     sent = orjson.loads(row["backend_request"])
     assert (sent["dimensions"], "truncate" in sent) == (8, False)
+
+
+async def test_tool_call_ids_kept_both_ways_with_the_real_server(
+    make_proxy: MakeProxy, chat_server: LlamaServer, connect: Connect
+) -> None:
+    """The server's call id and index reach the client, and come back to it as the client sent them."""
+    proxy = await make_proxy(
+        chat_server.url, backend_type="openai", backend=BACKEND, models={"params": {MODEL: TOOL_PARAMS}}
+    )
+    http = connect(proxy)._client  # ollama-python 0.6 keeps no id: the wire shows what newer clients read
+    body = {"model": MODEL, "messages": [KITCHEN], "tools": [HASS_TURN_ON], "stream": False}
+    answer = (await http.post("/api/chat", json=body)).json()
+    [call] = answer["message"]["tool_calls"]
+    assert isinstance(call["id"], str) and call["id"] and call["function"]["index"] == 0
+    result = {"role": "tool", "content": '{"success": true}', "tool_call_id": call["id"]}
+    resp = await http.post("/api/chat", json={**body, "messages": [KITCHEN, answer["message"], result]})
+    assert resp.status_code == 200 and resp.json()["done"] is True
+    rows = await proxy.wait_rows(2)
+    assert [(r["status_code"], r["error"]) for r in rows] == [(200, None), (200, None)]
+    history = orjson.loads(rows[1]["backend_request"])["messages"]
+    [kept] = history[1]["tool_calls"]
+    assert (kept["id"], kept["index"]) == (call["id"], 0)
+    assert history[2]["tool_call_id"] == call["id"]

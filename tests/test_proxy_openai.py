@@ -442,3 +442,28 @@ async def test_chat_and_generate_take_truncate_and_shift(
     assert all(body is not None and not {"truncate", "shift"} & body.keys() for body in sent)
     resp = await http.post("/api/chat", json={**chat, "shift": "yes"})
     assert resp.status_code == 400 and "'shift' must be true or false" in resp.json()["error"]
+
+
+TOOLS = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {"type": "object"}}}]
+
+
+async def test_tool_call_ids_both_ways(oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]) -> None:
+    """The backend's id and index reach the client; the client's ids reach the backend."""
+    c = client(oproxy)
+    chunks = [c async for c in await c.chat(model="smollm2", messages=USER, tools=TOOLS, stream=True)]
+    assert [call.function.name for ch in chunks for call in ch.message.tool_calls or []] == ["HassTurnOn"]
+    # ollama-python 0.6 parses every chunk but keeps no id; the wire has it, as newer clients read it.
+    body = {"model": "smollm2", "messages": USER, "tools": TOOLS, "stream": False}
+    answer = (await c._client.post("/api/chat", json=body)).json()
+    [call] = answer["message"]["tool_calls"]
+    assert (call["id"], call["function"]["index"]) == ("QwiJu1ZkXgOKD9Jj8bxEdHG0GbqmaaGm", 0)
+    # Round two as a newer client sends it: the call with its id and index, the result naming it.
+    result = {"role": "tool", "content": "{}", "tool_name": "HassTurnOn", "tool_call_id": call["id"]}
+    history = [*USER, answer["message"], result]
+    resp = await c._client.post("/api/chat", json={**body, "messages": history})
+    assert resp.status_code == 200
+    sent = llama_double[0].requests[-1][1]
+    assert sent is not None
+    [kept] = sent["messages"][1]["tool_calls"]
+    assert (kept["id"], kept["index"]) == (call["id"], 0)
+    assert sent["messages"][2]["tool_call_id"] == call["id"]

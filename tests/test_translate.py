@@ -1296,3 +1296,36 @@ def test_truncate_and_shift_are_not_sent_to_llama_server() -> None:
     assert not {"truncate", "shift"} & chat_request(body, "m", {}).keys()
     _, out = generate_request({"prompt": "x", "truncate": True, "shift": True}, "m", {})
     assert not {"truncate", "shift"} & out.keys()
+
+
+def test_client_tool_call_id_and_index_are_kept_for_the_backend() -> None:
+    body = {
+        "messages": [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "call_b", "function": {"index": 1, "name": "b", "arguments": {}}},
+                    {"id": "call_a", "function": {"index": 0, "name": "a", "arguments": {}}},
+                ],
+            },
+            {"role": "tool", "content": "ra", "tool_name": "a", "tool_call_id": "call_a"},
+            {"role": "tool", "content": "rb", "tool_name": "b", "tool_call_id": "call_b"},
+        ]
+    }
+    messages = chat_request(body, "m", {})["messages"]
+    assert [(c["id"], c["index"]) for c in messages[0]["tool_calls"]] == [("call_b", 1), ("call_a", 0)]
+    assert [m["tool_call_id"] for m in messages[1:]] == ["call_a", "call_b"]  # the client's, not by order
+    assert all("tool_name" not in m for m in messages[1:])
+
+
+def test_answered_tool_calls_carry_the_backend_id_and_index() -> None:
+    translator = StreamTranslator("chat", "m", created_at=lambda: "t")
+    chunks = translator.feed(tool_delta(0, id="id0", function={"name": "a", "arguments": "{}"}))
+    chunks += translator.feed(tool_delta(1, id="id1", function={"name": "b", "arguments": "{}"}))
+    chunks += translator.feed(wire({}, finish_reason="tool_calls"))
+    [chunk] = [c for c in chunks if c["message"].get("tool_calls")]
+    calls = chunk["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["index"], c["function"]["name"]) for c in calls] == [
+        ("id0", 0, "a"), ("id1", 1, "b"),
+    ]  # fmt: skip
+    assert ChatResponse(**chunk).message.tool_calls is not None  # the client still parses it

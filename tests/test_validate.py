@@ -71,6 +71,11 @@ BAD = [
     ("/api/embed", {"model": M, "dimensions": 1.5}, "'dimensions' must be an integer"),
     ("/api/embed", {"model": M, "truncate": "no"}, "'truncate' must be true or false"),
     ("/api/embed", {"model": M, "dimensions": 0}, "'dimensions' must be an integer above 0"),
+    ("/api/chat", {"model": M, "messages": [{"role": "assistant", "tool_calls": [
+        {"id": 7, "function": {"name": "f"}}]}]}, "'messages[0].tool_calls[0].id' must be a string"),
+    ("/api/chat", {"model": M, "messages": [{"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "index": "0"}}]}]},
+     "'messages[0].tool_calls[0].function.index' must be an integer"),
     ("/api/embed", {"model": M, "dimensions": -8}, "'dimensions' must be an integer above 0"),
     ("/api/chat", {"model": M, "truncate": 1}, "'truncate' must be true or false, got a number"),
     ("/api/generate", {"model": M, "shift": "no"}, "'shift' must be true or false, got a string"),

@@ -229,9 +229,11 @@ def _think(value: Any, field: str) -> None:
 
 def _tool_call(value: Any, field: str) -> None:
     _object(value, field)
+    _optional(value, "id", _string, f"{field}.")
     function = value.get("function")
     _object(function, f"{field}.function")
     _string(function.get("name"), f"{field}.function.name")
+    _optional(function, "index", _integer, f"{field}.function.")
     arguments = function.get("arguments")
     if arguments is not None and not isinstance(arguments, (dict, str)):
         raise BadRequest(f"'{field}.function.arguments' must be an object, {_got(arguments)}")

@@ -237,11 +237,16 @@ def _history_tool_call(call: JSONDict, field: str, number: int) -> JSONDict:
         # Numbered by position in the conversation, so the same history gets
         # the same ids on every round and the backend's prompt cache holds.
         call_id = f"call_{number}"
-    return {
+    mapped: JSONDict = {
         "id": call_id,
         "type": "function",
         "function": {"name": name, "arguments": arguments_text},
     }
+    index = function.get("index")
+    if isinstance(index, int) and not isinstance(index, bool):
+        # Ollama's function.index is where OpenAI keeps it: on the call itself.
+        mapped["index"] = index
+    return mapped
 
 
 def _tools(tools: list[JSONDict] | None) -> list[JSONDict]:
