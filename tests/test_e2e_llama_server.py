@@ -552,3 +552,14 @@ async def test_tool_call_ids_kept_both_ways_with_the_real_server(
     [kept] = history[1]["tool_calls"]
     assert (kept["id"], kept["index"]) == (call["id"], 0)
     assert history[2]["tool_call_id"] == call["id"]
+
+
+async def test_tags_list_the_capabilities_show_reports(
+    make_proxy: MakeProxy, chat_server: LlamaServer, connect: Connect
+) -> None:
+    proxy = await make_proxy(chat_server.url, backend_type="openai")
+    client = connect(proxy)
+    shown = await client.show(MODEL)
+    tags = (await client._client.get("/api/tags")).json()
+    assert [m["capabilities"] for m in tags["models"]] == [shown.capabilities]
+    assert shown.capabilities is not None and "completion" in shown.capabilities

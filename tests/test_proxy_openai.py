@@ -467,3 +467,13 @@ async def test_tool_call_ids_both_ways(oproxy: Proxy, llama_double: tuple[LlamaS
     [kept] = sent["messages"][1]["tool_calls"]
     assert (kept["id"], kept["index"]) == (call["id"], 0)
     assert sent["messages"][2]["tool_call_id"] == call["id"]
+
+
+async def test_tags_carry_the_capabilities_show_has_and_ps_the_context(oproxy: Proxy) -> None:
+    c = client(oproxy)
+    shown = await c.show("smollm2")
+    listed = (await c._client.get("/api/tags")).json()["models"]  # ollama-python 0.6 keeps no capabilities
+    assert [m["capabilities"] for m in listed] == [shown.capabilities]
+    assert [m.model for m in (await c.list()).models] == ["smollm2:latest"]  # and still parses the list
+    [running] = (await c.ps()).models
+    assert isinstance(running.context_length, int) and running.context_length > 0

@@ -1152,7 +1152,11 @@ def test_tags_from_recorded_models_and_props() -> None:
     }
     parsed = ListResponse.model_validate(tags)
     assert parsed.models[0].model == "smollm2:latest"
-    assert tags_from_models(models, None, {}) == tags
+    assert entry["capabilities"] == ["completion", "tools"]  # as /api/show has them
+    # Without /props the listing is the same, but only "completion" is known.
+    bare = tags_from_models(models, None, {})
+    assert bare["models"][0].pop("capabilities") == ["completion"]
+    assert bare == {"models": [{k: v for k, v in entry.items() if k != "capabilities"}]}
 
 
 def test_tags_use_the_client_names_from_the_mappings() -> None:
