@@ -107,7 +107,7 @@ def _fields(junk: bool) -> dict[str, dict[str, st.SearchStrategy[Any]]]:
         "options": options,
         "keep_alive": maybe(st.one_of(st.integers(-1, 3600), st.sampled_from(["-1s", "5m", "300.0s"]))),
         "format": maybe(st.one_of(st.sampled_from(["", "json"]), st.just({"type": "object"}))),
-        "think": maybe(st.one_of(st.booleans(), st.sampled_from(["low", "medium", "high"]))),
+        "think": maybe(st.one_of(st.booleans(), st.sampled_from(["low", "medium", "high", "max"]))),
         "unknown_field": json_values,  # passed through whatever it holds
     }
     return {

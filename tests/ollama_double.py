@@ -59,6 +59,7 @@ class OllamaDouble:
         app = web.Application(client_max_size=128 * 1024 * 1024)  # no 1 MB cap, like the real Ollama
         app.router.add_get("/", self.root)
         app.router.add_get("/api/version", self.version)
+        app.router.add_get("/api/status", self.status)
         app.router.add_get("/api/tags", self.tags)
         app.router.add_get("/api/ps", self.ps)
         app.router.add_post("/api/show", self.show)
@@ -95,6 +96,9 @@ class OllamaDouble:
 
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": "0.12.3"})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response({"cloud": {"disabled": False, "source": "default"}})
 
     async def tags(self, request: web.Request) -> web.Response:
         self.requests.append((request.path, None))

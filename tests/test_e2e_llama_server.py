@@ -500,3 +500,66 @@ async def test_v1_errors_are_the_sdks_exceptions(make_proxy: MakeProxy, chat_ser
     assert (missing["status_code"], missing["error"]) == (404, "model 'nope' not found")
     assert rejected["status_code"] == 400 and rejected["error"] == caught.value.body["message"]
     assert missing["api"] == rejected["api"] == "openai"
+
+
+@pytest.mark.parametrize("level", ["low", "max"])
+async def test_think_level_reaches_the_real_server(
+    make_proxy: MakeProxy, chat_server: LlamaServer, connect: Connect, level: str
+) -> None:
+    """A think level goes out as reasoning_effort with thinking on, and the server takes it."""
+    proxy = await make_proxy(chat_server.url, backend_type="openai", backend=BACKEND)
+    answer = await connect(proxy).chat(model=MODEL, messages=[USER], think=level, stream=False, options=SHORT)
+    assert isinstance(answer.message.content, str) and answer.done_reason in ("stop", "length")
+    [row] = await proxy.wait_rows(1)
+    assert (row["status_code"], row["error"]) == (200, None)
+    sent = orjson.loads(row["backend_request"])
+    assert (sent["reasoning_effort"], sent["chat_template_kwargs"]) == (level, {"enable_thinking": True})
+
+
+async def test_embed_dimensions_and_truncate(
+    make_proxy: MakeProxy, embed_server: LlamaServer, connect: Connect
+) -> None:
+    """``dimensions`` goes out as OpenAI's field, ``truncate`` not at all; the server answers."""
+    proxy = await make_proxy(embed_server.url, backend_type="openai")
+    answer = await connect(proxy).embed(model=MODEL, input="The sky is blue.", dimensions=8, truncate=True)
+    [vector] = answer.embeddings
+    # This llama-server ignores dimensions and answers the model's full width
+    # (docs/translation.md): the shape is what is checked, not the width.
+    assert len(vector) > 0 and all(isinstance(x, float) for x in vector)
+    [row] = await proxy.wait_rows(1)
+    sent = orjson.loads(row["backend_request"])
+    assert (sent["dimensions"], "truncate" in sent) == (8, False)
+
+
+async def test_tool_call_ids_kept_both_ways_with_the_real_server(
+    make_proxy: MakeProxy, chat_server: LlamaServer, connect: Connect
+) -> None:
+    """The server's call id and index reach the client, and come back to it as the client sent them."""
+    proxy = await make_proxy(
+        chat_server.url, backend_type="openai", backend=BACKEND, models={"params": {MODEL: TOOL_PARAMS}}
+    )
+    http = connect(proxy)._client  # ollama-python 0.6 keeps no id: the wire shows what newer clients read
+    body = {"model": MODEL, "messages": [KITCHEN], "tools": [HASS_TURN_ON], "stream": False}
+    answer = (await http.post("/api/chat", json=body)).json()
+    [call] = answer["message"]["tool_calls"]
+    assert isinstance(call["id"], str) and call["id"] and call["function"]["index"] == 0
+    result = {"role": "tool", "content": '{"success": true}', "tool_call_id": call["id"]}
+    resp = await http.post("/api/chat", json={**body, "messages": [KITCHEN, answer["message"], result]})
+    assert resp.status_code == 200 and resp.json()["done"] is True
+    rows = await proxy.wait_rows(2)
+    assert [(r["status_code"], r["error"]) for r in rows] == [(200, None), (200, None)]
+    history = orjson.loads(rows[1]["backend_request"])["messages"]
+    [kept] = history[1]["tool_calls"]
+    assert (kept["id"], kept["index"]) == (call["id"], 0)
+    assert history[2]["tool_call_id"] == call["id"]
+
+
+async def test_tags_list_the_capabilities_show_reports(
+    make_proxy: MakeProxy, chat_server: LlamaServer, connect: Connect
+) -> None:
+    proxy = await make_proxy(chat_server.url, backend_type="openai")
+    client = connect(proxy)
+    shown = await client.show(MODEL)
+    tags = (await client._client.get("/api/tags")).json()
+    assert [m["capabilities"] for m in tags["models"]] == [shown.capabilities]
+    assert shown.capabilities is not None and "completion" in shown.capabilities

@@ -511,3 +511,32 @@ async def test_an_error_line_mid_stream_is_recorded_as_the_translating_backend_r
         [row] = await proxy.wait_rows(1)
     assert row["status_code"] == 500 and row["error"] == "llama runner process has terminated"
     assert row["response"] == "The"
+
+
+async def test_newer_probe_routes_pass_through(proxy: Proxy) -> None:
+    """HEAD /api/tags, HEAD /api/version and GET /api/status reach Ollama as they are."""
+    http = client(proxy)._client  # ollama-python has no call for these
+    for path in ("/api/tags", "/api/version"):
+        resp = await http.head(path)
+        assert resp.status_code == 200 and resp.content == b""
+    resp = await http.get("/api/status")
+    assert resp.json() == {"cloud": {"disabled": False, "source": "default"}}
+    rows = await proxy.wait_rows(3)
+    assert [(r["method"], r["endpoint"], r["status_code"]) for r in rows] == [
+        ("HEAD", "/api/tags", 200), ("HEAD", "/api/version", 200), ("GET", "/api/status", 200),
+    ]  # fmt: skip
+
+
+async def test_newer_fields_pass_through_unchanged(
+    proxy: Proxy, ollama_double: tuple[OllamaDouble, str]
+) -> None:
+    """dimensions, truncate, shift and think levels reach Ollama as the client sent them."""
+    c = client(proxy)
+    await c.embed(model="nomic-embed-text", input="a", dimensions=2, truncate=False)
+    await c.chat(model="llama2", messages=USER, think="max", stream=False)
+    generate = {"model": "llama2", "prompt": "x", "stream": False, "truncate": True, "shift": False}
+    assert (await c._client.post("/api/generate", json=generate)).status_code == 200
+    sent = [body for _, body in ollama_double[0].requests if body is not None]
+    assert (sent[0]["dimensions"], sent[0]["truncate"]) == (2, False)
+    assert sent[1]["think"] == "max"
+    assert (sent[2]["truncate"], sent[2]["shift"]) == (True, False)

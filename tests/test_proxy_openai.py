@@ -379,3 +379,101 @@ async def test_load_and_unload_answer_one_json_object_as_ollama_does(
     assert llama_double[0].requests == []
     rows = await oproxy.wait_rows(5)
     assert [r["done_reason"] for r in rows] == ["unload", "unload", "load", "load", "unload"]
+
+
+async def test_newer_probe_routes(oproxy: Proxy) -> None:
+    """HEAD /api/tags and /api/version answer 200 without a body; /api/status says no cloud."""
+    c = client(oproxy)
+    http = c._client  # the client's own HTTP connection: ollama-python has no call for these
+    for path in ("/api/tags", "/api/version"):
+        resp = await http.head(path)
+        assert resp.status_code == 200 and resp.content == b""
+    resp = await http.get("/api/status")
+    assert resp.status_code == 200
+    assert resp.json() == {"cloud": {"disabled": True, "source": "llm-proxy"}}
+    assert [m.model for m in (await c.list()).models] == ["smollm2:latest"]  # GET still has its body
+    rows = await oproxy.wait_rows(4)
+    assert [(r["method"], r["endpoint"], r["status_code"]) for r in rows] == [
+        ("HEAD", "/api/tags", 200), ("HEAD", "/api/version", 200), ("GET", "/api/status", 200),
+        ("GET", "/api/tags", 200),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("level", ["low", "medium", "high", "max"])
+async def test_think_level_is_reasoning_effort_with_thinking_on(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str], level: str
+) -> None:
+    llama_double[0].scenario = "reasoning"
+    answer = await client(oproxy).chat(model="smollm2", messages=USER, think=level, stream=False)
+    assert answer.message.thinking == "The user greets me." and answer.message.content == "Hello!"
+    [(_, sent)] = llama_double[0].requests
+    assert (sent["reasoning_effort"], sent["chat_template_kwargs"]) == (level, {"enable_thinking": True})
+
+
+async def test_think_of_another_kind_is_refused_at_the_edge(oproxy: Proxy) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        await client(oproxy).chat(model="smollm2", messages=USER, think="extreme", stream=False)
+    assert caught.value.status_code == 400 and "'think' must be true, false" in caught.value.error
+
+
+async def test_embed_dimensions_sent_truncate_not(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    c = client(oproxy)
+    embedded = await c.embed(model="smollm2", input="hello", dimensions=64, truncate=False)
+    assert len(embedded.embeddings) == 1
+    [(_, sent)] = llama_double[0].requests
+    assert sent is not None and sent["dimensions"] == 64 and "truncate" not in sent
+    with pytest.raises(ollama.ResponseError) as caught:
+        await c.embed(model="smollm2", input="hello", dimensions=0)
+    assert caught.value.status_code == 400 and "'dimensions' must be an integer above 0" in caught.value.error
+
+
+async def test_chat_and_generate_take_truncate_and_shift(
+    oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    http = client(oproxy)._client  # ollama-python 0.6 has no parameter for these yet
+    chat = {"model": "smollm2", "messages": USER, "stream": False, "truncate": False, "shift": False}
+    resp = await http.post("/api/chat", json=chat)
+    assert resp.status_code == 200 and ollama.ChatResponse(**resp.json()).message.content == RECORDED_TEXT
+    generate = {"model": "smollm2", "prompt": "hi", "stream": False, "truncate": True, "shift": True}
+    assert (await http.post("/api/generate", json=generate)).status_code == 200
+    sent = [body for _, body in llama_double[0].requests]
+    assert all(body is not None and not {"truncate", "shift"} & body.keys() for body in sent)
+    resp = await http.post("/api/chat", json={**chat, "shift": "yes"})
+    assert resp.status_code == 400 and "'shift' must be true or false" in resp.json()["error"]
+
+
+TOOLS = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {"type": "object"}}}]
+
+
+async def test_tool_call_ids_both_ways(oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]) -> None:
+    """The backend's id and index reach the client; the client's ids reach the backend."""
+    c = client(oproxy)
+    chunks = [c async for c in await c.chat(model="smollm2", messages=USER, tools=TOOLS, stream=True)]
+    assert [call.function.name for ch in chunks for call in ch.message.tool_calls or []] == ["HassTurnOn"]
+    # ollama-python 0.6 parses every chunk but keeps no id; the wire has it, as newer clients read it.
+    body = {"model": "smollm2", "messages": USER, "tools": TOOLS, "stream": False}
+    answer = (await c._client.post("/api/chat", json=body)).json()
+    [call] = answer["message"]["tool_calls"]
+    assert (call["id"], call["function"]["index"]) == ("QwiJu1ZkXgOKD9Jj8bxEdHG0GbqmaaGm", 0)
+    # Round two as a newer client sends it: the call with its id and index, the result naming it.
+    result = {"role": "tool", "content": "{}", "tool_name": "HassTurnOn", "tool_call_id": call["id"]}
+    history = [*USER, answer["message"], result]
+    resp = await c._client.post("/api/chat", json={**body, "messages": history})
+    assert resp.status_code == 200
+    sent = llama_double[0].requests[-1][1]
+    assert sent is not None
+    [kept] = sent["messages"][1]["tool_calls"]
+    assert (kept["id"], kept["index"]) == (call["id"], 0)
+    assert sent["messages"][2]["tool_call_id"] == call["id"]
+
+
+async def test_tags_carry_the_capabilities_show_has_and_ps_the_context(oproxy: Proxy) -> None:
+    c = client(oproxy)
+    shown = await c.show("smollm2")
+    listed = (await c._client.get("/api/tags")).json()["models"]  # ollama-python 0.6 keeps no capabilities
+    assert [m["capabilities"] for m in listed] == [shown.capabilities]
+    assert [m.model for m in (await c.list()).models] == ["smollm2:latest"]  # and still parses the list
+    [running] = (await c.ps()).models
+    assert isinstance(running.context_length, int) and running.context_length > 0

@@ -27,6 +27,8 @@ from ollama._types import (
 )
 
 from llm_proxy.api import validate
+from llm_proxy.backends import replies
+from llm_proxy.backends.base import Call, Whole
 from llm_proxy.errors import BackendError, BadRequest
 from llm_proxy.translate import rfc3339_now
 from llm_proxy.translate.catalog import (
@@ -918,9 +920,10 @@ def test_format_mapping(fmt: Any, expected: dict[str, Any]) -> None:
     [
         (True, {"chat_template_kwargs": {"enable_thinking": True}}),
         (False, {"chat_template_kwargs": {"enable_thinking": False}}),
-        ("low", {"reasoning_effort": "low"}),
-        ("medium", {"reasoning_effort": "medium"}),
-        ("high", {"reasoning_effort": "high"}),
+        ("low", {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "low"}),
+        ("medium", {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "medium"}),
+        ("high", {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "high"}),
+        ("max", {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "max"}),
         (None, {}),
     ],
 )
@@ -1149,7 +1152,11 @@ def test_tags_from_recorded_models_and_props() -> None:
     }
     parsed = ListResponse.model_validate(tags)
     assert parsed.models[0].model == "smollm2:latest"
-    assert tags_from_models(models, None, {}) == tags
+    assert entry["capabilities"] == ["completion", "tools"]  # as /api/show has them
+    # Without /props the listing is the same, but only "completion" is known.
+    bare = tags_from_models(models, None, {})
+    assert bare["models"][0].pop("capabilities") == ["completion"]
+    assert bare == {"models": [{k: v for k, v in entry.items() if k != "capabilities"}]}
 
 
 def test_tags_use_the_client_names_from_the_mappings() -> None:
@@ -1271,3 +1278,58 @@ def test_a_tool_call_is_bounded() -> None:
         translator.feed(fragment)
     with pytest.raises(BackendError, match=r"tool call larger than .* MiB \(backend.max_answer_mb\)"):
         translator.feed(fragment)
+
+
+def test_status_answered_locally_says_cloud_is_disabled() -> None:
+    call = Call("/api/status", "GET", "/api/status", None, b"", "", None, None, 0.0, stream=False)
+    reply = replies.answer_locally(call, "openai", "serves what it serves")
+    assert isinstance(reply, Whole) and reply.status == 200 and reply.content_type == "application/json"
+    assert orjson.loads(reply.body) == {"cloud": {"disabled": True, "source": "llm-proxy"}}
+
+
+def test_think_level_in_generate_and_params_still_win() -> None:
+    _, out = generate_request({"prompt": "x", "think": "max"}, "m", {})
+    assert (out["reasoning_effort"], out["chat_template_kwargs"]) == ("max", {"enable_thinking": True})
+    params = {"chat_template_kwargs": {"enable_thinking": False}}
+    out = chat_request({"messages": [], "think": "low"}, "m", params)
+    assert out["chat_template_kwargs"] == {"enable_thinking": False}  # the operator's config rules
+
+
+def test_truncate_and_shift_are_not_sent_to_llama_server() -> None:
+    body = {"messages": [{"role": "user", "content": "x"}], "truncate": False, "shift": False}
+    assert not {"truncate", "shift"} & chat_request(body, "m", {}).keys()
+    _, out = generate_request({"prompt": "x", "truncate": True, "shift": True}, "m", {})
+    assert not {"truncate", "shift"} & out.keys()
+
+
+def test_client_tool_call_id_and_index_are_kept_for_the_backend() -> None:
+    body = {
+        "messages": [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "call_b", "function": {"index": 1, "name": "b", "arguments": {}}},
+                    {"id": "call_a", "function": {"index": 0, "name": "a", "arguments": {}}},
+                ],
+            },
+            {"role": "tool", "content": "ra", "tool_name": "a", "tool_call_id": "call_a"},
+            {"role": "tool", "content": "rb", "tool_name": "b", "tool_call_id": "call_b"},
+        ]
+    }
+    messages = chat_request(body, "m", {})["messages"]
+    assert [(c["id"], c["index"]) for c in messages[0]["tool_calls"]] == [("call_b", 1), ("call_a", 0)]
+    assert [m["tool_call_id"] for m in messages[1:]] == ["call_a", "call_b"]  # the client's, not by order
+    assert all("tool_name" not in m for m in messages[1:])
+
+
+def test_answered_tool_calls_carry_the_backend_id_and_index() -> None:
+    translator = StreamTranslator("chat", "m", created_at=lambda: "t")
+    chunks = translator.feed(tool_delta(0, id="id0", function={"name": "a", "arguments": "{}"}))
+    chunks += translator.feed(tool_delta(1, id="id1", function={"name": "b", "arguments": "{}"}))
+    chunks += translator.feed(wire({}, finish_reason="tool_calls"))
+    [chunk] = [c for c in chunks if c["message"].get("tool_calls")]
+    calls = chunk["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["index"], c["function"]["name"]) for c in calls] == [
+        ("id0", 0, "a"), ("id1", 1, "b"),
+    ]  # fmt: skip
+    assert ChatResponse(**chunk).message.tool_calls is not None  # the client still parses it

@@ -30,6 +30,9 @@ ROUTES = (
     ("DELETE", "/api/delete"), ("GET", "/api/tags"), ("GET", "/api/ps"),
     ("GET", "/api/version"), ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"),
     ("GET", "/"), ("HEAD", "/"),
+    # Newer clients probe these: HEAD answers as GET does, without the body
+    # (aiohttp leaves it out); /api/status says whether Ollama's cloud is on.
+    ("HEAD", "/api/tags"), ("HEAD", "/api/version"), ("GET", "/api/status"),
 )  # fmt: skip
 
 # Routes whose JSON body names a model (in "model", or the older "name").

@@ -22,7 +22,8 @@ from ..errors import BadRequest
 
 Body = dict[str, Any]
 
-THINK_LEVELS = ("low", "medium", "high")
+# ``think``'s levels as Ollama takes them ("max" since 2026-04), besides true and false.
+THINK_LEVELS = ("low", "medium", "high", "max")
 # Options Ollama reads as numbers, and as true/false; others pass as they are.
 NUMBER_OPTIONS = frozenset({
     "num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "tfs_z",
@@ -115,6 +116,12 @@ def in_range(value: float, field: str, low: int, high: int, low_text: str, high_
 def _integer(value: Any, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"'{field}' must be an integer, {_got(value)}")
+
+
+def _positive_integer(value: Any, field: str) -> None:
+    _integer(value, field)
+    if value <= 0:
+        raise BadRequest(f"'{field}' must be an integer above 0")
 
 
 def _object(value: Any, field: str) -> None:
@@ -217,14 +224,16 @@ def _format(value: Any, field: str) -> None:
 def _think(value: Any, field: str) -> None:
     if isinstance(value, bool) or value in THINK_LEVELS:
         return
-    raise BadRequest(f'\'{field}\' must be true, false, "low", "medium" or "high", {_got(value)}')
+    raise BadRequest(f'\'{field}\' must be true, false, "low", "medium", "high" or "max", {_got(value)}')
 
 
 def _tool_call(value: Any, field: str) -> None:
     _object(value, field)
+    _optional(value, "id", _string, f"{field}.")
     function = value.get("function")
     _object(function, f"{field}.function")
     _string(function.get("name"), f"{field}.function.name")
+    _optional(function, "index", _integer, f"{field}.function.")
     arguments = function.get("arguments")
     if arguments is not None and not isinstance(arguments, (dict, str)):
         raise BadRequest(f"'{field}.function.arguments' must be an object, {_got(arguments)}")
@@ -264,6 +273,9 @@ def _generation(body: Body) -> None:
     _common(body)
     _optional(body, "format", _format)
     _optional(body, "think", _think)
+    # Context handling: cut an over-long prompt (truncate), slide the window (shift).
+    _optional(body, "truncate", _boolean)
+    _optional(body, "shift", _boolean)
 
 
 # -- endpoints --------------------------------------------------------------------
@@ -291,7 +303,7 @@ def _embed(body: Body) -> None:
     _common(body)
     _optional(body, "input", _string_or_strings)
     _optional(body, "truncate", _boolean)
-    _optional(body, "dimensions", _integer)
+    _optional(body, "dimensions", _positive_integer)
 
 
 def _embeddings(body: Body) -> None:

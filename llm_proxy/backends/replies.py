@@ -22,6 +22,11 @@ OLLAMA_VERSION = "0.12.6"
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 
+# What /api/status answers for a llama-server: no Ollama cloud behind it.
+# Ollama answers {"cloud": {"disabled": bool, "source": where that was set}};
+# here the proxy itself is what rules the cloud out.
+LOCAL_STATUS = {"cloud": {"disabled": True, "source": "llm-proxy"}}
+
 # Ollama routes that manage model files, which a llama-server cannot do.
 MANAGEMENT = frozenset({"/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}"})
 
@@ -64,12 +69,14 @@ def pulled(call: Call) -> Reply:
 
 
 def answer_locally(call: Call, backend: str, serves: str) -> Reply:
-    """What needs no server: version, liveness; a clear 501 for model management and the rest.
+    """What needs no server: version, status, liveness; a clear 501 for model management and the rest.
 
     ``serves`` finishes "the <backend> backend ..." in the 501's message.
     """
     if call.endpoint == "/api/version":
         return json_reply({"version": OLLAMA_VERSION})
+    if call.endpoint == "/api/status":
+        return json_reply(LOCAL_STATUS)
     if call.endpoint == "/":
         return Whole(200, "text/plain; charset=utf-8", b"Ollama is running")
     if call.endpoint in MANAGEMENT:

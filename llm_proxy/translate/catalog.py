@@ -163,10 +163,19 @@ def tags_from_models(
     props_json: Mapping[str, Any] | None,
     mappings: Mapping[str, str],
 ) -> JSONDict:
-    """Build the Ollama ``/api/tags`` body from llama-server's ``/v1/models``."""
+    """Build the Ollama ``/api/tags`` body from llama-server's ``/v1/models`` and ``/props``.
+
+    Each entry carries the ``capabilities`` ``/api/show`` reports (newer
+    Ollama lists them here too, so pickers need not ask each model).
+    """
+    capabilities = _capabilities(_props(props_json))
     return {
         "models": [
-            {**fields, "modified_at": _rfc3339_from_unix(entry.get("created"))}
+            {
+                **fields,
+                "modified_at": _rfc3339_from_unix(entry.get("created")),
+                "capabilities": list(capabilities),
+            }
             for entry, fields in _listed(models_json, props_json, mappings)
         ]
     }
@@ -193,6 +202,7 @@ def ps_from_models(
 
 
 def _capabilities(props: Mapping[str, Any]) -> list[str]:
+    """What ``/props`` shows the model can do; what it cannot show is left out (docs/translation.md)."""
     capabilities = ["completion"]
     caps = props.get("chat_template_caps")
     caps = caps if isinstance(caps, Mapping) else {}

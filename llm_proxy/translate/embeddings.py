@@ -22,11 +22,11 @@ def embed_request(body: Mapping[str, Any], backend_model: str) -> JSONDict:
     elif isinstance(value, list):
         value = list(value)
     out: JSONDict = {"model": backend_model, "input": value, "encoding_format": "float"}
-    dimensions = body.get("dimensions")
+    dimensions = body.get("dimensions")  # an integer above 0 (api.validate)
     if isinstance(dimensions, int) and not isinstance(dimensions, bool) and dimensions > 0:
         out["dimensions"] = dimensions
     # ``truncate`` has no counterpart: llama-server never truncates, and
-    # reports an over-long input as an error.
+    # reports an over-long input as an error (docs/translation.md).
     return out
 
 

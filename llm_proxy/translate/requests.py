@@ -105,7 +105,8 @@ def generate_request(
     ``/v1/completions`` as is; otherwise it becomes a one-turn chat.
     ``suffix``, ``template`` and ``context`` are not forwarded: llama-server's
     ``/v1/completions`` rejects ``suffix``, and the other two have no
-    counterpart there.
+    counterpart there. Nor are ``truncate`` and ``shift``, here or in chat:
+    llama-server's context handling is set when it starts (docs/translation.md).
     """
     prompt = body.get("prompt") or ""
     if body.get("raw") is True:
@@ -236,11 +237,16 @@ def _history_tool_call(call: JSONDict, field: str, number: int) -> JSONDict:
         # Numbered by position in the conversation, so the same history gets
         # the same ids on every round and the backend's prompt cache holds.
         call_id = f"call_{number}"
-    return {
+    mapped: JSONDict = {
         "id": call_id,
         "type": "function",
         "function": {"name": name, "arguments": arguments_text},
     }
+    index = function.get("index")
+    if isinstance(index, int) and not isinstance(index, bool):
+        # Ollama's function.index is where OpenAI keeps it: on the call itself.
+        mapped["index"] = index
+    return mapped
 
 
 def _tools(tools: list[JSONDict] | None) -> list[JSONDict]:
@@ -351,13 +357,20 @@ def _apply_format(fmt: Any, out: JSONDict, *, raw: bool) -> None:
 
 
 def _apply_think(think: Any, out: JSONDict) -> None:
-    """Map Ollama's ``think`` to the template switch or the reasoning effort."""
+    """Map Ollama's ``think`` to the template switch, and a level to the reasoning effort too.
+
+    A level ("low", "medium", "high", "max": api.validate) asks for thinking
+    at that effort: llama-server hands ``reasoning_effort`` to templates that
+    read it (gpt-oss), and ``enable_thinking`` switches on the ones that read
+    that instead (Qwen3), which would otherwise follow their own default.
+    """
     if think is None:
         return
     if isinstance(think, bool):
         out["chat_template_kwargs"] = {"enable_thinking": think}
     else:
-        out["reasoning_effort"] = think  # "low", "medium" or "high"
+        out["chat_template_kwargs"] = {"enable_thinking": True}
+        out["reasoning_effort"] = think
 
 
 def apply_params(params: Mapping[str, Any], out: JSONDict) -> None:
