@@ -34,6 +34,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 from aiohttp import web
+from run import wait_up  # bench/ is this script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 PIECE = 4096  # characters of content per NDJSON line or SSE frame
@@ -138,18 +139,6 @@ async def relay(
     return got, elapsed, peak
 
 
-async def wait_up(http: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(400):
-        try:
-            async with http.get(url) as resp:
-                if resp.status < 500:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
-
-
 CHAT = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
 CASES = [
     ("/api/chat stream:false (whole, passed through)", "/api/chat", {**CHAT, "stream": False}),
@@ -161,8 +150,8 @@ CASES = [
 async def drive(size: int, backend: str, url: str, pid: int) -> None:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        await wait_up(http, f"{backend}/api/version")
-        await wait_up(http, f"{url}/health")
+        await wait_up(http, backend, "/api/version")
+        await wait_up(http, url, "/health")
         async with http.post(f"{url}/api/chat", json={**CHAT, "stream": False}) as warm:
             assert warm.status == 200  # a first request, so idle RSS includes what one costs
             async for _ in warm.content.iter_chunked(1 << 16):

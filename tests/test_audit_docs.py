@@ -83,14 +83,19 @@ async def test_the_example_queries_run(proxy: Proxy) -> None:
         assert row_id == 1 and "kitchen light" in body
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_every_command_has_help_and_a_readme_example(
-    command: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def assert_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``llm-proxy COMMAND --help`` exits 0 and prints that command's usage."""
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: llm-proxy {' '.join(command)}")
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help_and_a_readme_example(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_help(command, capsys)
     assert f"llm-proxy {' '.join(command)}" in README
     assert f"llm-proxy {' '.join(command)}" in DOC
 
@@ -99,10 +104,7 @@ def test_every_command_has_help_and_a_readme_example(
 def test_every_command_has_help_and_a_row_in_the_readme_table(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as done:
-        main([*command, "--help"])
-    assert done.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: llm-proxy {' '.join(command)}")
+    assert_help(command, capsys)
     # In a row's first cell, and not as the start of a longer command (`logs` in `logs show`).
     named = re.compile(rf"`llm-proxy {re.escape(' '.join(command))}(`| [^a-z])")
     rows = [row for row in TABLE if named.search(row.split("|")[1])]

@@ -26,10 +26,10 @@ from openai.types.chat import ChatCompletionUserMessageParam
 
 from llm_proxy.backends import llama_server_shim
 from llm_proxy.backends.llamacpp import LlamaCppBackend
-from llm_proxy.backends.pool import parse_keep_alive
 from llm_proxy.cli import demo, demo_assets
 from llm_proxy.errors import BadRequest
 from llm_proxy.server import state
+from llm_proxy.translate.keep_alive import parse_keep_alive
 
 from .conftest import MakeProxy, Proxy, read_rows
 from .llama_server import NotInstalled, find_binary, find_model, free_port

@@ -23,11 +23,12 @@ from ..config import Config
 from ..errors import BackendError, ModelNotFound, ProxyError
 from ..translate import Kind
 from ..translate.catalog import FAR_FUTURE, client_names, details, digest, normalize_model_name
+from ..translate.keep_alive import parse_keep_alive
 from ..translate.requests import is_load_request
 from . import replies, transport
 from .base import Call, Reply, Whole
 from .openai import OpenAIBackend
-from .pool import ModelServer, ServerPool, find_binary, parse_keep_alive
+from .pool import ModelServer, ServerPool, find_binary
 
 # Routes that need a model's server running.
 _MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings"})

@@ -33,13 +33,13 @@ from ..translate.embeddings import (
     embeddings_legacy_response,
 )
 from ..translate.errors import error_from_backend
+from ..translate.keep_alive import parse_keep_alive
 from ..translate.ndjson import ChunkAssembler
 from ..translate.requests import CHAT_PATH, apply_params, chat_request, generate_request, is_load_request
 from ..translate.sse import SSEDecoder
 from ..translate.stream import StreamTranslator
 from . import relay, replies, transport
 from .base import Batch, Call, Lines, Reply, sending
-from .pool import parse_keep_alive
 
 CATALOG_TTL = 10.0  # seconds a fetched model list is fresh
 CATALOG_TIMEOUT = 3.0  # seconds a catalog refresh may take before a stale copy is used

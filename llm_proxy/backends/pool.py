@@ -18,7 +18,6 @@ import ctypes
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LlamaModel
-from ..errors import BackendUnavailable, BadRequest, ConfigError, ProxyError
+from ..errors import BackendUnavailable, ConfigError, ProxyError
 from . import transport
 
 log = logging.getLogger("llm_proxy.llama_server")
@@ -44,31 +43,6 @@ BIND_ATTEMPTS = 3  # another process may take the free port before llama-server 
 TAIL_LINES = 30  # lines of a child's output kept for error messages
 LINE_LIMIT = 1 << 20  # llama-server prints its whole chat template on one line at start-up
 REAP_EVERY = 1.0  # seconds between checks for servers past their expiry
-
-_GO_DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_keep_alive(value: Any) -> float | None:
-    """Ollama's ``keep_alive`` in seconds: None when absent, negative means forever.
-
-    Clients send numbers (seconds) or Go durations: ``"5m"``, ``"-1s"``,
-    ``"300.0s"``, ``"1h30m"`` (Home Assistant sends ``"-1s"``).
-    """
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        with contextlib.suppress(ValueError):
-            return sign * float(body)  # "300": seconds, as a number would be
-        pieces = _GO_DURATION.findall(body)
-        if body and "".join(number + unit for number, unit in pieces) == body:
-            return sign * sum(float(number) * _GO_UNITS[unit] for number, unit in pieces)
-    raise BadRequest(f"'keep_alive' must be a number of seconds or a duration like \"5m\", got {value!r}")
 
 
 def find_binary(configured: str) -> str:
