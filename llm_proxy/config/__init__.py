@@ -1,0 +1,119 @@
+"""Configuration: YAML or JSON file → frozen dataclasses; every default lives here.
+
+The keys and their structure are those of the Go LLM Proxy's ``config.json``
+(server / backend / database / models), so its files load unchanged. Anything
+wrong raises :class:`ConfigError` with one line naming the key and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from ..errors import ConfigError
+from .checks import check
+from .coerce import kind_of, section
+from .sections import (
+    SECTIONS,
+    ApiKey,
+    AuthConfig,
+    BackendConfig,
+    BackendType,
+    Config,
+    DatabaseConfig,
+    LlamaModel,
+    LogFormat,
+    ModelsConfig,
+    ServerConfig,
+    StoreBodies,
+    aliases,
+)
+
+__all__ = [
+    "ApiKey",
+    "AuthConfig",
+    "BackendConfig",
+    "BackendType",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "LlamaModel",
+    "LogFormat",
+    "ModelsConfig",
+    "ServerConfig",
+    "StoreBodies",
+    "aliases",
+    "find_config_file",
+    "from_dict",
+    "load",
+    "replace",
+]
+
+ENV_VAR = "LLM_PROXY_CONFIG"
+DEFAULT_FILE = "config.yaml"
+
+
+def find_config_file(cli_path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The file to load: ``--config``, else ``$LLM_PROXY_CONFIG``, else ``./config.yaml``."""
+    if cli_path:
+        return cli_path
+    if environ.get(ENV_VAR):
+        return environ[ENV_VAR]
+    if Path(DEFAULT_FILE).is_file():
+        return DEFAULT_FILE
+    return None
+
+
+def load(path: str | None) -> Config:
+    """Load and validate a config file; ``None`` gives the built-in defaults."""
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = orjson.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {first}"
+        ) from None
+    try:
+        return from_dict(data if data is not None else {}, source=path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def from_dict(data: Any, source: str | None = None) -> Config:
+    """Validate a parsed config mapping and build the frozen :class:`Config`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("the top level must be a mapping of sections (server, backend, database, models)")
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown key '{name}' (expected one of: {', '.join(SECTIONS)})")
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{name}' must be a mapping, got {kind_of(value)}")
+        sections[name] = section(name, SECTIONS[name], value)
+    config = Config(source=source, **sections)
+    check(config)
+    return config
+
+
+def replace(config: Config, **server_overrides: Any) -> Config:
+    """A copy of ``config`` with some ``server`` values replaced (``--host``/``--port``)."""
+    given = {k: v for k, v in server_overrides.items() if v is not None}
+    if not given:
+        return config
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, **given))
+    check(config)
+    return config
