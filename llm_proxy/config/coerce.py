@@ -127,14 +127,20 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def _api_key(key: str, entry: Any) -> ApiKey:
-    """One ``auth.keys`` entry: a name and either ``key`` or ``key_sha256``."""
+    """One ``auth.keys`` entry: a name, either ``key`` or ``key_sha256``, and its other settings.
+
+    Settings beyond the key itself (fields of :class:`ApiKey` after ``key_sha256``)
+    are checked by their types like any section's.
+    """
     if not isinstance(entry, Mapping):
         raise ConfigError(
             f"'{key}' must be a mapping with name and key (or key_sha256), got {kind_of(entry)}"
         )
-    unknown = sorted(str(k) for k in entry if k not in ("name", "key", "key_sha256"))
+    extra = [f.name for f in dataclasses.fields(ApiKey) if f.name not in ("name", "key_sha256")]
+    allowed = ("name", "key", "key_sha256", *extra)
+    unknown = sorted(str(k) for k in entry if k not in allowed)
     if unknown:
-        raise ConfigError(f"unknown key '{key}.{unknown[0]}' (expected one of: name, key, key_sha256)")
+        raise ConfigError(f"unknown key '{key}.{unknown[0]}' (expected one of: {', '.join(allowed)})")
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"'{key}.name' must be a non-empty string, got {kind_of(name)}")
@@ -145,11 +151,14 @@ def _api_key(key: str, entry: Any) -> ApiKey:
         # Never echo the value: it is a secret, whatever its type.
         if not isinstance(secret, str) or not secret:
             raise ConfigError(f"'{key}.key' must be a non-empty string")
-        return ApiKey(name, hashlib.sha256(secret.encode()).hexdigest())
-    digest = entry["key_sha256"]
-    if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-        raise ConfigError(f"'{key}.key_sha256' must be 64 hex characters (sha256sum of the key)")
-    return ApiKey(name, digest.lower())
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+    else:
+        digest = entry["key_sha256"]
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            raise ConfigError(f"'{key}.key_sha256' must be 64 hex characters (sha256sum of the key)")
+        digest = digest.lower()
+    settings = section(key, ApiKey, {k: v for k, v in entry.items() if k in extra} | {"name": name})
+    return dataclasses.replace(settings, key_sha256=digest)
 
 
 def _llama_model(key: str, value: Any) -> LlamaModel:

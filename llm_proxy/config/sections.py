@@ -159,7 +159,8 @@ class ApiKey:
 
     name: str
     # Hex digest; a key given in plain text is hashed on load and not kept.
-    key_sha256: str = field(repr=False)
+    key_sha256: str = field(default="", repr=False)
+    # Settings of this key's own follow (each checked by its type when loaded).
 
 
 @dataclass(frozen=True)
