@@ -11,7 +11,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import anthropic
 import ollama
+import openai
 import orjson
 
 from .conftest import MakeProxy
@@ -100,3 +102,48 @@ async def test_back_to_back_streams_never_meet_the_connection_llama_server_close
             assert chunks[-1].done
     rows = await proxy.wait_rows(6)
     assert [(r["status_code"], r["error"]) for r in rows] == [(200, None)] * 6
+
+
+async def test_responses_api_relayed_and_recorded(make_proxy: MakeProxy, chat_server: LlamaServer) -> None:
+    """The openai SDK's Responses API, whole and streamed, through the proxy to the real server."""
+    proxy = await make_proxy(chat_server.url, backend_type="openai")
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+    whole = await client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=8, temperature=0)
+    assert whole.status == "completed" and whole.output_text
+    events = [e async for e in await client.responses.create(
+        model=MODEL, input="Say hello.", max_output_tokens=8, temperature=0, stream=True
+    )]  # fmt: skip
+    assert events[-1].type == "response.completed"
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    rows = await proxy.wait_rows(2)
+    assert [(r["endpoint"], r["status_code"], r["error"], r["stream"]) for r in rows] == [
+        ("/v1/responses", 200, None, 0), ("/v1/responses", 200, None, 1),
+    ]  # fmt: skip
+    assert [r["response"] for r in rows] == [whole.output_text, streamed]
+    assert all(r["prompt"] == "Say hello." and r["completion_tokens"] for r in rows)
+    assert whole.usage is not None and rows[0]["prompt_tokens"] == whole.usage.input_tokens
+
+
+async def test_messages_api_relayed_and_recorded(make_proxy: MakeProxy, chat_server: LlamaServer) -> None:
+    """The Anthropic SDK's Messages API, whole and streamed, through the proxy to the real server."""
+    proxy = await make_proxy(chat_server.url, backend_type="openai")
+    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key="unused", max_retries=0)
+    messages: Any = [{"role": "user", "content": "Say hello."}]
+    whole = await client.messages.create(
+        model=MODEL, max_tokens=8, messages=messages, extra_body={"temperature": 0}
+    )
+    [block] = whole.content
+    assert block.type == "text" and block.text and whole.stop_reason in ("end_turn", "max_tokens")
+    async with client.messages.stream(
+        model=MODEL, max_tokens=8, messages=messages, extra_body={"temperature": 0}
+    ) as stream:
+        streamed = "".join([text async for text in stream.text_stream])
+        final = await stream.get_final_message()
+    assert final.stop_reason in ("end_turn", "max_tokens")
+    rows = await proxy.wait_rows(2)
+    assert [(r["endpoint"], r["status_code"], r["error"], r["stream"]) for r in rows] == [
+        ("/v1/messages", 200, None, 0), ("/v1/messages", 200, None, 1),
+    ]  # fmt: skip
+    assert [r["response"] for r in rows] == [block.text, streamed]
+    assert [r["done_reason"] for r in rows] == [whole.stop_reason, final.stop_reason]
+    assert rows[1]["completion_tokens"] == final.usage.output_tokens and rows[1]["ttft_ms"] is not None
