@@ -473,13 +473,14 @@ async def test_think_level_reaches_the_real_server(
 async def test_embed_dimensions_and_truncate(
     make_proxy: MakeProxy, embed_server: LlamaServer, connect: Connect
 ) -> None:
-    """``dimensions`` goes out as OpenAI's field, ``truncate`` not at all; the server answers."""
+    """``dimensions`` goes out as OpenAI's field and cuts the answer; ``truncate`` is not sent."""
     proxy = await make_proxy(embed_server.url, backend_type="openai")
     answer = await connect(proxy).embed(model=MODEL, input="The sky is blue.", dimensions=8, truncate=True)
     [vector] = answer.embeddings
-    # This llama-server ignores dimensions and answers the model's full width
-    # (docs/translation.md): the shape is what is checked, not the width.
-    assert len(vector) > 0 and all(isinstance(x, float) for x in vector)
+    # llama-server ignores dimensions and answers the model's full width; the
+    # proxy cuts it to 8 and scales it back to length 1, as Ollama does.
+    assert len(vector) == 8 and all(isinstance(x, float) for x in vector)
+    assert abs(sum(x * x for x in vector) - 1.0) < 1e-6
     [row] = await proxy.wait_rows(1)
     sent = orjson.loads(row["backend_request"])
     assert (sent["dimensions"], "truncate" in sent) == (8, False)

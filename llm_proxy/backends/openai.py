@@ -369,7 +369,8 @@ class OpenAIBackend:
             if legacy:
                 return replies.json_reply(embeddings_legacy_response(answer), sent=body)
             elapsed = time.perf_counter() - call.started
-            return replies.json_reply(embed_response(answer, call.model, int(elapsed * 1e9)), sent=body)
+            folded = embed_response(answer, call.model, int(elapsed * 1e9), body.get("dimensions"))
+            return replies.json_reply(folded, sent=body)
 
 
 def _as_lines(chunks: list[JSONDict]) -> Batch:
