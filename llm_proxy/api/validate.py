@@ -304,6 +304,9 @@ def _generate(body: Body) -> None:
         _optional(body, name, _string)
     _optional(body, "raw", _boolean)
     _optional(body, "images", _images)
+    # Image generation (Ollama's image models): the picture's size and the diffusion steps.
+    for name in ("width", "height", "steps"):
+        _optional(body, name, _positive_integer)
     context = body.get("context")
     if context is not None:
         for i, token in enumerate(_list(context, "context")):
