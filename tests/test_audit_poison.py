@@ -69,8 +69,11 @@ async def then_keeps_writing(recorder: Recorder, db: Path, rows: int) -> None:
 
 async def counted(recorder: Recorder, written: int, within: float = 10.0) -> None:
     """Wait until the recorder has counted ``written`` rows (or the time is up)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while recorder.written < written and asyncio.get_running_loop().time() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        if recorder.written >= written or loop.time() > deadline:
+            return
         await asyncio.sleep(0.01)
 
 
