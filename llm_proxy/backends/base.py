@@ -39,6 +39,36 @@ StreamItem = tuple[bytes, dict[str, Any]]
 Batch = list[StreamItem]
 
 
+@dataclass(slots=True)
+class Attempt:
+    """One try of one backend for a request: which, what it answered, how long it took."""
+
+    backend: str
+    status: int | None = None  # the backend's status, or the error's (502 unreachable)
+    error: str | None = None
+    ms: int = 0
+    model: str | None = None  # the backend's model name, when the try was on a fallback model
+
+    def as_dict(self) -> dict[str, Any]:
+        """The attempt as stored in the ``attempts`` column."""
+        found: dict[str, Any] = {"backend": self.backend, "status": self.status, "error": self.error}
+        found["ms"] = self.ms
+        if self.model is not None:
+            found["model"] = self.model
+        return found
+
+
+@dataclass(slots=True)
+class Route:
+    """Where a request went: every attempt in order, the last one the answer's."""
+
+    attempts: list[Attempt]
+    backend: str | None = None  # the name of the backend whose answer the client got
+    type: str | None = None  # its type (openai, ollama, llamacpp)
+    fallback: str | None = None  # the client-side model retried on for its context size
+    backend_model: str | None = None  # the backend's name for the fallback model
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One request, parsed, checked and with the model name resolved; backends do not change it."""
@@ -55,6 +85,8 @@ class Call:
     started: float
     # The client wants NDJSON (the default for Ollama's streaming endpoints).
     stream: bool = True
+    # The route makes the backend compute: it waits for a slot of the backend's gate.
+    gated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +106,7 @@ class Whole:
     content_type: str
     body: bytes
     sent: Any = None  # what the backend was sent, when it is not the call's body
+    route: Route | None = None  # which backends were tried (set by the router)
 
     async def close(self) -> None:
         """Nothing to free: the body is all here."""
@@ -92,7 +125,9 @@ class Stream(Generic[Item]):
     otherwise leave the connection open, and the backend writing into it.
     """
 
-    __slots__ = ("_closed", "_explain", "_failed", "_items", "_releases", "content_type", "sent", "status")
+    __slots__ = (
+        "_closed", "_explain", "_failed", "_items", "_releases", "content_type", "route", "sent", "status",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -106,6 +141,7 @@ class Stream(Generic[Item]):
         self.status = status
         self.content_type = content_type
         self.sent = sent  # what the backend was sent, when it is not the call's body
+        self.route: Route | None = None  # which backends were tried (set by the router)
         self._items = items
         self._releases: list[Callable[[bool], None]] = []
         if release is not None:
@@ -124,6 +160,10 @@ class Stream(Generic[Item]):
         """
         self._releases.append(release)
         self._explain = explain
+
+    def on_close(self, release: Callable[[bool], None]) -> None:
+        """Also run ``release(failed)`` when the stream ends (a gate's slot, a breaker's count)."""
+        self._releases.append(release)
 
     def __aiter__(self) -> Stream[Item]:
         return self
