@@ -47,7 +47,7 @@ class Attempt:
     status: int | None = None  # the backend's status, or the error's (502 unreachable)
     error: str | None = None
     ms: int = 0
-    model: str | None = None  # the backend's model name, when the try was on a fallback model
+    model: str | None = None  # the models.fallback model this try was on (client-side name)
 
     def as_dict(self) -> dict[str, Any]:
         """The attempt as stored in the ``attempts`` column."""

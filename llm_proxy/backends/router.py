@@ -205,7 +205,7 @@ class Router:
         The one place a request meets one backend (a tracing span per try wraps
         this). The gate's slot is held until the reply is closed.
         """
-        record = Attempt(member.name, model=call.backend_model if route.fallback else None)
+        record = Attempt(member.name, model=call.model if route.fallback else None)
         route.attempts.append(record)
         started = time.perf_counter()
         reply: Reply | None = None
