@@ -20,19 +20,21 @@ TABLE = [
 ]
 
 
-def test_patterns_route_by_client_or_backend_name_with_or_without_the_tag() -> None:
+def test_patterns_name_client_models_and_lists_name_either() -> None:
     discovered = {"laptop": frozenset({"llama3.2:latest", "phi3:latest"}), "spare": frozenset()}
-    names = routing.model_names("qwen2.5:7b", None)
-    assert routing.serving(TABLE, names, discovered) == ["gpu"]
+
+    def serving(client: str, backend: str | None = None) -> list[str]:
+        return routing.serving(TABLE, client, routing.model_names(client, backend), discovered)
+
+    assert serving("qwen2.5:7b") == ["gpu"]
     # llama3.2 is served by the GPU (pattern) and the laptop (its list): table order.
-    assert routing.serving(TABLE, routing.model_names("llama3.2", None), discovered) == ["gpu", "laptop"]
-    assert routing.serving(TABLE, routing.model_names("llama3.2:latest", None), discovered) == [
-        "gpu",
-        "laptop",
-    ]
+    assert serving("llama3.2") == ["gpu", "laptop"]
+    assert serving("llama3.2:latest") == ["gpu", "laptop"]
     # A client-side name mapped to a backend name the laptop lists.
-    assert routing.serving(TABLE, routing.model_names("assistant", "phi3"), discovered) == ["laptop"]
-    assert routing.serving(TABLE, routing.model_names("nobody-has-it", None), discovered) == []
+    assert serving("assistant", "phi3") == ["laptop"]
+    # Patterns name client-side models: "house" mapped to llama3.2 is not the GPU's.
+    assert serving("house", "llama3.2") == ["laptop"]
+    assert serving("nobody-has-it") == []
     # Nobody known to serve it: the backends without patterns may still have it.
     assert routing.unpatterned(TABLE) == ["laptop", "spare"]
 

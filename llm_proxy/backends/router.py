@@ -273,10 +273,10 @@ class Router:
             names: list[str] = [m.name for m in self.members]
         else:
             wanted = routing.model_names(call.model, call.backend_model)
-            names = routing.serving(self.table, wanted, self._discovered())
+            names = routing.serving(self.table, call.model, wanted, self._discovered())
             if not names:  # perhaps new since the lists were fetched: look again
                 await asyncio.gather(*(self._list(m, "/api/tags") for m in self._unpatterned()))
-                names = routing.serving(self.table, wanted, self._discovered())
+                names = routing.serving(self.table, call.model, wanted, self._discovered())
             if not names:
                 names = routing.unpatterned(self.table)
             if not names:

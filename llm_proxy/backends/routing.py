@@ -1,8 +1,10 @@
 """The routing table: which backends serve a model, in which order. Pure: names in, names out.
 
-A backend with ``serves`` patterns serves the models they match (client-side
-or backend names, glob patterns as in ``fnmatch``); one without serves what
-its own model list shows (discovered, cached by the router). A model no
+A backend with ``serves`` patterns serves the client-side model names they
+match (glob patterns as in ``fnmatch``; ``x`` and ``x:latest`` alike), so two
+client-side names mapped to one backend model can go to different backends;
+one without patterns serves what its own model list shows (discovered, cached
+by the router; the lists show client-side names, the backend's names too). A model no
 backend is known to serve goes to the backends without patterns, in order,
 so a model pulled a moment ago is still found.
 """
@@ -41,16 +43,17 @@ def model_names(*names: str | None) -> frozenset[str]:
 
 
 def serving(
-    entries: Sequence[Entry], names: frozenset[str], discovered: Mapping[str, frozenset[str]]
+    entries: Sequence[Entry], client: str, names: frozenset[str], discovered: Mapping[str, frozenset[str]]
 ) -> list[str]:
-    """The backends known to serve a model known as ``names``, in table order.
+    """The backends known to serve the model a client calls ``client``, in table order.
 
+    ``names`` are all the names the model goes by (:func:`model_names`);
     ``discovered`` holds, for backends without patterns, the names their lists show.
     """
     found = []
     for entry in entries:
         if entry.patterns:
-            if entry.matches(names):
+            if entry.matches((client,)):
                 found.append(entry.name)
         elif names & discovered.get(entry.name, frozenset()):
             found.append(entry.name)
