@@ -33,7 +33,7 @@ from .ollama_double import OllamaDouble
 from .process import serve
 
 SHORT = {"num_predict": 4, "temperature": 0}
-USER = [{"role": "user", "content": "Say hello."}]
+USER: Any = [{"role": "user", "content": "Say hello."}]
 # Over cpu's context (256 tokens, 128 per slot) but well within gpu's 4096.
 LONG = [{"role": "user", "content": "Repeat after me: " + "word " * 400}]
 
@@ -110,7 +110,7 @@ async def test_two_llama_servers_and_ollama_behind_one_proxy(
         answer = await client.chat(model="smollm2", messages=USER, options=SHORT)
         assert answer.message.content
         assert (await client.chat(model="llama3.2", messages=USER)).message.content == "The sky is blue."
-        completion = await sdk.chat.completions.create(model="tiny", messages=USER, max_tokens=4)  # type: ignore[arg-type]
+        completion = await sdk.chat.completions.create(model="tiny", messages=USER, max_tokens=4)
         assert completion.choices[0].message.content is not None
         rows = await rows_after(proxy.db, 5)
         chats = [(r["model"], r["backend_name"]) for r in rows if "chat" in r["endpoint"]]
@@ -136,7 +136,7 @@ async def test_two_llama_servers_and_ollama_behind_one_proxy(
         # The next request for smollm2 fails over to cpu (that opens gpu's breaker:
         # two failures in a row), and the one after that skips gpu altogether.
         assert (await client.chat(model="smollm2", messages=USER, options=SHORT)).message.content
-        completion = await sdk.chat.completions.create(model="smollm2", messages=USER, max_tokens=4)  # type: ignore[arg-type]
+        completion = await sdk.chat.completions.create(model="smollm2", messages=USER, max_tokens=4)
         assert completion.choices[0].message.content is not None
         rows = await rows_after(proxy.db, 8)
         assert [(r["backend_name"], r["status_code"]) for r in rows[6:8]] == [("cpu", 200), ("cpu", 200)]
