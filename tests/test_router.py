@@ -17,6 +17,7 @@ import aiohttp
 import ollama
 import openai
 import pytest
+from aiohttp import web
 from openai import AsyncOpenAI
 
 from llm_proxy.cli.main import main
@@ -263,3 +264,61 @@ async def test_a_full_queue_moves_the_request_to_the_next_backend(
     busy = next(r for r in rows if r["backend_name"] == "second")
     assert tries(busy) == [("first", 503), ("second", 200)]
     assert "backends.first.max_concurrency" in json.loads(busy["attempts"])[0]["error"]
+
+
+async def test_a_backend_that_never_answers_its_list_does_not_hold_up_the_catalog(
+    make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str], aiohttp_server: Any
+) -> None:
+    stuck = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await stuck.wait()  # accepts the connection, never answers
+        return web.json_response({"models": []})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", hang)
+    silent = str((await aiohttp_server(app, host="127.0.0.1")).make_url("")).rstrip("/")
+    proxy = await make_proxy(
+        ollama_double[1],
+        backends=[
+            {"name": "silent", "type": "ollama", "endpoint": silent, "timeout": 60},
+            {"name": "laptop", "type": "ollama", "endpoint": ollama_double[1]},
+        ],
+    )
+    client = ollama.AsyncClient(host=proxy.url)
+    waits = []
+    for _ in range(3):  # Home Assistant's poll, with its 5 s timeout
+        started = asyncio.get_running_loop().time()
+        listed = await client.list()
+        waits.append(asyncio.get_running_loop().time() - started)
+        assert [m.model for m in listed.models] == ["llama3.2:latest", "nomic-embed-text:latest"]
+    # At most the first poll waits for the silent one (bounded); the next ones never do.
+    assert waits[0] < 4.5 and max(waits[1:]) < 1.0
+    # And requests for the laptop's models go to the laptop.
+    assert await chat(proxy, "llama3.2") == "The sky is blue."
+    rows = await proxy.wait_rows(4)
+    assert tries(rows[3]) == [("laptop", 200)]
+    stuck.set()
+
+
+async def test_least_busy_sends_the_next_request_to_the_idle_backend(
+    make_proxy: MakeProxy, llama_doubles: Doubles
+) -> None:
+    (first, first_url), (_, second_url) = await llama_doubles(), await llama_doubles()
+    first.hold = asyncio.Event()
+    proxy = await make_proxy(
+        first_url,
+        backends=[
+            {"name": "first", **llama(first_url, serves=["smollm2"])},
+            {"name": "second", **llama(second_url, serves=["smollm2"])},
+        ],
+        routing={"strategy": "least_busy"},
+    )
+    held = asyncio.create_task(chat(proxy, "smollm2"))
+    await until(lambda: bool(first.requests))
+    assert await chat(proxy, "smollm2") == LLAMA  # first is working on one: second is idle
+    first.hold.set()
+    assert await held == LLAMA
+    rows = await proxy.wait_rows(2)
+    assert sorted(r["backend_name"] for r in rows) == ["first", "second"]
+    assert all(len(tries(r)) == 1 for r in rows)  # chosen, not failed over

@@ -182,3 +182,19 @@ def test_a_backend_api_key_is_never_echoed() -> None:
         config_mod.from_dict({"backends": {"gpu": {"api_key": ["sk-secret-123"]}}})
     assert "'backends.gpu.api_key' must be a string" in str(caught.value)
     assert "sk-secret" not in str(caught.value)
+
+
+def test_a_reload_that_changes_backends_says_a_restart_is_needed() -> None:
+    from llm_proxy.server.reload import merge
+
+    running = config_mod.from_dict({"backends": {"gpu": {"endpoint": "http://gpu:8080"}}})
+    loaded = config_mod.from_dict(
+        {
+            "backends": {"gpu": {"endpoint": "http://gpu:9090"}},
+            "routing": {"strategy": "least_busy"},
+            "models": {"fallback": {"small": "big"}},
+        }
+    )
+    merged, ignored = merge(running, loaded)
+    assert ignored == ["backends", "routing"]
+    assert merged.backends == running.backends and merged.models.fallback == {"small": "big"}

@@ -49,7 +49,8 @@ log = logging.getLogger("llm_proxy")
 # Answers that move a request to the next backend, when they come before the first byte.
 RETRY = frozenset({502, 503, 504})
 LIST_TTL = {"/api/tags": 10.0, "/api/ps": 2.0, "/v1/models": 10.0}  # seconds a backend's list is fresh
-LIST_TIMEOUT = 3.0  # seconds a list refresh may take before the last copy (or nothing) is used
+LIST_TIMEOUT = 3.0  # seconds a first list fetch may take before the answer goes without it
+LIST_RETRY = 2.0  # seconds before a list that could not be fetched is asked for again
 
 
 @dataclass(slots=True)
@@ -60,6 +61,7 @@ class Listing:
     names: frozenset[str] = frozenset()
     fetched: float = -math.inf
     task: asyncio.Task[None] | None = None
+    waited: bool = False  # one request has waited for the first fetch; later ones do not
 
 
 @dataclass(slots=True)
@@ -120,6 +122,9 @@ class Router:
         for member in self.members:
             await member.backend.start()
         self._probe = asyncio.ensure_future(self._probe_loop())
+        if len(self.members) > 1:  # discovery starts now: the first request need not wait for it
+            for member in self._unpatterned():
+                self._refresh(member, "/api/tags")
 
     async def close(self) -> None:
         if self._probe is not None:
@@ -273,6 +278,8 @@ class Router:
             names: list[str] = [m.name for m in self.members]
         else:
             wanted = routing.model_names(call.model, call.backend_model)
+            for member in self._unpatterned():
+                self._refresh(member, "/api/tags")  # a stale list is renewed in the background
             names = routing.serving(self.table, call.model, wanted, self._discovered())
             if not names:  # perhaps new since the lists were fetched: look again
                 await asyncio.gather(*(self._list(m, "/api/tags") for m in self._unpatterned()))
@@ -310,14 +317,31 @@ class Router:
         return replies.json_reply(merge_lists(endpoint, docs))
 
     async def _list(self, member: Member, endpoint: str) -> Listing:
-        """``member``'s list, refreshed when stale; the last copy rather than a long wait."""
+        """``member``'s list: the last copy at once (renewed in the background when stale).
+
+        Only the first fetch of a backend's list is waited for, by one request, at
+        most LIST_TIMEOUT, and not while its breaker is open: a poll never waits
+        on the slowest backend.
+        """
+        listing = self._refresh(member, endpoint)
+        if (
+            listing.doc is None
+            and listing.task is not None
+            and not listing.waited
+            and not member.breaker.is_open
+        ):
+            listing.waited = True
+            with contextlib.suppress(TimeoutError, ProxyError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(listing.task), LIST_TIMEOUT)
+        return listing
+
+    def _refresh(self, member: Member, endpoint: str) -> Listing:
+        """Start fetching ``member``'s list when it is stale and no fetch is under way."""
         listing = member.lists.setdefault(endpoint, Listing())
-        if time.monotonic() - listing.fetched < LIST_TTL[endpoint]:
-            return listing
-        if listing.task is None or listing.task.done():
+        if time.monotonic() - listing.fetched >= LIST_TTL[endpoint] and (
+            listing.task is None or listing.task.done()
+        ):
             listing.task = asyncio.ensure_future(self._fetch_list(member, endpoint, listing))
-        with contextlib.suppress(TimeoutError, ProxyError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(listing.task), LIST_TIMEOUT)
         return listing
 
     async def _fetch_list(self, member: Member, endpoint: str, listing: Listing) -> None:
@@ -336,9 +360,11 @@ class Router:
                 await reply.close()
         except ProxyError as exc:
             member.breaker.last_error = exc.message
-            return
+            doc = None
         if isinstance(doc, dict):
             listing.doc, listing.names, listing.fetched = doc, listed_names(endpoint, doc), time.monotonic()
+        else:  # kept: the last copy; asked again soon, not on every request
+            listing.fetched = time.monotonic() - LIST_TTL[endpoint] + LIST_RETRY
 
     # -- the probe ----------------------------------------------------------------
 
