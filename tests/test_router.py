@@ -106,10 +106,14 @@ async def test_one_catalog_and_each_model_answered_by_its_backend(
         ("llama3.2", "laptop", "ollama"), ("smollm2", "gpu", "openai"), ("llama3.2", "laptop", "ollama"),
     ]  # fmt: skip
     assert tries(chats[1]) == [("gpu", 200)]
-    # A model nobody lists: 404 in the client's shape, no backend's name on it.
+    # A model nobody lists: each backend without serves patterns may still have it
+    # (pulled a moment ago); none has, so 404 in the client's shape.
     with pytest.raises(ollama.ResponseError) as caught:
         await chat(proxy, "made-up")
     assert caught.value.status_code == 404
+    missing = (await proxy.wait_rows(6))[5]
+    assert tries(missing) == [("gpu", 404), ("laptop", 404), ("spare", 404)]
+    assert (missing["status_code"], missing["backend_name"]) == (404, "spare")
     # The audit CLI reads the backend back.
     assert main(["stats", "--db", str(proxy.db), "--by", "backend", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)

@@ -39,6 +39,11 @@ StreamItem = tuple[bytes, dict[str, Any]]
 Batch = list[StreamItem]
 
 
+# Characters of a try's error kept in the record: the full text of the last one
+# is the row's ``error``; a backend's error body may be any size.
+ATTEMPT_ERROR = 500
+
+
 @dataclass(slots=True)
 class Attempt:
     """One try of one backend for a request: which, what it answered, how long it took."""
@@ -50,8 +55,13 @@ class Attempt:
     model: str | None = None  # the models.fallback model this try was on (client-side name)
 
     def as_dict(self) -> dict[str, Any]:
-        """The attempt as stored in the ``attempts`` column."""
-        found: dict[str, Any] = {"backend": self.backend, "status": self.status, "error": self.error}
+        """The attempt as stored in the ``attempts`` column (an error's first ATTEMPT_ERROR characters)."""
+        error = (
+            self.error
+            if self.error is None or len(self.error) <= ATTEMPT_ERROR
+            else self.error[:ATTEMPT_ERROR] + "…"
+        )
+        found: dict[str, Any] = {"backend": self.backend, "status": self.status, "error": error}
         found["ms"] = self.ms
         if self.model is not None:
             found["model"] = self.model

@@ -131,10 +131,11 @@ class Router:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        fetches = [t for m in self.members for lst in m.lists.values() if (t := lst.task) is not None]
+        for task in fetches:
+            task.cancel()
+        await asyncio.gather(*fetches, return_exceptions=True)
         for member in self.members:
-            for listing in member.lists.values():
-                if listing.task is not None:
-                    listing.task.cancel()
             await member.backend.close()
 
     async def health(self) -> str | None:
@@ -197,10 +198,10 @@ class Router:
                 retry = self._fallback(call, route, reply.status, reply.body)
                 if retry is not None:
                     return await self._over(retry, v1, route, await self._candidates(retry))
-            if more and reply.status in RETRY:
-                await reply.close()  # nothing reached the client yet: the next backend may answer
+            # Nothing reached the client yet: the next backend may answer (or have the model).
+            if more and (reply.status in RETRY or (reply.status == 404 and call.model is not None)):
+                await reply.close()
                 continue
-            route.backend, route.type = member.name, member.backend.type
             return reply
         raise ModelNotFound(call.model or "?")  # no member at all: _candidates never gives none
 
@@ -212,6 +213,8 @@ class Router:
         """
         record = Attempt(member.name, model=call.model if route.fallback else None)
         route.attempts.append(record)
+        # The last backend tried is the one named, whether it answered or its error is the client's.
+        route.backend, route.type = member.name, member.backend.type
         started = time.perf_counter()
         reply: Reply | None = None
         held = False

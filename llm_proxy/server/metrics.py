@@ -128,7 +128,8 @@ class Metrics:
             ["backend", "status"], registry=r,
         )  # fmt: skip
         self.answered = Counter(
-            "llm_proxy_backend_requests", "Requests answered by each named backend (after any failover).",
+            "llm_proxy_backend_requests", "Requests each named backend answered last (after any failover), "
+            "errors included.",
             ["backend"], registry=r,
         )  # fmt: skip
         self.in_flight = Gauge("llm_proxy_requests_in_flight", "Requests being answered now.", registry=r)
