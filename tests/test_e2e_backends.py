@@ -25,10 +25,12 @@ import ollama
 import pytest
 from openai import AsyncOpenAI
 
+from llm_proxy.backends.llamacpp import LlamaCppBackend
 from llm_proxy.cli.main import main
+from llm_proxy.server import state
 
-from .conftest import read_rows
-from .llama_server import LlamaServer, NotInstalled, ServerFailed
+from .conftest import MakeProxy, read_rows
+from .llama_server import LlamaServer, NotInstalled, ServerFailed, find_binary, find_model
 from .ollama_double import OllamaDouble
 from .process import serve
 
@@ -170,3 +172,32 @@ async def test_two_llama_servers_and_ollama_behind_one_proxy(
         assert "context" in attempts[0]["error"]
         await sdk.close()
         await client.close()
+
+
+async def test_the_managed_llamacpp_backend_is_one_backend_among_the_others(
+    make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str]
+) -> None:
+    """Its models are listed without starting anything; its llama-server starts on the first request."""
+    try:
+        binary, gguf = find_binary(), find_model()
+    except NotInstalled as exc:
+        pytest.fail(str(exc), pytrace=False)
+    spare = {
+        "name": "spare", "type": "llamacpp", "server_binary": str(binary), "timeout": 60,
+        "models": {"smollm2": {"path": str(gguf), "ctx": 512, "args": ["-t", "1"]}},
+    }  # fmt: skip
+    proxy = await make_proxy(
+        ollama_double[1], backends=[{"name": "laptop", "type": "ollama", "endpoint": ollama_double[1]}, spare]
+    )
+    client = ollama.AsyncClient(host=proxy.url, timeout=60)
+    listed = {m.model for m in (await client.list()).models}
+    assert {"llama3.2:latest", "smollm2:latest"} <= listed
+    managed = proxy.app[state.ROUTER].by_name["spare"].backend
+    assert isinstance(managed, LlamaCppBackend) and managed.pool.running() == []  # nothing started yet
+    answer = await client.chat(model="smollm2", messages=USER, options=SHORT)
+    assert answer.message.content is not None and len(managed.pool.running()) == 1
+    assert (await client.chat(model="llama3.2", messages=USER)).message.content == "The sky is blue."
+    rows = await proxy.wait_rows(3, within=15)
+    chats = [(r["model"], r["backend_name"], r["backend_type"]) for r in rows if r["endpoint"] == "/api/chat"]
+    assert chats == [("smollm2", "spare", "llamacpp"), ("llama3.2", "laptop", "ollama")]
+    await client.close()
