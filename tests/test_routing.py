@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from llm_proxy import config as config_mod
@@ -198,3 +201,32 @@ def test_a_reload_that_changes_backends_says_a_restart_is_needed() -> None:
     merged, ignored = merge(running, loaded)
     assert ignored == ["backends", "routing"]
     assert merged.backends == running.backends and merged.models.fallback == {"small": "big"}
+
+
+def test_backends_load_from_yaml_and_json_files_in_their_written_order(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "config.yaml"
+    yaml_file.write_text(
+        "backends:\n"
+        "  zeta: {type: ollama, endpoint: 'http://z:11434'}\n"
+        "  alpha: {type: openai, endpoint: 'http://a:8080', serves: [qwen*]}\n"
+    )
+    assert [b.name for b in config_mod.load(str(yaml_file)).named_backends()] == ["zeta", "alpha"]
+    json_file = tmp_path / "config.json"
+    json_file.write_text(
+        json.dumps(
+            {
+                "backend": {"type": "openai", "endpoint": "http://localhost:8080", "timeout": 300},
+                "backends": [
+                    {"name": "gpu", "endpoint": "http://gpu:8080"},
+                    {"name": "cpu", "type": "ollama"},
+                ],
+            }
+        )
+    )
+    gpu, cpu = config_mod.load(str(json_file)).named_backends()
+    assert (gpu.type, gpu.endpoint, cpu.type, cpu.endpoint) == (
+        "openai", "http://gpu:8080", "ollama", "http://localhost:8080",
+    )  # fmt: skip
+    json_file.write_text(json.dumps({"backends": {"gpu": {"timeout": "soon"}}}))
+    with pytest.raises(ConfigError, match=r"config\.json: 'backends\.gpu\.timeout' must be a number"):
+        config_mod.load(str(json_file))
