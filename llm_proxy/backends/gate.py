@@ -4,6 +4,8 @@ A GPU answers one or a few requests at a time; more only wait inside the
 backend, holding connections. With ``backend.max_concurrency`` set, requests
 beyond it wait here, in arrival order, and when ``backend.max_queue`` are
 already waiting a new one gets 503 at once instead of waiting without end.
+Each named backend has its own gate; the router (``router.py``) takes a slot
+for each try (:meth:`Gate.acquire`) and gives it back when the reply is closed.
 """
 
 from __future__ import annotations
