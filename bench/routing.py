@@ -9,8 +9,10 @@ walks the whole routing table. Both are driven with the same Ollama
 ``/api/chat`` requests (non-streaming and streaming), and ``/api/tags`` (one
 list against the merge of four), taking turns in short rounds so that the
 machine's drift hits both alike. Prints p50/p99 latency and the difference.
+``--baseline PATH`` adds a third proxy run from another checkout (one without
+the router, such as the main branch before it) with the one backend.
 
-Run: python bench/routing.py [--requests N] [--rounds R]
+Run: python bench/routing.py [--requests N] [--rounds R] [--baseline PATH]
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ ROOT = HERE.parent
 CHUNKS = 20
 
 
-def start(workdir: Path, name: str, sections: dict[str, Any]) -> Proc:
+def start(workdir: Path, name: str, sections: dict[str, Any], code: Path = ROOT) -> Proc:
     """``llm-proxy serve`` with ``sections`` (full bodies logged to its own SQLite file)."""
     port = free_port()
     db = workdir / f"{name}.db"
@@ -47,7 +49,7 @@ def start(workdir: Path, name: str, sections: dict[str, Any]) -> Proc:
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = workdir / f"{name}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(code)}
     with log.open("wb") as out:
         popen = subprocess.Popen(
             [sys.executable, "-m", "llm_proxy", "serve", "--config", str(path)],
@@ -75,7 +77,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
-async def main(requests: int, rounds: int) -> str:
+async def main(requests: int, rounds: int, baseline: Path | None) -> str:
     fakes = [start_fake("sse", CHUNKS) for _ in range(4)]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -86,12 +88,17 @@ async def main(requests: int, rounds: int) -> str:
         ]
         named.append({"name": "b3", "type": "openai", "endpoint": fakes[3].url})
         four = start(workdir, "four", {"backends": named})
-        procs = [*fakes, one, four]
+        proxies = {"one": one, "four": four}
+        if baseline is not None:
+            proxies["before"] = start(
+                workdir, "before", {"backend": {"type": "openai", "endpoint": fakes[3].url}}, baseline
+            )
+        procs = [*fakes, *proxies.values()]
         try:
             async with aiohttp.ClientSession() as http:
                 for fake in fakes:
                     await wait_up(http, fake.url, "/health")
-                for proxy in (one, four):
+                for proxy in proxies.values():
                     await wait_up(http, proxy.url, "/health/live")
                 chat = {
                     "model": "bench",
@@ -105,26 +112,34 @@ async def main(requests: int, rounds: int) -> str:
                 }
                 rows = []
                 for case, (path, body) in cases.items():
-                    times: dict[str, list[float]] = {"one": [], "four": []}
-                    for proxy in (one, four):  # warm up: connections, catalogs
+                    times: dict[str, list[float]] = {name: [] for name in proxies}
+                    for proxy in proxies.values():  # warm up: connections, catalogs
                         for _ in range(20):
                             await once(http, proxy.url, path, body)
                     for _ in range(rounds):
-                        for name, proxy in (("one", one), ("four", four)):
+                        for name, proxy in proxies.items():
                             for _ in range(requests // rounds):
                                 times[name].append(await once(http, proxy.url, path, body))
                     p50 = {k: statistics.median(v) * 1000 for k, v in times.items()}
                     p99 = {k: pct(v, 99) * 1000 for k, v in times.items()}
-                    rows.append([
-                        case, f"{p50['one']:.2f}", f"{p50['four']:.2f}", f"{p50['four'] - p50['one']:+.2f}",
-                        f"{p99['one']:.2f}", f"{p99['four']:.2f}",
-                    ])  # fmt: skip
+                    row = [
+                        case,
+                        f"{p50['one']:.2f}",
+                        f"{p50['four']:.2f}",
+                        f"{p50['four'] - p50['one']:+.2f}",
+                    ]
+                    row += [f"{p99['one']:.2f}", f"{p99['four']:.2f}"]
+                    if baseline is not None:
+                        row += [f"{p50['before']:.2f}", f"{p50['one'] - p50['before']:+.2f}"]
+                    rows.append(row)
         finally:
             for proc in procs:
                 proc.popen.terminate()
             for proc in procs:
                 proc.popen.wait(10)
     head = ["request", "p50 one (ms)", "p50 four (ms)", "four − one", "p99 one", "p99 four"]
+    if baseline is not None:
+        head += ["p50 before (ms)", "one − before"]
     return f"{machine()}\n{requests} requests per case and proxy, concurrency 1, {rounds} rounds\n\n" + table(
         head, rows
     )
@@ -134,5 +149,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--baseline", type=Path, metavar="PATH", help="another checkout to compare with")
     args = parser.parse_args()
-    print(asyncio.run(main(args.requests, args.rounds)))
+    print(asyncio.run(main(args.requests, args.rounds, args.baseline)))
