@@ -326,3 +326,41 @@ async def test_least_busy_sends_the_next_request_to_the_idle_backend(
     rows = await proxy.wait_rows(2)
     assert sorted(r["backend_name"] for r in rows) == ["first", "second"]
     assert all(len(tries(r)) == 1 for r in rows)  # chosen, not failed over
+
+
+# What Ollama (0.30 and later, truncate: false or a model whose runner refuses)
+# answers for a prompt over num_ctx: llama.cpp's error, wrapped in Ollama's shape.
+OLLAMA_OVER_CONTEXT = {
+    "error": '{"error":{"code":400,"message":"request (351 tokens) exceeds the available context size '
+    '(256 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":351,"n_ctx":256}}'
+}
+
+
+async def test_ollamas_context_refusal_falls_back_too(
+    make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str], aiohttp_server: Any
+) -> None:
+    refused: list[dict[str, Any]] = []
+
+    async def too_long(request: web.Request) -> web.Response:
+        refused.append(await request.json())
+        return web.json_response(OLLAMA_OVER_CONTEXT, status=400)
+
+    app = web.Application()
+    app.router.add_post("/api/chat", too_long)
+    small = str((await aiohttp_server(app, host="127.0.0.1")).make_url("")).rstrip("/")
+    proxy = await make_proxy(
+        ollama_double[1],
+        backends=[
+            {"name": "small", "type": "ollama", "endpoint": small, "serves": ["llama3.2:1b"]},
+            {"name": "big", "type": "ollama", "endpoint": ollama_double[1], "serves": ["llama3.2*"]},
+        ],
+        models={"fallback": {"llama3.2:1b": "llama3.2"}},
+    )
+    assert await chat(proxy, "llama3.2:1b") == "The sky is blue."
+    assert [b["model"] for b in refused] == ["llama3.2:1b"]
+    assert ollama_double[0].requests[-1][1]["model"] == "llama3.2"  # type: ignore[index]
+    (row,) = await proxy.wait_rows(1)
+    assert (row["model"], row["backend_model"], row["backend_name"]) == ("llama3.2:1b", "llama3.2", "big")
+    assert [(a["backend"], a["status"], a.get("model")) for a in json.loads(row["attempts"])] == [
+        ("small", 400, None), ("big", 200, "llama3.2"),
+    ]  # fmt: skip
