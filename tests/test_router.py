@@ -364,3 +364,34 @@ async def test_ollamas_context_refusal_falls_back_too(
     assert [(a["backend"], a["status"], a.get("model")) for a in json.loads(row["attempts"])] == [
         ("small", 400, None), ("big", 200, "llama3.2"),
     ]  # fmt: skip
+
+
+async def test_each_backend_has_its_own_endpoint_and_api_key(
+    make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str], aiohttp_server: Any
+) -> None:
+    home, home_url = ollama_double
+    office = OllamaDouble()
+    office_url = str((await aiohttp_server(office.app(), host="127.0.0.1")).make_url("")).rstrip("/")
+    proxy = await make_proxy(
+        home_url,
+        backends=[
+            {
+                "name": "home",
+                "type": "ollama",
+                "endpoint": home_url,
+                "api_key": "home-key",
+                "serves": ["llama3.2"],
+            },
+            {"name": "office", "type": "ollama", "endpoint": office_url, "api_key": "office-key"},
+        ],
+    )
+    assert await chat(proxy, "llama3.2") == "The sky is blue."
+    embedded = await ollama.AsyncClient(host=proxy.url).embed(model="nomic-embed-text", input="a")
+    assert len(embedded.embeddings) == 1
+    assert home.authorizations == ["Bearer home-key"]  # the chat
+    assert office.authorizations == ["Bearer office-key"]  # the embedding: only office lists it unpatterned
+    rows = await proxy.wait_rows(2)
+    assert [(r["endpoint"], r["backend_name"]) for r in rows] == [
+        ("/api/chat", "home"),
+        ("/api/embed", "office"),
+    ]
