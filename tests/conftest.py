@@ -18,6 +18,8 @@ from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
 from llm_proxy.server.app import create_app
 
+# The real llama-servers, one each per session, for every end-to-end module.
+from .e2e import chat_server, connect, embed_server  # noqa: F401
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from .. import backends
-from ..api import health, ollama
+from ..api import events, health, ollama
 from ..api import openai as openai_api
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
@@ -57,6 +57,7 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     health.setup_probe_routes(app)
     ollama.setup_routes(app)
     openai_api.setup_routes(app)
+    events.setup_routes(app)
     return app
 
 
