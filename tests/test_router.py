@@ -395,3 +395,29 @@ async def test_each_backend_has_its_own_endpoint_and_api_key(
         ("/api/chat", "home"),
         ("/api/embed", "office"),
     ]
+
+
+async def test_every_backend_down_is_a_502_naming_the_last_and_health_says_why(make_proxy: MakeProxy) -> None:
+    one, two = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    proxy = await make_proxy(
+        one,
+        backends=[
+            {"name": "one", **llama(one, serves=["smollm2"])},
+            {"name": "two", **llama(two, serves=["smol*"])},
+        ],
+    )
+    with pytest.raises(ollama.ResponseError) as caught:
+        await chat(proxy, "smollm2")
+    assert caught.value.status_code == 502 and two.removeprefix("http://") in str(caught.value.error)
+    (row,) = await proxy.wait_rows(1)
+    assert (row["status_code"], row["backend_name"]) == (502, "two")
+    assert tries(row) == [("one", 502), ("two", 502)]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{proxy.url}/health") as resp:
+            health = await resp.json()
+        assert resp.status == 503 and health["status"] == "unavailable"
+        assert health["error"].startswith("one: ") and "; two: " in health["error"]
+        async with http.get(f"{proxy.url}/health/ready") as resp:
+            ready = await resp.json()
+        assert resp.status == 503 and set(ready["backends"]) == {"one", "two"}
+        assert all("unreachable" in why for why in ready["backends"].values())
