@@ -27,6 +27,7 @@ relayed: a stream keeps the backend busy.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -37,10 +38,12 @@ from aiohttp import web
 
 from ..audit.exchange import Exchange
 from ..backends.base import Backend, Batch, Call, Chunks, Frame, Frames, Lines, Reply, Whole
+from ..cache import policy
 from ..config import Config, ModelsConfig
 from ..errors import ProxyError
 from ..server import state as keys
 from ..server.console import Console
+from ..server.quota import QUOTAS
 from ..server.recording import CLIENT_GONE, why_cut_off
 from ..translate import Assembler
 from . import body as body_mod
@@ -135,20 +138,70 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
     keep = config.database.max_body_bytes  # bytes (or characters) of each copy the record keeps
-    async with app[keys.GATE].slot_if(endpoint in codec.gated):
-        try:
-            reply = await codec.send(backend, call)
-        except ProxyError as exc:
-            if exc.sent is not None:
-                exchange.backend_request = exc.sent
-            raise
-        if reply.sent is not None:
-            exchange.backend_request = reply.sent
-        if isinstance(reply, Whole):
-            return _relay_whole(reply, exchange, console, codec, keep, config.models)
-        if isinstance(reply, Chunks):
-            return await _relay_chunks(request, reply, exchange, console, codec, keep)
-        return await _relay_stream(request, reply, exchange, console, codec, keep, parsed.hide_usage)
+    # The gate: the key's quota, then the answer cache; a hit takes no backend slot.
+    quotas = app[QUOTAS]
+    ticket = quotas.admit(request.get(keys.KEY_NAME), endpoint, parsed.model, parsed.backend_model)
+    cache = app[keys.CACHE]
+    key = policy.key_for(config, call)
+    answer = cache.get(key) if key is not None else None
+    if key is not None:
+        exchange.cache_hit = answer is not None
+    headers = {} if key is None else {"X-Cache": "miss" if answer is None else "hit"}
+    ended: int | None = None  # the status a failure ends the request with, for the quota
+    try:
+        if answer is not None:
+            # Nothing reached the backend: the row says what the hit spared it instead.
+            exchange.backend_request = None
+            exchange.cache_saved_ms, exchange.cache_saved_tokens = answer.saved_ms, answer.saved_tokens
+            return await _relay(request, answer.reply(), exchange, console, codec, keep, parsed, headers)
+        async with app[keys.GATE].slot_if(endpoint in codec.gated):
+            try:
+                reply = await codec.send(backend, call)
+            except ProxyError as exc:
+                if exc.sent is not None:
+                    exchange.backend_request = exc.sent
+                raise
+            if reply.sent is not None:
+                exchange.backend_request = reply.sent
+            recording = cache.record(reply) if key is not None else None
+            response = await _relay(request, reply, exchange, console, codec, keep, parsed, headers)
+        if recording is not None and key is not None and _answered(exchange):
+            tokens = (exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0)
+            cache.keep(key, recording, exchange.elapsed_ms(), tokens or None)
+        return response
+    except ProxyError as exc:
+        ended = exc.status
+        raise
+    except asyncio.CancelledError:
+        ended = CLIENT_GONE
+        raise
+    finally:
+        if ticket is not None:
+            quotas.settle(ticket, exchange, ended, from_cache=answer is not None)
+
+
+def _answered(exchange: Exchange) -> bool:
+    """True when the exchange ended in a whole answer: no error, a success status (what may be kept)."""
+    return exchange.error is None and exchange.status_code is not None and exchange.status_code < 400
+
+
+async def _relay(
+    request: web.Request,
+    reply: Reply,
+    exchange: Exchange,
+    console: Console,
+    codec: Codec,
+    keep: int,
+    parsed: Parsed,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Relay a reply of any kind to the client."""
+    config = request.app[keys.LIVE].config
+    if isinstance(reply, Whole):
+        return _relay_whole(reply, exchange, console, codec, keep, config.models, headers)
+    if isinstance(reply, Chunks):
+        return await _relay_chunks(request, reply, exchange, console, codec, keep, headers)
+    return await _relay_stream(request, reply, exchange, console, codec, keep, parsed.hide_usage, headers)
 
 
 async def _relay_stream(
@@ -159,9 +212,12 @@ async def _relay_stream(
     codec: Codec,
     keep: int,
     hide_usage: bool,
+    headers: dict[str, str],
 ) -> web.StreamResponse:
     """Send each item as it arrives; a failure after the start ends with the API's error item."""
-    response = web.StreamResponse(status=reply.status, headers=codec.stream_headers(reply.content_type))
+    response = web.StreamResponse(
+        status=reply.status, headers={**codec.stream_headers(reply.content_type), **headers}
+    )
     assembler = codec.assembler(keep)
     exchange.status_code = reply.status
     ended = False
@@ -210,7 +266,13 @@ async def _relay_stream(
 
 
 def _relay_whole(
-    reply: Whole, exchange: Exchange, console: Console, codec: Codec, keep: int, models: ModelsConfig
+    reply: Whole,
+    exchange: Exchange,
+    console: Console,
+    codec: Codec,
+    keep: int,
+    models: ModelsConfig,
+    headers: dict[str, str],
 ) -> web.Response:
     """Send a whole answer, recording what it says (assembled when it is within the stored copy)."""
     exchange.status_code = reply.status
@@ -231,11 +293,18 @@ def _relay_whole(
     exchange.response_body = stored_copy(body, keep, exchange)
     if console.raw_responses:
         console.response(exchange, body)
-    return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
+    headers = {"Content-Type": reply.content_type, **headers}
+    return web.Response(body=body, status=reply.status, headers=headers)
 
 
 async def _relay_chunks(
-    request: web.Request, reply: Chunks, exchange: Exchange, console: Console, codec: Codec, keep: int
+    request: web.Request,
+    reply: Chunks,
+    exchange: Exchange,
+    console: Console,
+    codec: Codec,
+    keep: int,
+    headers: dict[str, str],
 ) -> web.StreamResponse:
     """Send a body too large to hold as it arrives; the record keeps its first ``keep`` bytes.
 
@@ -245,7 +314,8 @@ async def _relay_chunks(
     """
     # Only Content-Type is passed on: the body is decoded (Content-Encoding is
     # gone) and sent chunked, so the backend's length would be stale.
-    response = web.StreamResponse(status=reply.status, headers={"Content-Type": reply.content_type})
+    headers = {"Content-Type": reply.content_type, **headers}
+    response = web.StreamResponse(status=reply.status, headers=headers)
     exchange.status_code = reply.status
     copy = bytearray()
     try:

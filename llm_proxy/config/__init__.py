@@ -17,6 +17,7 @@ import orjson
 import yaml
 
 from ..errors import ConfigError
+from .cache import CacheConfig, CacheModel
 from .checks import check
 from .coerce import kind_of, section
 from .sections import (
@@ -30,6 +31,7 @@ from .sections import (
     LlamaModel,
     LogFormat,
     ModelsConfig,
+    Quota,
     ServerConfig,
     StoreBodies,
     aliases,
@@ -40,12 +42,15 @@ __all__ = [
     "AuthConfig",
     "BackendConfig",
     "BackendType",
+    "CacheConfig",
+    "CacheModel",
     "Config",
     "ConfigError",
     "DatabaseConfig",
     "LlamaModel",
     "LogFormat",
     "ModelsConfig",
+    "Quota",
     "ServerConfig",
     "StoreBodies",
     "aliases",

@@ -15,8 +15,9 @@ from ..audit.recorder import Recorder
 from ..audit.retention import Retention
 from ..audit.store import Store
 from ..backends.gate import Gate
+from ..cache.answers import AnswerCache
 from ..config import Config
-from . import access, auth, connections, metrics, middlewares, notify, ratelimit, reload, state
+from . import access, auth, connections, metrics, middlewares, notify, quota, ratelimit, reload, state
 from .console import Console
 from .recording import audit_trail
 
@@ -44,6 +45,8 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     reload.setup(app)
     metrics.setup(app)
     app[state.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
+    app[state.CACHE] = AnswerCache(config.cache)
+    app[quota.QUOTAS] = quota.Quotas(config.auth, ollama.GATED_ROUTES | openai_api.GATED_ROUTES)
     app[connections.CONNECTIONS] = connections.ConnectionLimit(config.server.max_connections)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
@@ -73,6 +76,8 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)
+    # Quotas go on counting where the last run stopped: today's use, from the trail.
+    await app[quota.QUOTAS].rebuild(store.run)
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
     app[state.RECORDER] = recorder

@@ -19,6 +19,7 @@ from ..audit.exchange import Exchange
 from ..audit.recorder import Recorder
 from ..backends.base import Backend
 from ..backends.gate import Gate
+from ..cache.answers import AnswerCache
 from ..config import Config
 from ..errors import ProxyError
 from .console import Console
@@ -46,6 +47,8 @@ BACKEND = web.AppKey("backend", Backend)
 CONSOLE = web.AppKey("console", Console)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 GATE = web.AppKey("gate", Gate)
+# The answer cache (cache:); present, and empty, when it is off.
+CACHE = web.AppKey("cache", AnswerCache)
 # The config in force: CONFIG with the reloadable parts of the last SIGHUP reload (reload.py).
 LIVE = web.AppKey("live", LiveConfig)
 
