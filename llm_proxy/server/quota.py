@@ -37,6 +37,8 @@ from ..errors import Forbidden, TooManyRequests
 T = TypeVar("T")
 Run = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
 ANSWERED = 400  # statuses below this count a request; so does 499 (the client left)
+# What a refusal is counted under in the metrics.
+LIMITS = ("requests_per_day", "tokens_per_day", "models")
 
 
 @dataclass(slots=True)
@@ -78,6 +80,10 @@ class Quotas:
 
     def _today(self) -> int:
         return int(self._clock() // 86400)
+
+    def today(self, name: str) -> Usage:
+        """Key ``name``'s use today."""
+        return self._current(name)
 
     def _current(self, name: str) -> Usage:
         usage = self.usage[name]
