@@ -6,6 +6,7 @@ tokens: 50 per chat, which the quotas below are sized by.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from llm_proxy import config as config_mod
 from .conftest import MakeProxy, read_rows
 from .llama_double import LlamaServerDouble
 from .process import serve
+from .test_audit_cli import run
 
 USER: Any = [{"role": "user", "content": "Say hello in five words."}]
 PER_CHAT = 50  # tokens the double reports for one chat
@@ -178,3 +180,38 @@ async def test_quota_settings_are_checked() -> None:
         config_mod.from_dict({"auth": keys(home={"tokens": 5})})
     with pytest.raises(config_mod.ConfigError, match=r"'auth\.keys\[0\]\.quota\.models' must be a list"):
         config_mod.from_dict({"auth": keys(home={"models": "qwen*"})})
+
+
+async def test_stats_by_key_and_the_cache_hit_rate(
+    make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxy = await make_proxy(
+        llama_double[1], backend_type="openai", auth=keys(home={"requests_per_day": 3}, laptop={}),
+        cache={"enabled": True},
+    )  # fmt: skip
+    home, laptop = client(proxy.url, "home"), client(proxy.url, "laptop")
+    for _ in range(3):  # a miss and two hits
+        await home.chat("smollm2", USER, options={"temperature": 0})
+    with pytest.raises(ollama.ResponseError):
+        await home.chat("smollm2", USER)  # over requests_per_day
+    await laptop.chat("smollm2", USER, options={"temperature": 0})  # a hit: the cache is shared
+    await laptop.chat("smollm2", USER)  # sampled: not considered
+    rows = await proxy.wait_rows(6)
+    hits = [r for r in rows if r["cache_hit"] == 1]
+    code, out, _ = run(capsys, "stats", "--db", str(proxy.db), "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["cache"] == {
+        "qualified": 4, "hits": 3, "hit_rate": 0.75,
+        "saved_ms": sum(r["cache_saved_ms"] for r in hits), "saved_tokens": 3 * PER_CHAT,
+    }  # fmt: skip
+    by_key = {s["key"]: s for s in result["by_key"]}
+    assert (by_key["home"]["requests"], by_key["home"]["errors"], by_key["home"]["cache_hits"]) == (4, 1, 2)
+    assert by_key["home"]["cache_hit_rate"] == round(2 / 3, 3)
+    assert (by_key["laptop"]["requests"], by_key["laptop"]["cache_hit_rate"]) == (2, 1.0)
+    code, out, _ = run(capsys, "stats", "--db", str(proxy.db), "--by", "key")
+    assert code == 0
+    assert "answer cache: 3 hits of 4 requests that qualified (75.0%)" in out
+    table = out.split("by key:", 1)[1]
+    assert "by model" not in out and re.search(r"\n  home +4 +1 .* 67\n", table), table
+    assert re.search(r"\n  laptop +2 +0 .* 100\n", table), table
