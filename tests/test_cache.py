@@ -9,6 +9,8 @@ byte, HTTP chunk by HTTP chunk.
 from __future__ import annotations
 
 import asyncio
+import signal
+from pathlib import Path
 from typing import Any
 
 import ollama
@@ -25,6 +27,7 @@ from llm_proxy.server import reload
 from .conftest import MakeProxy, Proxy
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
+from .process import serve
 
 USER: Any = [{"role": "user", "content": "Say hello in five words."}]
 CACHE = {"enabled": True}
@@ -298,3 +301,24 @@ def test_cache_settings_are_checked() -> None:
         config_mod.from_dict({"cache": {"models": {"m": {"always_cacheable": "yes"}}}})
     with pytest.raises(config_mod.ConfigError, match=r"unknown key 'cache\.models\.m\.always'"):
         config_mod.from_dict({"cache": {"models": {"m": {"always": True}}}})
+
+
+async def test_sighup_that_changes_models_empties_the_cache_of_a_running_proxy(
+    tmp_path: Path, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    backend = {"type": "openai", "endpoint": llama_double[1]}
+    body = {"model": "smollm2", "messages": USER, "stream": False, "options": {"temperature": 0}}
+    async with serve(tmp_path, llama_double[1], backend=backend, cache=CACHE) as served:
+        url = f"{served.url}/api/chat"
+        assert [(await raw_chunks(url, body))[1]["X-Cache"] for _ in range(2)] == ["miss", "hit"]
+        served.rewrite(lambda c: c.update(server={**c["server"], "log_messages": True}))
+        served.proc.send_signal(signal.SIGHUP)
+        await served.wait_log("config reloaded")
+        assert (await raw_chunks(url, body))[1]["X-Cache"] == "hit"  # models unchanged: kept
+        seen = len(served.stderr)
+        served.rewrite(lambda c: c.update(models={"mappings": {"assistant": "smollm2"}}))
+        served.proc.send_signal(signal.SIGHUP)
+        assert "(dropped: 1)" in await served.wait_log("answer cache emptied", after=seen)
+        assert (await raw_chunks(url, body))[1]["X-Cache"] == "miss"
+        assert await served.stop() == 0
+    assert chats(llama_double[0]) == 2

@@ -83,7 +83,7 @@ def apply(app: web.Application, config: Config) -> None:
     cache.configure(config.cache)
     stale = old.models != config.models or old.cache.models != config.cache.models
     if (stale or not config.cache.enabled) and (emptied := cache.clear()):
-        log.info("answer cache emptied: %d answers made under the previous models config", emptied)
+        log.info("answer cache emptied: answers of the previous config (dropped: %d)", emptied)
     # The backends look up model mappings and params through their config.
     app[state.BACKEND].config = config
     app[state.CONSOLE].configure(config.server)
