@@ -279,6 +279,8 @@ async def test_pass_through_ollama_backend_hits_are_identical(
     _, first_headers, miss = await raw_chunks(f"{proxy.url}/api/chat", body)
     _, headers, hit = await raw_chunks(f"{proxy.url}/api/chat", body)
     assert (first_headers["X-Cache"], headers["X-Cache"]) == ("miss", "hit") and hit == miss
+    # "stream": true said or left to Ollama's default is the same request.
+    assert (await raw_chunks(f"{proxy.url}/api/chat", {**body, "stream": True}))[2] == miss
     assert chats(ollama_double[0]) == 1
     assert b'"model":"llama2"' in b"".join(hit)  # the client-side name, as the miss showed it
 

@@ -26,7 +26,7 @@ GENERATING = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/
 # Routes whose answers are computed without sampling: cached for models marked always_cacheable.
 EMBEDDING = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 # Body fields that do not change what is answered.
-IGNORED = frozenset({"keep_alive", "model"})
+IGNORED = frozenset({"keep_alive", "model", "stream"})
 # Ollama options that place or run the model without changing its answer.
 IGNORED_OPTIONS = frozenset(
     {"num_thread", "num_gpu", "main_gpu", "use_mmap", "use_mlock", "numa", "low_vram"}
@@ -50,6 +50,7 @@ def key_for(config: Config, call: Call) -> bytes | None:
     elif not (call.endpoint in EMBEDDING and rule.always_cacheable):
         return None
     normal = {k: v for k, v in body.items() if k not in IGNORED}
+    normal["stream"] = call.stream  # a stream by default (Ollama) or asked for: one answer
     options = normal.get("options")
     if isinstance(options, Mapping):
         normal["options"] = {k: v for k, v in options.items() if k not in IGNORED_OPTIONS}

@@ -57,7 +57,6 @@ class Ticket:
 
     key: str
     day: int
-    counted: bool  # on a route that counts
 
 
 def counts(status: int | None) -> bool:
@@ -104,8 +103,7 @@ class Quotas:
             raise Forbidden(
                 f"API key '{name}' may not use model '{model}': its quota allows {', '.join(quota.models)}"
             )
-        counted = endpoint in self.counted
-        if not counted:
+        if endpoint not in self.counted:
             return None
         usage = self._current(name)
         if quota.requests_per_day and usage.requests + usage.in_flight >= quota.requests_per_day:
@@ -113,7 +111,7 @@ class Quotas:
         if quota.tokens_per_day and usage.tokens >= quota.tokens_per_day:
             self._over(name, "tokens_per_day", usage.tokens, quota.tokens_per_day)
         usage.in_flight += 1
-        return Ticket(name, usage.day, counted)
+        return Ticket(name, usage.day)
 
     def settle(self, ticket: Ticket, exchange: Exchange, failed: int | None, from_cache: bool) -> None:
         """Charge an answered request to its key: the request, and the tokens the backend reported.
