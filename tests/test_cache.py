@@ -324,3 +324,27 @@ async def test_sighup_that_changes_models_empties_the_cache_of_a_running_proxy(
         assert (await raw_chunks(url, body))[1]["X-Cache"] == "miss"
         assert await served.stop() == 0
     assert chats(llama_double[0]) == 2
+
+
+async def test_a_hit_takes_no_backend_slot(
+    make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    proxy = await make_proxy(
+        llama_double[1], backend_type="openai", cache=CACHE, backend={"max_concurrency": 1, "max_queue": 0}
+    )
+    client = ollama.AsyncClient(host=proxy.url)
+    await client.chat("smollm2", USER, stream=False, options={"temperature": 0})
+    double = llama_double[0]
+    double.hold = asyncio.Event()
+    busy = asyncio.create_task(client.chat("smollm2", [{"role": "user", "content": "long"}], stream=False))
+    for _ in range(500):  # bounded: 5 s for the slot to be taken, its stream held open
+        if chats(double) == 2:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(ollama.ResponseError) as refused:  # a miss finds the backend busy...
+        await client.chat("smollm2", [{"role": "user", "content": "other"}], options={"temperature": 0})
+    assert refused.value.status_code == 503
+    hit = await client.chat("smollm2", USER, stream=False, options={"temperature": 0})  # ...a hit does not
+    assert hit.done
+    double.hold.set()
+    assert (await busy).done
