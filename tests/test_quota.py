@@ -215,3 +215,23 @@ async def test_stats_by_key_and_the_cache_hit_rate(
     table = out.split("by key:", 1)[1]
     assert "by model" not in out and re.search(r"\n  home +4 +1 .* 67\n", table), table
     assert re.search(r"\n  laptop +2 +0 .* 100\n", table), table
+
+
+async def test_a_key_limited_to_some_models_is_shown_only_those(
+    make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    proxy = await make_proxy(
+        llama_double[1], backend_type="openai", auth=keys(home={"models": ["assist*"]}, laptop={}),
+        models={"mappings": {"assistant": "smollm2", "small": "smollm2"}},  # one model, two names
+    )  # fmt: skip
+    everything = {m.model for m in (await client(proxy.url, "laptop").list()).models}
+    assert everything == {"small:latest", "assistant:latest"}
+    shown = [m.model for m in (await client(proxy.url, "home").list()).models]
+    assert shown == ["assistant:latest"]
+    assert [m.model for m in (await client(proxy.url, "home").ps()).models] == ["assistant:latest"]
+    async with sdk(proxy.url, "home") as oa:
+        assert [m.id async for m in oa.models.list()] == ["assistant"]
+    async with sdk(proxy.url, "laptop") as oa:
+        assert {m.id async for m in oa.models.list()} == {"assistant", "small"}
+    rows = await proxy.wait_rows(5)
+    assert '"assistant:latest"' in rows[1]["response_body"] and "small" not in rows[1]["response_body"]

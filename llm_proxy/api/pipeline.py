@@ -43,7 +43,7 @@ from ..config import Config, ModelsConfig
 from ..errors import ProxyError
 from ..server import state as keys
 from ..server.console import Console
-from ..server.quota import QUOTAS
+from ..server.quota import LISTINGS, QUOTAS, listing
 from ..server.recording import CLIENT_GONE, why_cut_off
 from ..translate import Assembler
 from . import body as body_mod
@@ -149,6 +149,8 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
     headers = {} if key is None else {"X-Cache": "miss" if answer is None else "hit"}
     ended: int | None = None  # the status a failure ends the request with, for the quota
     try:
+        if endpoint in LISTINGS and (allowed := quotas.models_for(request.get(keys.KEY_NAME))):
+            return await _listing(request, codec, call, exchange, console, keep, parsed, allowed)
         if answer is not None:
             # Nothing reached the backend: the row says what the hit spared it instead.
             exchange.backend_request = None
@@ -178,6 +180,25 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
     finally:
         if ticket is not None:
             quotas.settle(ticket, exchange, ended, from_cache=answer is not None)
+
+
+async def _listing(
+    request: web.Request,
+    codec: Codec,
+    call: Call,
+    exchange: Exchange,
+    console: Console,
+    keep: int,
+    parsed: Parsed,
+    allowed: tuple[str, ...],
+) -> web.StreamResponse:
+    """A model list for a key limited to some models: only those, as a request for each would be judged."""
+    response = await _relay(request, await codec.send(request.app[keys.BACKEND], call), exchange, console,
+                            codec, keep, parsed, {})  # fmt: skip
+    if isinstance(response, web.Response) and isinstance(response.body, bytes) and response.status < 400:
+        response.body = listing(response.body, allowed, request.app[keys.LIVE].config.models)
+        exchange.response_body = stored_copy(response.body, keep, exchange)
+    return response
 
 
 def _answered(exchange: Exchange) -> bool:

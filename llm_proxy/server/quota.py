@@ -26,17 +26,20 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 
 from ..audit.exchange import Exchange
-from ..config import AuthConfig, Quota
+from ..config import AuthConfig, ModelsConfig, Quota
 from ..errors import Forbidden, TooManyRequests
 
 T = TypeVar("T")
 Run = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
 ANSWERED = 400  # statuses below this count a request; so does 499 (the client left)
+# The model lists: a key limited to some models sees only those.
+LISTINGS = frozenset({"/api/tags", "/api/ps", "/v1/models"})
 # What a refusal is counted under in the metrics.
 LIMITS = ("requests_per_day", "tokens_per_day", "models")
 
@@ -79,6 +82,11 @@ class Quotas:
 
     def _today(self) -> int:
         return int(self._clock() // 86400)
+
+    def models_for(self, name: str | None) -> tuple[str, ...]:
+        """The model patterns key ``name`` is limited to; empty: any model."""
+        quota = self.limits.get(name) if name is not None else None
+        return quota.models if quota is not None else ()
 
     def today(self, name: str) -> Usage:
         """Key ``name``'s use today."""
@@ -163,6 +171,30 @@ class Quotas:
         for name, requests, tokens in await run(read):
             usage = self._current(name)
             usage.requests, usage.tokens = requests, tokens
+
+
+def listing(body: bytes, patterns: tuple[str, ...], models: ModelsConfig) -> bytes:
+    """A model list (``/api/tags``, ``/api/ps``, ``/v1/models``) with only the models ``patterns`` allow.
+
+    Each entry is judged as a request for it would be: by the name shown and
+    the backend name it maps to. A body that is not such a list is left alone.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(doc, dict):
+        return body
+    field, name_key = ("data", "id") if isinstance(doc.get("data"), list) else ("models", "name")
+    entries = doc.get(field)
+    if not isinstance(entries, list):
+        return body
+
+    def shown(entry: Any) -> bool:
+        name = entry.get(name_key) if isinstance(entry, dict) else None
+        return isinstance(name, str) and _allowed(patterns, name, models.backend_name(name))
+
+    return orjson.dumps({**doc, field: [entry for entry in entries if shown(entry)]})
 
 
 def _allowed(patterns: Iterable[str], model: str, backend_model: str | None) -> bool:
