@@ -23,6 +23,12 @@ A reply is one of four kinds (``backends/base.py``), each relayed its own way:
 
 The backend slot (``backend.max_concurrency``) is held until the last byte is
 relayed: a stream keeps the backend busy.
+
+Before the slot, the gate's two other checks run, once the model is known:
+the key's quota (``server/quota.py``: 403 or 429, settled with what the
+answer cost once it is relayed), then the answer cache (``cache/``): a hit is
+a kept reply replayed through the same relay, without the backend or a slot;
+a qualifying miss is recorded as it is relayed and kept if it ended whole.
 """
 
 from __future__ import annotations
