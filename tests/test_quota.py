@@ -209,6 +209,9 @@ async def test_stats_by_key_and_the_cache_hit_rate(
     assert (by_key["home"]["requests"], by_key["home"]["errors"], by_key["home"]["cache_hits"]) == (4, 1, 2)
     assert by_key["home"]["cache_hit_rate"] == round(2 / 3, 3)
     assert (by_key["laptop"]["requests"], by_key["laptop"]["cache_hit_rate"]) == (2, 1.0)
+    code, out, _ = run(capsys, "logs", "show", str(hits[0]["id"]), "--db", str(proxy.db))
+    assert code == 0
+    assert f"cache:      hit, sparing the backend {hits[0]['cache_saved_ms']} ms and {PER_CHAT} tokens" in out
     code, out, _ = run(capsys, "stats", "--db", str(proxy.db), "--by", "key")
     assert code == 0
     assert "answer cache: 3 hits of 4 requests that qualified (75.0%)" in out

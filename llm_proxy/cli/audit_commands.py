@@ -254,6 +254,11 @@ def _show(args: argparse.Namespace, config: Config) -> int:
     if r["completion_tokens"] and r["latency_ms"]:
         tokens += f", {r['completion_tokens'] * 1000 / r['latency_ms']:.1f} tokens/s"
     print(tokens)
+    if r.get("cache_hit") == 1:
+        print(f"cache:      hit, sparing the backend {_ms(r.get('cache_saved_ms'))} and "
+              f"{_or_dash(r.get('cache_saved_tokens'))} tokens")  # fmt: skip
+    elif r.get("cache_hit") == 0:
+        print("cache:      miss (the backend answered)")
     if r["done_reason"]:
         print(f"done:       {r['done_reason']}")
     if r["error"]:
