@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -77,7 +78,10 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)
     # Quotas go on counting where the last run stopped: today's use, from the trail.
-    await app[quota.QUOTAS].rebuild(store.run)
+    try:
+        await app[quota.QUOTAS].rebuild(store.run)
+    except sqlite3.Error as exc:  # the proxy serves on; the keys' counts start from zero
+        log.error("could not read today's quota use from %s, counting from 0: %s", config.database.path, exc)
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
     app[state.RECORDER] = recorder
