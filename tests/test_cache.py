@@ -214,17 +214,23 @@ async def test_answers_are_bounded_by_bytes_too() -> None:
     cache = AnswerCache(config.cache)
     for n in range(3):
         body = orjson.dumps({"n": n, "text": "x" * 300})
-        assert cache.keep(bytes([n]), cache.record(Whole(200, "application/json", body)), 5, None)
+        assert cache.finish(bytes([n]), cache.record(Whole(200, "application/json", body)), True, 5, None)
     assert len(cache) == 2 and cache.bytes <= 1048 and cache.evictions == 1
     assert cache.get(bytes([0])) is None and cache.get(bytes([2])) is not None
     big = Whole(200, "application/json", b"x" * 2000)  # larger than the whole cache: relayed, not kept
-    assert not cache.keep(b"big", cache.record(big), 5, None) and len(cache) == 2
+    assert not cache.finish(b"big", cache.record(big), True, 5, None) and len(cache) == 2
+    assert cache.recording.used == 0  # what was being recorded is given back
+    # Answers being recorded at once share one budget of max_mb, however many there are.
+    first, second = (cache.record(Whole(200, "application/json", b"y" * 600)) for _ in range(2))
+    assert cache.recording.used == 664 and second.full and not first.full
+    assert cache.finish(b"first", first, True, 5, None) and not cache.finish(b"second", second, True, 5, None)
+    assert cache.recording.used == 0
 
 
 async def test_a_stale_answer_is_not_served() -> None:
     now = [1000.0]
     cache = AnswerCache(config_mod.from_dict({"cache": {"enabled": True, "ttl": 60}}).cache, lambda: now[0])
-    cache.keep(b"k", cache.record(Whole(200, "application/json", b"{}")), 5, None)
+    cache.finish(b"k", cache.record(Whole(200, "application/json", b"{}")), True, 5, None)
     now[0] += 59
     assert cache.get(b"k") is not None
     now[0] += 2

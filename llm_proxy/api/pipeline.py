@@ -171,12 +171,14 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
                 raise
             if reply.sent is not None:
                 exchange.backend_request = reply.sent
-            recording = cache.record(reply) if key is not None else None
-            response = await _relay(request, reply, exchange, console, codec, keep, parsed, headers)
-        if recording is not None and key is not None and _answered(exchange):
-            tokens = (exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0)
-            cache.keep(key, recording, exchange.elapsed_ms(), tokens or None)
-        return response
+            if key is None:
+                return await _relay(request, reply, exchange, console, codec, keep, parsed, headers)
+            recording = cache.record(reply)
+            try:
+                return await _relay(request, reply, exchange, console, codec, keep, parsed, headers)
+            finally:
+                tokens = (exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0)
+                cache.finish(key, recording, _answered(exchange), exchange.elapsed_ms(), tokens or None)
     except ProxyError as exc:
         ended = exc.status
         raise

@@ -8,8 +8,9 @@ bytes in the same writes as the miss did, in either API, streamed or not.
 
 Only the bytes are kept (what each item parses to is parsed again on replay),
 and each entry is counted as its bytes plus :data:`OVERHEAD` per item, so
-``cache.max_mb`` bounds what the cache holds. A reply is recorded only while
-it fits: a larger one is relayed as ever and not kept.
+``cache.max_mb`` bounds what the cache holds. The replies being recorded share
+a budget of ``cache.max_mb`` too, however many are relayed at once: one that
+would go over it stops being recorded (it is relayed as ever, and not kept).
 """
 
 from __future__ import annotations
@@ -56,17 +57,36 @@ class Answer:
         return Chunks(self.status, self.content_type, _each(self.parts))
 
 
+class Budget:
+    """Bytes the replies being recorded may hold together: ``cache.max_mb``."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used = max(0, self.used - size)
+
+
 class Recording:
     """A reply's items as they pass to the client, kept while they fit in ``limit`` bytes."""
 
-    __slots__ = ("_limit", "content_type", "done", "full", "kind", "parts", "size", "status")
+    __slots__ = ("_budget", "_held", "content_type", "done", "full", "kind", "parts", "size", "status")
 
-    def __init__(self, reply: Reply, limit: int) -> None:
+    def __init__(self, reply: Reply, budget: Budget) -> None:
         self.status, self.content_type = reply.status, reply.content_type
         self.parts: list[Any] = []
         self.size = 0
-        self.full = False  # outgrew the limit: not kept
-        self._limit = limit
+        self.full = False  # outgrew the budget: not kept
+        self._budget = budget
+        self._held = 0  # bytes of the budget this recording holds
         # An NDJSON answer is whole once its done line has passed (NDJSON has no other end marker).
         self.done = not isinstance(reply, Lines)
         if isinstance(reply, Whole):
@@ -85,11 +105,19 @@ class Recording:
     def _add(self, part: Any, size: int) -> None:
         if self.full:
             return
-        self.size += size + OVERHEAD
-        if self.size > self._limit:
+        size += OVERHEAD
+        if not self._budget.take(size):
             self.full, self.parts = True, []
+            self.release()
             return
+        self.size += size
+        self._held += size
         self.parts.append(part)
+
+    def release(self) -> None:
+        """Give back what this recording holds of the budget (it is kept, or dropped)."""
+        self._budget.give(self._held)
+        self._held = 0
 
     def _lines(self, batch: Batch) -> None:
         lines = tuple(line for line, _ in batch)
@@ -121,13 +149,14 @@ class AnswerCache:
         self._clock = clock
         self.bytes = 0
         self.hits = self.misses = self.evictions = self.stored = 0
+        self.recording = Budget(config.max_bytes)
         self.configure(config)
 
     def configure(self, config: CacheConfig) -> None:
         """Take new bounds (a reload); entries beyond them go, oldest first."""
         self.ttl = config.ttl
         self.max_entries = config.max_entries
-        self.max_bytes = config.max_bytes
+        self.max_bytes = self.recording.limit = config.max_bytes
         self._fit(0)
 
     def __len__(self) -> int:
@@ -147,13 +176,16 @@ class AnswerCache:
         return found
 
     def record(self, reply: Reply) -> Recording:
-        """Start keeping what ``reply`` yields as it is relayed."""
-        return Recording(reply, self.max_bytes)
+        """Start keeping what ``reply`` yields as it is relayed; :meth:`finish` it in any case."""
+        return Recording(reply, self.recording)
 
-    def keep(self, key: bytes, recording: Recording, saved_ms: int, saved_tokens: int | None) -> bool:
-        """Keep a relayed answer under ``key``; False when it was not whole or does not fit."""
+    def finish(
+        self, key: bytes, recording: Recording, answered: bool, saved_ms: int, saved_tokens: int | None
+    ) -> bool:
+        """Keep a relayed answer under ``key`` when it was ``answered`` whole; True when kept."""
         expires = self._clock() + self.ttl if self.ttl > 0 else float("inf")
-        answer = recording.answer(saved_ms, saved_tokens, expires)
+        answer = recording.answer(saved_ms, saved_tokens, expires) if answered else None
+        recording.release()
         if answer is None:
             return False
         if key in self._entries:
