@@ -2,7 +2,7 @@
 
 A real server stamps every answer with its own time: a second answer whose
 ``created_at`` and durations equal the first's can only have come from the
-cache. The server fixtures are the end-to-end suite's (one session server).
+cache. The server fixtures are the end-to-end suite's (``tests/e2e.py``, one session server).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 import ollama
 
 from .conftest import MakeProxy
+from .e2e import Connect
 from .llama_server import ALIAS, LlamaServer
-from .test_e2e_llama_server import BACKEND, SHORT, USER, Connect, chat_server, connect
-
-__all__ = ["chat_server", "connect"]  # the fixtures, imported for pytest to find
+from .test_cache import raw_chunks
+from .test_e2e_llama_server import BACKEND, SHORT, USER
 
 
 async def test_a_real_models_answer_comes_back_from_the_cache(
@@ -37,3 +37,26 @@ async def test_a_real_models_answer_comes_back_from_the_cache(
     assert [r["cache_hit"] for r in rows] == [0, 1, None, None]
     assert rows[1]["backend_request"] is None and rows[0]["backend_request"] is not None
     assert 0 <= rows[1]["cache_saved_ms"] <= rows[0]["latency_ms"]
+
+
+async def test_responses_and_messages_streams_come_back_from_the_cache(
+    make_proxy: MakeProxy, chat_server: LlamaServer
+) -> None:
+    proxy = await make_proxy(chat_server.url, backend_type="openai", backend=BACKEND, cache={"enabled": True})
+    cases = (
+        ("/v1/responses", {"model": ALIAS, "input": "Say hello.", "stream": True, "temperature": 0,
+                           "max_output_tokens": 8}),
+        ("/v1/messages", {"model": ALIAS, "messages": [USER], "stream": True, "temperature": 0,
+                          "max_tokens": 8}),
+    )  # fmt: skip
+    for path, body in cases:
+        status, headers, miss = await raw_chunks(proxy.url + path, body)
+        assert (status, headers["X-Cache"]) == (200, "miss"), (path, miss)
+        status, headers, hit = await raw_chunks(proxy.url + path, body)
+        assert (status, headers["X-Cache"]) == (200, "hit") and hit == miss, path
+    rows = await proxy.wait_rows(4)
+    assert [(r["endpoint"], r["cache_hit"], r["error"]) for r in rows] == [
+        ("/v1/responses", 0, None), ("/v1/responses", 1, None),
+        ("/v1/messages", 0, None), ("/v1/messages", 1, None),
+    ]  # fmt: skip
+    assert rows[1]["response"] == rows[0]["response"] and rows[1]["response"]

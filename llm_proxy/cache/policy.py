@@ -22,7 +22,9 @@ from ..backends.base import Call
 from ..config import Config
 
 # Routes whose answers are generated, and so may be cached when deterministic.
-GENERATING = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"})
+GENERATING = frozenset({
+    "/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages",
+})  # fmt: skip
 # Routes whose answers are computed without sampling: cached for models marked always_cacheable.
 EMBEDDING = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 # Body fields that do not change what is answered.
@@ -83,6 +85,8 @@ def deterministic(config: Config, call: Call) -> bool:
 
 def _nothing_to_answer(endpoint: str, body: Mapping[str, Any]) -> bool:
     """A request that only loads or unloads the model (Ollama's habit), or has no prompt at all."""
-    if endpoint in ("/api/chat", "/v1/chat/completions"):
+    if endpoint in ("/api/chat", "/v1/chat/completions", "/v1/messages"):
         return body.get("messages") in (None, [])
+    if endpoint == "/v1/responses":
+        return body.get("input") in (None, "", [])
     return body.get("prompt") in (None, "") and not body.get("images")

@@ -47,7 +47,9 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     metrics.setup(app)
     app[state.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
     app[state.CACHE] = AnswerCache(config.cache)
-    app[quota.QUOTAS] = quota.Quotas(config.auth, ollama.GATED_ROUTES | openai_api.GATED_ROUTES)
+    # Requests count against a quota on the routes that make the backend work.
+    counted = ollama.GATED_ROUTES | openai_api.GATED_ROUTES | events.RESPONSES.gated | events.MESSAGES.gated
+    app[quota.QUOTAS] = quota.Quotas(config.auth, counted)
     app[connections.CONNECTIONS] = connections.ConnectionLimit(config.server.max_connections)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
