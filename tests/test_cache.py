@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import ollama
 import orjson
 import pytest
@@ -354,3 +355,17 @@ async def test_a_hit_takes_no_backend_slot(
     assert hit.done
     double.hold.set()
     assert (await busy).done
+
+
+async def test_cache_metrics(cproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]) -> None:
+    client = ollama.AsyncClient(host=cproxy.url)
+    for prompt in ("a", "a", "b", "a"):
+        await client.chat("smollm2", [{"role": "user", "content": prompt}], options={"temperature": 0})
+    await client.chat("smollm2", USER, stream=False)  # not considered: counted nowhere
+    async with aiohttp.ClientSession() as http, http.get(f"{cproxy.url}/metrics") as resp:
+        text = await resp.text()
+    cache = cproxy.app[reload.state.CACHE]
+    assert "llm_proxy_cache_hits_total 2.0" in text and "llm_proxy_cache_misses_total 2.0" in text
+    assert "llm_proxy_cache_stored_total 2.0" in text and "llm_proxy_cache_entries 2.0" in text
+    assert f"llm_proxy_cache_bytes {float(cache.bytes)}" in text and cache.bytes > 0
+    assert "llm_proxy_cache_evictions_total 0.0" in text
