@@ -65,12 +65,6 @@ class Budget:
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
 
-    def take(self, size: int) -> bool:
-        if self.used + size > self.limit:
-            return False
-        self.used += size
-        return True
-
     def give(self, size: int) -> None:
         self.used = max(0, self.used - size)
 
@@ -103,13 +97,16 @@ class Recording:
             reply.watch(self._chunk)
 
     def _add(self, part: Any, size: int) -> None:
+        """Keep ``part`` (counted as ``size`` bytes plus OVERHEAD), or stop keeping at all."""
         if self.full:
             return
         size += OVERHEAD
-        if not self._budget.take(size):
+        budget = self._budget
+        if budget.used + size > budget.limit:
             self.full, self.parts = True, []
             self.release()
             return
+        budget.used += size
         self.size += size
         self._held += size
         self.parts.append(part)
@@ -120,10 +117,16 @@ class Recording:
         self._held = 0
 
     def _lines(self, batch: Batch) -> None:
-        lines = tuple(line for line, _ in batch)
-        self._add(lines, sum(len(line) + OVERHEAD for line in lines))
-        if batch:
-            self.done = batch[-1][1].get("done") is True
+        if not batch:
+            return
+        if len(batch) == 1:  # a model's stream: a token a read, most of the time
+            line, obj = batch[0]
+            self._add((line,), len(line))
+        else:
+            lines = tuple([line for line, _ in batch])
+            self._add(lines, sum(map(len, lines)) + OVERHEAD * (len(lines) - 1))
+            obj = batch[-1][1]
+        self.done = obj.get("done") is True
 
     def _frame(self, frame: Frame) -> None:
         self._add(frame.raw, len(frame.raw))
