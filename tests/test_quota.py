@@ -18,6 +18,9 @@ import pytest
 from openai import AsyncOpenAI
 
 from llm_proxy import config as config_mod
+from llm_proxy.audit.exchange import Exchange
+from llm_proxy.errors import TooManyRequests
+from llm_proxy.server.quota import Quotas
 
 from .conftest import MakeProxy, read_rows
 from .llama_double import LlamaServerDouble
@@ -238,3 +241,19 @@ async def test_a_key_limited_to_some_models_is_shown_only_those(
         assert {m.id async for m in oa.models.list()} == {"assistant", "small"}
     rows = await proxy.wait_rows(5)
     assert '"assistant:latest"' in rows[1]["response_body"] and "small" not in rows[1]["response_body"]
+
+
+def test_the_count_starts_again_at_midnight_utc() -> None:
+    now = [86400 * 20000 + 86400 - 90.0]  # 23:58:30 UTC
+    auth = config_mod.from_dict({"auth": keys(home={"requests_per_day": 1})}).auth
+    quotas = Quotas(auth, {"/api/chat"}, clock=lambda: now[0])
+    answered = Exchange("/api/chat", "POST", "openai", status_code=200)
+    ticket = quotas.admit("home", "/api/chat", "m", "m")
+    assert ticket is not None
+    quotas.settle(ticket, answered, None, False)
+    with pytest.raises(TooManyRequests) as caught:
+        quotas.admit("home", "/api/chat", "m", "m")
+    assert caught.value.headers["Retry-After"] == "90" and "(in 1m)" in caught.value.message
+    assert quotas.admit("home", "/api/tags", None, None) is None  # a route that does not count
+    now[0] += 91
+    assert quotas.admit("home", "/api/chat", "m", "m") is not None  # a new day
