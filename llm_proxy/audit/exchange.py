@@ -31,6 +31,7 @@ COLUMNS = (
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
     "ttfb_ms", "ttft_ms", "api", "key_name", "truncated", "backend_name", "attempts",
+    "cache_hit", "cache_saved_ms", "cache_saved_tokens",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
 # copy kept its start, the full size was never known (migrations/0006).
@@ -77,6 +78,11 @@ class Exchange:
     # and every try in order: [{"backend", "status", "error", "ms"}] (migrations/0007).
     backend_name: str | None = None
     attempts: list[dict[str, Any]] | None = None
+    # The answer cache (migrations/0010): True from the cache, False a qualifying
+    # request the backend answered, None not considered; what a hit spared the backend.
+    cache_hit: bool | None = None
+    cache_saved_ms: int | None = None
+    cache_saved_tokens: int | None = None
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -108,7 +114,7 @@ class Exchange:
             self.thinking or None, _json(self.tool_calls or None), self.done_reason,
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
             self.key_name, ANSWER_CUT if self.truncated is True else None, self.backend_name,
-            _json(self.attempts),
+            _json(self.attempts), self.cache_hit, self.cache_saved_ms, self.cache_saved_tokens,
         ]  # fmt: skip
         return storable(values, notes)
 
@@ -144,7 +150,10 @@ class Exchange:
 _INT_MAX = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit value
 _INT_MIN = -(2**63)
 REDUCED_TEXT = 256  # characters of each text kept in a reduced row
-_INTEGERS = ("status_code", "latency_ms", "prompt_tokens", "completion_tokens", "ttfb_ms", "ttft_ms")
+_INTEGERS = (
+    "status_code", "latency_ms", "prompt_tokens", "completion_tokens", "ttfb_ms", "ttft_ms",
+    "cache_hit", "cache_saved_ms", "cache_saved_tokens",
+)  # fmt: skip
 _COUNTS = frozenset(_INTEGERS) - {"status_code"}  # counts and durations: never negative
 _TEXT = [i for i, c in enumerate(COLUMNS) if c not in (*_INTEGERS, "timestamp", "stream")]
 _INT = [(i, c, c in _COUNTS) for i, c in enumerate(COLUMNS) if c in _INTEGERS]

@@ -136,7 +136,8 @@ class Stream(Generic[Item]):
     """
 
     __slots__ = (
-        "_closed", "_explain", "_failed", "_items", "_releases", "content_type", "route", "sent", "status",
+        "_closed", "_explain", "_failed", "_items", "_releases", "_watch", "content_type", "route", "sent",
+        "status",
     )  # fmt: skip
 
     def __init__(
@@ -159,6 +160,11 @@ class Stream(Generic[Item]):
         self._explain: Callable[[ProxyError], Awaitable[ProxyError]] | None = None
         self._failed = False
         self._closed = False
+        self._watch: Callable[[Item], None] | None = None
+
+    def watch(self, see: Callable[[Item], None]) -> None:
+        """Show each item to ``see`` as it passes, before the reader gets it (the answer cache)."""
+        self._watch = see
 
     def hold(
         self, release: Callable[[bool], None], explain: Callable[[ProxyError], Awaitable[ProxyError]]
@@ -180,7 +186,10 @@ class Stream(Generic[Item]):
 
     async def __anext__(self) -> Item:
         try:
-            return await self._items.__anext__()
+            item = await self._items.__anext__()
+            if self._watch is not None:
+                self._watch(item)
+            return item
         except StopAsyncIteration:
             await self.close()
             raise

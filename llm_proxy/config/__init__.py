@@ -18,6 +18,7 @@ import yaml
 
 from ..errors import ConfigError
 from . import backends as backends_mod
+from .cache import CacheConfig, CacheModel
 from .checks import check
 from .coerce import kind_of, section
 from .sections import (
@@ -33,6 +34,7 @@ from .sections import (
     LogFormat,
     ModelsConfig,
     NamedBackend,
+    Quota,
     RoutingConfig,
     ServerConfig,
     StoreBodies,
@@ -46,6 +48,8 @@ __all__ = [
     "AuthConfig",
     "BackendConfig",
     "BackendType",
+    "CacheConfig",
+    "CacheModel",
     "Config",
     "ConfigError",
     "DatabaseConfig",
@@ -53,6 +57,7 @@ __all__ = [
     "LogFormat",
     "ModelsConfig",
     "NamedBackend",
+    "Quota",
     "RoutingConfig",
     "ServerConfig",
     "StoreBodies",

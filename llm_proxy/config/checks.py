@@ -35,6 +35,7 @@ def check(config: Config) -> None:
     if db.max_body_kb < 1:
         raise ConfigError(f"'database.max_body_kb' must be at least 1, got {db.max_body_kb}")
     _check_limits(config)
+    _check_cache_and_quotas(config)
 
 
 def check_backend(key: str, backend: BackendConfig) -> None:
@@ -88,6 +89,27 @@ def _check_limits(config: Config) -> None:
         if entry.key_sha256 in digests:
             raise ConfigError(f"'auth.keys[{i}]' has the same key as auth.keys[{digests[entry.key_sha256]}]")
         names[entry.name], digests[entry.key_sha256] = i, i
+
+
+def _check_cache_and_quotas(config: Config) -> None:
+    """Ranges of the answer cache's bounds and of each key's quota."""
+    cache = config.cache
+    if cache.ttl < 0:
+        raise ConfigError(f"'cache.ttl' must be 0 (until evicted) or more seconds, got {cache.ttl:g}")
+    if cache.max_entries < 1:
+        raise ConfigError(f"'cache.max_entries' must be at least 1, got {cache.max_entries}")
+    if not 0 < cache.max_mb <= 65536:
+        raise ConfigError(f"'cache.max_mb' must be between 0 and 65536, got {cache.max_mb:g}")
+    for i, entry in enumerate(config.auth.keys):
+        quota = entry.quota
+        for name in ("requests_per_day", "tokens_per_day"):
+            if getattr(quota, name) < 0:
+                raise ConfigError(
+                    f"'auth.keys[{i}].quota.{name}' must be 0 (no limit) or more, got {getattr(quota, name)}"
+                )
+        for j, pattern in enumerate(quota.models):
+            if not pattern.strip():
+                raise ConfigError(f"'auth.keys[{i}].quota.models[{j}]' must not be empty")
 
 
 _SECRETS = frozenset({"backend.api_key", "auth.keys"})

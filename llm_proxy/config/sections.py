@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .cache import CacheConfig
+
 # The enumerated settings: their values are checked against these when loaded.
 BackendType = Literal["ollama", "openai", "llamacpp"]
 LogFormat = Literal["text", "json"]
@@ -191,6 +193,22 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """What one API key may use per UTC day (``auth.keys[].quota``); 0 is no limit."""
+
+    requests_per_day: int = 0
+    # Prompt plus answer tokens, as the backend reported them (answers from the cache cost none).
+    tokens_per_day: int = 0
+    # Model names (client-side or backend) or globs such as "qwen*" this key may use; empty: any.
+    models: tuple[str, ...] = ()
+
+    @property
+    def limited(self) -> bool:
+        """True when any limit is set."""
+        return bool(self.requests_per_day or self.tokens_per_day or self.models)
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """One client API key: the name recorded for it, and the SHA-256 it is checked against."""
 
@@ -198,6 +216,7 @@ class ApiKey:
     # Hex digest; a key given in plain text is hashed on load and not kept.
     key_sha256: str = field(default="", repr=False)
     # Settings of this key's own follow (each checked by its type when loaded).
+    quota: Quota = field(default_factory=Quota)
 
 
 @dataclass(frozen=True)
@@ -239,6 +258,7 @@ class Config:
     # Named backends (``backends:``); empty: ``backend`` alone, named "default".
     backends: tuple[NamedBackend, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     # The file it came from, or None for built-in defaults.
     source: str | None = None
 
@@ -258,4 +278,5 @@ SECTIONS: dict[str, type] = {
     "models": ModelsConfig,
     "auth": AuthConfig,
     "routing": RoutingConfig,
+    "cache": CacheConfig,
 }

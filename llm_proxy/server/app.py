@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -14,8 +15,9 @@ from ..api import openai as openai_api
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
 from ..audit.store import Store
+from ..cache.answers import AnswerCache
 from ..config import Config
-from . import access, auth, connections, metrics, middlewares, notify, ratelimit, reload, state
+from . import access, auth, connections, metrics, middlewares, notify, quota, ratelimit, reload, state
 from .console import Console
 from .recording import audit_trail
 
@@ -44,6 +46,10 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     reload.setup(app)
     metrics.setup(app)
     app[state.GATE] = router.members[0].gate
+    app[state.CACHE] = AnswerCache(config.cache)
+    # Requests count against a quota on the routes that make the backend work.
+    counted = ollama.GATED_ROUTES | openai_api.GATED_ROUTES | events.RESPONSES.gated | events.MESSAGES.gated
+    app[quota.QUOTAS] = quota.Quotas(config.auth, counted)
     app[connections.CONNECTIONS] = connections.ConnectionLimit(config.server.max_connections)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
@@ -73,6 +79,11 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)
+    # Quotas go on counting where the last run stopped: today's use, from the trail.
+    try:
+        await app[quota.QUOTAS].rebuild(store.run)
+    except sqlite3.Error as exc:  # the proxy serves on; the keys' counts start from zero
+        log.error("could not read today's quota use from %s, counting from 0: %s", config.database.path, exc)
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
     app[state.RECORDER] = recorder

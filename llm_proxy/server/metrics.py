@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from ..audit.exchange import Exchange
 from ..config import Config
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
-from . import connections, state
+from . import connections, quota, state
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -260,6 +260,66 @@ class ConnectionCollector(Collector):
                                   value=limit.refused)  # fmt: skip
 
 
+class CacheCollector(Collector):
+    """The answer cache's numbers (cache:), read at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.app.get(state.CACHE)
+        if cache is None:
+            return
+        yield CounterMetricFamily("llm_proxy_cache_hits", "Requests answered from the answer cache.",
+                                  value=cache.hits)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_cache_misses", "Requests that qualified for the cache and "
+                                  "went to the backend.", value=cache.misses)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_cache_stored", "Answers kept in the cache.",
+                                  value=cache.stored)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_cache_evictions", "Answers evicted to stay within "
+                                  "cache.max_entries and cache.max_mb.", value=cache.evictions)  # fmt: skip
+        yield GaugeMetricFamily("llm_proxy_cache_entries", "Answers in the cache now.", value=len(cache))
+        yield GaugeMetricFamily("llm_proxy_cache_bytes", "Bytes the cache's answers take (cache.max_mb).",
+                                value=cache.bytes)  # fmt: skip
+
+
+class QuotaCollector(Collector):
+    """Each key's use of its quota today (auth.keys[].quota): labels are the key names in the config."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        quotas = self.app.get(quota.QUOTAS)
+        if quotas is None or not quotas.limits:
+            return
+        requests = GaugeMetricFamily("llm_proxy_quota_requests_used", "Requests charged to the key today "
+                                     "(UTC).", labels=["key"])  # fmt: skip
+        tokens = GaugeMetricFamily("llm_proxy_quota_tokens_used", "Tokens charged to the key today (UTC), "
+                                   "as the backend reported them.", labels=["key"])  # fmt: skip
+        requests_limit = GaugeMetricFamily("llm_proxy_quota_requests_limit", "The key's requests_per_day "
+                                           "(0: no limit).", labels=["key"])  # fmt: skip
+        tokens_limit = GaugeMetricFamily("llm_proxy_quota_tokens_limit", "The key's tokens_per_day "
+                                         "(0: no limit).", labels=["key"])  # fmt: skip
+        refused = CounterMetricFamily("llm_proxy_quota_refused", "Requests refused by the key's quota, "
+                                      "by the limit they met.", labels=["key", "limit"])  # fmt: skip
+        for name, limits in quotas.limits.items():
+            usage = quotas.today(name)
+            requests.add_metric([name], usage.requests)
+            tokens.add_metric([name], usage.tokens)
+            requests_limit.add_metric([name], limits.requests_per_day)
+            tokens_limit.add_metric([name], limits.tokens_per_day)
+            for limit in quota.LIMITS:
+                refused.add_metric([name, limit], quotas.refused.get((name, limit), 0))
+        yield from (requests, tokens, requests_limit, tokens_limit, refused)
+
+
 async def scrape(request: web.Request) -> web.Response:
     """``GET /metrics``."""
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
@@ -276,6 +336,8 @@ def setup(app: web.Application) -> None:
     metrics.registry.register(AuditCollector(app))
     metrics.registry.register(ConnectionCollector(app))
     metrics.registry.register(BackendCollector(app))
+    metrics.registry.register(CacheCollector(app))
+    metrics.registry.register(QuotaCollector(app))
     app[METRICS] = metrics
     if app[state.CONFIG].server.metrics:
         app.router.add_get("/metrics", scrape)

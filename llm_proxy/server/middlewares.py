@@ -24,7 +24,7 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, HEAD, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id, X-API-Key",
-    "Access-Control-Expose-Headers": "X-Request-Id",
+    "Access-Control-Expose-Headers": "X-Request-Id, X-Cache",
     "Access-Control-Max-Age": "86400",
 }
 
