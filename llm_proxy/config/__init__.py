@@ -32,6 +32,7 @@ from .sections import (
     ModelsConfig,
     ServerConfig,
     StoreBodies,
+    UiConfig,
     aliases,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "ModelsConfig",
     "ServerConfig",
     "StoreBodies",
+    "UiConfig",
     "aliases",
     "find_config_file",
     "from_dict",

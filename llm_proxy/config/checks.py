@@ -39,6 +39,7 @@ def check(config: Config) -> None:
     if db.max_body_kb < 1:
         raise ConfigError(f"'database.max_body_kb' must be at least 1, got {db.max_body_kb}")
     _check_limits(config)
+    _check_ui(config)
 
 
 def _check_limits(config: Config) -> None:
@@ -80,6 +81,17 @@ def _check_limits(config: Config) -> None:
         if entry.key_sha256 in digests:
             raise ConfigError(f"'auth.keys[{i}]' has the same key as auth.keys[{digests[entry.key_sha256]}]")
         names[entry.name], digests[entry.key_sha256] = i, i
+
+
+def _check_ui(config: Config) -> None:
+    """Ranges of the web UI's settings."""
+    ui = config.ui
+    if ui.session_hours <= 0:
+        raise ConfigError(f"'ui.session_hours' must be a positive number of hours, got {ui.session_hours:g}")
+    for name in ("max_viewers", "viewer_queue", "page_size"):
+        value = getattr(ui, name)
+        if not 1 <= value <= 100_000:
+            raise ConfigError(f"'ui.{name}' must be between 1 and 100000, got {value}")
 
 
 _SECRETS = frozenset({"backend.api_key", "auth.keys"})

@@ -161,6 +161,8 @@ class ApiKey:
     # Hex digest; a key given in plain text is hashed on load and not kept.
     key_sha256: str = field(default="", repr=False)
     # Settings of this key's own follow (each checked by its type when loaded).
+    # May sign in to the web UI and read everyone's exchanges (ui.enabled).
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,23 @@ class AuthConfig:
     # Wrong API keys a client address may present per minute; beyond that its
     # requests get 429 and no key it sends is checked until the minute refills (0: no limit).
     max_failures: int = 10
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    """The read-only web UI at /ui/ and its JSON API."""
+
+    # Unset (null): on when the proxy listens on loopback or auth.keys is set, where
+    # it shows nothing a client could not already reach; off elsewhere. true / false force it.
+    enabled: bool | None = None
+    # Hours a sign-in (a session cookie for an admin key) lasts.
+    session_hours: float = 12.0
+    # Pages open with live updates at once; more get 503.
+    max_viewers: int = 16
+    # New exchanges queued for each open page; one that falls further behind reloads its list.
+    viewer_queue: int = 256
+    # Most exchanges one list request returns.
+    page_size: int = 100
 
 
 def aliases(backend_name: str, mappings: Mapping[str, str]) -> list[str]:
@@ -199,6 +218,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     # The file it came from, or None for built-in defaults.
     source: str | None = None
 
@@ -210,4 +230,5 @@ SECTIONS: dict[str, type] = {
     "database": DatabaseConfig,
     "models": ModelsConfig,
     "auth": AuthConfig,
+    "ui": UiConfig,
 }

@@ -11,6 +11,7 @@ imports knows nothing of the app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -48,6 +49,8 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 GATE = web.AppKey("gate", Gate)
 # The config in force: CONFIG with the reloadable parts of the last SIGHUP reload (reload.py).
 LIVE = web.AppKey("live", LiveConfig)
+# Called with each finished exchange as it is handed to the writer (the web UI's live list).
+ON_RECORD: web.AppKey[list[Callable[[Exchange], None]]] = web.AppKey("on_record")
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)
