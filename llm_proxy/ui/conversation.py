@@ -174,8 +174,8 @@ def timing(row: dict[str, Any]) -> dict[str, Any]:
                 model_ms = round(sum(parts) / 1e6)  # type: ignore[arg-type]
     if model_ms is not None:
         out["backend_model_ms"] = model_ms
-        if total is not None:
-            out["proxy_and_network_ms"] = max(0, total - model_ms)
+        if total is not None and model_ms <= total:
+            out["proxy_and_network_ms"] = total - model_ms
     tokens, ms = row.get("completion_tokens"), out.get("streaming_ms") or total
     if tokens and ms:
         out["tokens_per_s"] = round(tokens * 1000 / ms, 1)

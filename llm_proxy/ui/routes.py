@@ -140,7 +140,7 @@ def _about(request: web.Request) -> dict[str, Any]:
 async def sign_in(request: web.Request) -> web.Response:
     sessions = request.app[SESSIONS]
     if not sessions.required:
-        return _json({"sign_in": False, "signed_in": True, "name": None})
+        return _json({"sign_in": False, "signed_in": True, "name": None, **_about(request)})
     if request.content_type != "application/json":
         raise Refused(415, 'send the key as JSON: {"key": "..."}')
     try:
@@ -149,7 +149,7 @@ async def sign_in(request: web.Request) -> web.Response:
         raise Refused(400, "the body is not JSON") from None
     name = sessions.sign_in(request, body.get("key") if isinstance(body, dict) else None)
     log.info("web UI: key '%s' signed in from %s", name, request.remote)
-    response = _json({"sign_in": True, "signed_in": True, "name": name})
+    response = _json({"sign_in": True, "signed_in": True, "name": name, **_about(request)})
     sessions.cookie(response, request, name)
     return response
 
