@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -17,9 +18,11 @@ import pytest
 import yarl
 
 from llm_proxy import config as config_mod
-from llm_proxy.ui import policy
+from llm_proxy.audit import query
+from llm_proxy.audit.exchange import Exchange
+from llm_proxy.ui import dashboard, listing, policy
 
-from .conftest import MakeProxy, Proxy
+from .conftest import MakeProxy, Proxy, Writer
 from .ha_turn import TURN_ON, Capture, client, spoken_request, start_messages
 from .llama_double import LlamaServerDouble
 
@@ -264,3 +267,64 @@ async def test_off_the_ui_paths_are_like_any_unknown_path(make_proxy: MakeProxy)
         assert resp.status == 404
     [row] = await proxy.wait_rows(1)
     assert row["endpoint"] == "/ui/api/exchanges" and row["status_code"] == 404
+
+
+async def _store(writer: Writer, when: datetime, latency: int, model: str = "smollm2") -> None:
+    recorder, _ = writer
+    e = Exchange(endpoint="/api/chat", method="POST", backend_type="openai", model=model)
+    e.started, e.status_code, e.latency_ms, e.ttft_ms = when.timestamp(), 200, latency, latency // 2
+    e.completion_tokens = 10
+    recorder.submit(e)
+    for _ in range(250):  # bounded: 5 s
+        if not recorder.depth:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_dashboard_percentiles_and_the_buckets_it_keeps(
+    writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    old = now - timedelta(hours=3)
+    for latency in range(1, 21):
+        await _store(writer, old, latency)
+    await _store(writer, now, 500, model="other-model")
+    reader = query.connect(str(writer[1]))
+    boards = dashboard.Dashboards()
+    got = boards.build(reader, "24h", now)
+    b = next(i for i, n in enumerate(got["series"]["smollm2"]["requests"]) if n)
+    line = got["series"]["smollm2"]
+    assert (line["requests"][b], line["latency_p50"][b], line["latency_p95"][b]) == (20, 10, 19)
+    assert line["ttft_p50"][b] == 5 and line["tokens_out"][b] == 200
+    assert got["models"] == ["smollm2", "other-model"] and got["requests"] == {
+        "smollm2": 20,
+        "other-model": 1,
+    }
+    assert got["series"]["other-model"]["latency_p50"][-1] == 500
+    # A row landing late in an older bucket shows once that bucket is counted again.
+    await _store(writer, old, 1000)
+    assert boards.build(reader, "24h", now)["series"]["smollm2"]["requests"][b] == 20  # trusted for now
+    monkeypatch.setattr(dashboard, "RECHECK", 0.0)
+    again = boards.build(reader, "24h", now)["series"]["smollm2"]
+    assert (again["requests"][b], again["latency_p95"][b]) == (21, 20)
+    reader.close()
+
+
+async def test_a_sparse_filter_answers_a_window_at_a_time(
+    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llama_double[0].scenario = "error-context-exceeded"
+    with pytest.raises(ollama.ResponseError):
+        await _chat(ui_proxy.url, "the one that failed")
+    for n in range(6):
+        await _chat(ui_proxy.url, f"fine {n}")
+    await ui_proxy.wait_rows(7)
+    monkeypatch.setattr(listing, "SCAN", 3)
+    async with aiohttp.ClientSession() as http:
+        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error")
+        assert page == {"exchanges": [], "next": 5, "more": True}  # ids 7, 6, 5 looked at
+        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error&before=5")
+        assert page == {"exchanges": [], "next": 2, "more": True}
+        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error&before=2")
+        assert [e["prompt"] for e in page["exchanges"]] == ["the one that failed"]
+        assert (page["next"], page["more"]) == (None, False)

@@ -3,6 +3,13 @@
 Pages are keyset pages (``before=<id>``), never ``OFFSET``: the thousandth
 page of a million rows costs what the first does. A search walks the FTS5
 index by rowid, newest first, so it too stops after one page of matches.
+
+One request examines at most :data:`SCAN` ids, newest first: a filter that
+matches rarely (a key that was used once, an error a month ago) answers with
+what it found in that window and ``next`` pointing below it, so no request
+reads the whole table; the page asks again for the next window. The filters
+are read from the rows in id order (the unary ``+`` keeps SQLite from
+sorting an index's matches instead), which is what makes the window a bound.
 Every row in the list is a summary: the text columns are cut to
 :data:`SNIPPET` characters in SQL, so a page never carries the bodies.
 """
@@ -11,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..audit.query import Reader, fts_query
@@ -20,6 +27,10 @@ from ..errors import AuditError
 from .signin import Refused
 
 SNIPPET = 200  # characters of prompt, answer and error in a list row
+SCAN = 50_000  # ids one list request examines at most
+# A row's id comes when it is written, its timestamp when its request began: a
+# row from `since` on has an id no lower than that of a row started this much earlier.
+SLACK = timedelta(days=1)
 SUMMARY = (
     "id", "timestamp", "endpoint", "method", "model", "status_code", "latency_ms", "ttft_ms",
     "api", "key_name", "turn_id", "stream", "prompt_tokens", "completion_tokens", "client_addr",
@@ -104,10 +115,10 @@ def exchanges(reader: Reader, query: Query) -> dict[str, Any]:
     else:
         source, key = "logs", "logs.id"
     if query.model:
-        clauses.append("(logs.model IN (?, ?) OR logs.backend_model = ?)")
+        clauses.append("(+logs.model IN (?, ?) OR logs.backend_model = ?)")
         params += [query.model, f"{query.model}:latest", query.model]
     if query.endpoint:
-        clauses.append("logs.endpoint = ?")
+        clauses.append("+logs.endpoint = ?")
         params.append(query.endpoint)
     if query.api:
         clauses.append("logs.api = ?")
@@ -120,20 +131,24 @@ def exchanges(reader: Reader, query: Query) -> dict[str, Any]:
     elif query.status:
         low = int(query.status[0]) * 100 if query.status.endswith("xx") else int(query.status)
         high = low + 99 if query.status.endswith("xx") else low
-        clauses.append("logs.status_code BETWEEN ? AND ?")
+        clauses.append("+logs.status_code BETWEEN ? AND ?")
         params += [low, high]
     if query.since:
-        clauses.append("logs.timestamp >= ?")
+        clauses.append("+logs.timestamp >= ?")
         params.append(stamp(query.since))
     if query.until:
-        clauses.append("logs.timestamp < ?")
+        clauses.append("+logs.timestamp < ?")
         params.append(stamp(query.until))
-    if query.before is not None:
-        clauses.append(f"{key} < ?")
-        params.append(query.before)
+    floor = 0
     if query.after is not None:
         clauses.append(f"{key} > ?")
         params.append(query.after)
+    else:
+        top = query.before if query.before is not None else _top(reader) + 1
+        floor = _floor(reader, query.since) if query.since else 0
+        low = max(floor, top - SCAN)
+        clauses.append(f"{key} < ? AND {key} >= ?")
+        params += [top, low]
     shown = [f"logs.{c}" if c in columns else "NULL" for c in SUMMARY]
     shown += [f"substr(logs.{c}, 1, {SNIPPET})" for c in SNIPPETS]
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -149,5 +164,22 @@ def exchanges(reader: Reader, query: Query) -> dict[str, Any]:
         found.reverse()
     for row in found:
         row["stream"] = None if row["stream"] is None else bool(row["stream"])
-    following = found[-1]["id"] if more and query.after is None and found else None
+    following = None
+    if query.after is None:
+        if more:
+            following = found[-1]["id"]
+        elif low > floor:  # this window is done; older ids are left to look at
+            following, more = low, True
     return {"exchanges": found, "next": following, "more": more}
+
+
+def _top(reader: Reader) -> int:
+    return int(reader.conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0])
+
+
+def _floor(reader: Reader, since: datetime) -> int:
+    """An id below every row whose request began at ``since`` or later."""
+    found = reader.conn.execute(
+        "SELECT id FROM logs WHERE timestamp >= ? ORDER BY timestamp LIMIT 1", (stamp(since - SLACK),)
+    ).fetchone()
+    return int(found[0]) if found else _top(reader) + 1

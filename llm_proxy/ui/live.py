@@ -126,7 +126,7 @@ class Feed:
                 except Exception:  # a database that went away: try again with the next exchange
                     rows = []
                 if rows:
-                    self._last = max(self._last, rows[0]["id"])
+                    self._last = max(self._last, rows[-1]["id"])
                     self._pending = max(0, self._pending - len(rows))
                     for viewer in list(self.viewers):
                         viewer.offer(rows)
@@ -136,8 +136,9 @@ class Feed:
 
 
 def _since(reader: Reader, last: int) -> list[dict[str, Any]]:
+    """Rows written after id ``last``, oldest first (the order they came in)."""
     found = listing.exchanges(reader, listing.Query(limit=BATCH, after=last))
-    return list(found["exchanges"])
+    return list(reversed(found["exchanges"]))
 
 
 def _last_id(reader: Reader) -> int:

@@ -49,6 +49,7 @@ SESSIONS = web.AppKey("ui_sessions", Sessions)
 DATABASE = web.AppKey("ui_database", Database)
 FEED = web.AppKey("ui_feed", Feed)
 FILES = web.AppKey("ui_files", dict)
+DASHBOARDS = web.AppKey("ui_dashboards", dashboard.Dashboards)
 
 
 def is_ui(path: str) -> bool:
@@ -191,7 +192,8 @@ def _id(request: web.Request) -> int:
 async def charts(request: web.Request) -> web.Response:
     request.app[SESSIONS].reader(request)
     chosen = dashboard.parse_range(request.query)
-    return _json(await request.app[DATABASE].run(lambda r: dashboard.dashboard(r, chosen)))
+    dashboards = request.app[DASHBOARDS]
+    return _json(await request.app[DATABASE].run(lambda r: dashboards.build(r, chosen)))
 
 
 async def backend(request: web.Request) -> web.Response:
@@ -285,6 +287,7 @@ def setup(app: web.Application, config: Config, sign_in_needed: bool) -> Feed:
     feed = Feed(db, config.ui.max_viewers, config.ui.viewer_queue)
     app[FEED] = feed
     app[FILES] = load_files()
+    app[DASHBOARDS] = dashboard.Dashboards()
     add_routes(app)
 
     async def stop(app: web.Application) -> None:

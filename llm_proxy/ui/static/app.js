@@ -123,11 +123,16 @@ async function showList(params) {
       shown.add(row.id);
       top = Math.max(top, row.id);
     }
-    const links = fresh.map(rowLink);
     if (atTop) {
-      for (const link of links) link.classList.add("fresh");
-      rows.firstChild.after(...links);
-    } else rows.append(...links);
+      // Newest first, wherever they arrive from: each goes above the first older row.
+      for (const row of fresh) {
+        const link = rowLink(row);
+        link.classList.add("fresh");
+        let below = rows.firstChild.nextSibling;
+        while (below && Number(below.dataset.id) > row.id) below = below.nextSibling;
+        rows.insertBefore(link, below);
+      }
+    } else rows.append(...fresh.map(rowLink));
     empty.hidden = shown.size > 0;
   };
   const catchUp = async () => {
@@ -155,17 +160,32 @@ async function showList(params) {
       else add([data.exchange], true);
     }
   });
-  const page = await api(query({}));
-  add(page.exchanges, false);
+  // A sparse filter answers a window at a time (docs/ui.md): ask on until a page is full.
+  const fetchPage = async (before) => {
+    let got = [];
+    let cursor = before;
+    let page = null;
+    for (let tries = 0; tries < 20; tries += 1) {
+      page = await api(query(cursor === null ? {} : { before: cursor }));
+      got = got.concat(page.exchanges);
+      cursor = page.next;
+      if (got.length >= 50 || !page.more) break;
+    }
+    return { rows: got, next: page.more ? cursor : null };
+  };
+  const first = await fetchPage(null);
+  add(first.rows, false);
   loaded = true;
   add(early.filter((row) => row.id > top).reverse(), true);
-  next = page.next;
+  next = first.next;
   more.hidden = next === null;
   more.addEventListener("click", async () => {
-    const older = await api(query({ before: next }));
-    add(older.exchanges, false);
+    more.disabled = true;
+    const older = await fetchPage(next);
+    add(older.rows, false);
     next = older.next;
     more.hidden = next === null;
+    more.disabled = false;
   });
 }
 
