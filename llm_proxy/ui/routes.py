@@ -11,6 +11,7 @@ only, no inline code, images only from data: URLs), no framing, no referrer.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         if exc.status < 400:  # redirects
             raise
         response = _error(exc.reason.lower(), exc.status)
+    except sqlite3.Error as exc:  # locked past busy_timeout, a file being replaced, a damaged page
+        log.warning("web UI: %s %s: the database could not be read: %s", request.method, request.path, exc)
+        response = _error(f"the audit database could not be read: {exc}", 503)
+    except Exception as exc:
+        log.exception("web UI: %s %s failed", request.method, request.path)
+        response = _error(f"internal error: {type(exc).__name__}: {exc}", 500)
     if not response.prepared:
         _secure(response)
     return response
