@@ -20,7 +20,7 @@ import yarl
 from llm_proxy import config as config_mod
 from llm_proxy.audit import query
 from llm_proxy.audit.exchange import Exchange
-from llm_proxy.ui import dashboard, listing, policy
+from llm_proxy.ui import dashboard, listing, live, policy
 
 from .conftest import MakeProxy, Proxy, Writer
 from .ha_turn import TURN_ON, Capture, client, spoken_request, start_messages
@@ -194,6 +194,9 @@ async def test_live_events_bring_new_exchanges(ui_proxy: Proxy) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{ui_proxy.url}/ui/api/events") as events:
         assert events.status == 200 and events.content_type == "text/event-stream"
         assert await events.content.readline() == b"retry: 2000\n"
+        assert await events.content.readline() == b": live\n"
+        assert await events.content.readline() == b"\n"
+        assert await events.content.readline() == b'data: {"type":"hello","last":0}\n'
         await _chat(ui_proxy.url, "are you live?")
         data = b""
         async with asyncio.timeout(5):
@@ -328,3 +331,54 @@ async def test_a_sparse_filter_answers_a_window_at_a_time(
         _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error&before=2")
         assert [e["prompt"] for e in page["exchanges"]] == ["the one that failed"]
         assert (page["next"], page["more"]) == (None, False)
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+async def test_images_come_as_data_urls_and_errors_plainly(
+    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    c = ollama.AsyncClient(host=ui_proxy.url)
+    await c.chat(model="smollm2", messages=[{"role": "user", "content": "what is this?", "images": [PNG]}])
+    llama_double[0].scenario = "error-context-exceeded"
+    with pytest.raises(ollama.ResponseError):
+        await _chat(ui_proxy.url, "far too long")
+    rows = await ui_proxy.wait_rows(2)
+    async with aiohttp.ClientSession() as http:
+        _, got = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/{rows[0]['id']}")
+        assert got["conversation"][0]["images"] == [f"data:image/png;base64,{PNG}"]
+        _, failed = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/{rows[1]['id']}")
+        assert failed["exchange"]["status_code"] == 400 and "context" in failed["exchange"]["error"]
+        assert failed["conversation"] == [{"role": "user", "content": "far too long"}]
+
+
+async def test_the_backend_view_lists_loaded_models_and_when_they_stop(
+    make_proxy: MakeProxy, ollama_double: tuple[Any, str]
+) -> None:
+    proxy = await make_proxy(ollama_double[1])
+    async with aiohttp.ClientSession() as http:
+        status, got = await _get(http, f"{proxy.url}/ui/api/backend")
+    assert status == 200 and got["type"] == "ollama" and got["reachable"] is True
+    assert got["running"] and got["running"][0]["expires_at"] == "2026-11-22T05:05:06.1Z"
+    assert await proxy.wait_rows(1, within=0.3) == []  # asking the backend through the UI left no row
+
+
+async def test_live_pages_are_bounded(
+    make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    proxy = await make_proxy(llama_double[1], backend_type="openai", ui={"max_viewers": 1})
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/ui/api/events") as first:
+        assert first.status == 200
+        async with http.get(f"{proxy.url}/ui/api/events") as second:
+            assert second.status == 503
+            assert "ui.max_viewers" in (await second.json())["error"]
+
+
+def test_a_page_that_falls_behind_is_told_to_reload() -> None:
+    viewer = live.Viewer(limit=3)
+    viewer.offer([{"id": 1}, {"id": 2}])
+    viewer.offer([{"id": 3}, {"id": 4}])
+    assert list(viewer.events) == [{"type": "resync"}]
+    viewer.offer([{"id": 5}])
+    assert [e["type"] for e in viewer.events] == ["resync", "exchange"]

@@ -9,7 +9,9 @@ directory (``ui-*.png``), and fails on any error in the browser's console.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -80,7 +82,10 @@ async def test_list_live_search_exchange_turn_and_dashboard(
 ) -> None:
     double, endpoint = llama_double
     async with _served(tmp_path, endpoint) as served:
-        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        context = await browser.new_context(
+            viewport={"width": 1280, "height": 900}, permissions=["clipboard-read", "clipboard-write"]
+        )
+        page = await context.new_page()
         console = Console(page)
         await page.goto(f"{served.url}/ui/")
         await expect(page.locator("#live")).to_have_text("live")
@@ -175,11 +180,35 @@ async def test_list_live_search_exchange_turn_and_dashboard(
         await expect(phone.locator(".chart")).to_have_count(6)
         await _shot(phone, tmp_path, "phone-dashboard")
 
+        # An error is shown plainly, on the list and on its page.
+        double.scenario = "error-context-exceeded"
+        with pytest.raises(ollama.ResponseError):
+            await _chat(served.url, "a question far too long")
+        await page.goto(f"{served.url}/ui/#/")
+        failed = page.locator(".row[data-id]").first
+        await expect(failed.locator(".status.bad")).to_have_text("400")
+        await failed.click()
+        await expect(page.get_by_role("alert")).to_contain_text("context")
+        await _shot(page, tmp_path, "error")
+
+        # "Copy as curl" copies a command that sends the same request again.
+        await page.goto(f"{served.url}/ui/#/exchange/1")
+        await page.get_by_role("button", name="Copy as curl").click()
+        command = await page.evaluate("navigator.clipboard.readText()")
+        assert command.startswith(f"curl -X POST '{served.url}/api/chat'")
+        assert len(read_rows(served.db, 7)) == 7  # the pages' own requests left no rows
+        sent = await asyncio.create_subprocess_exec("bash", "-c", command, stdout=asyncio.subprocess.PIPE)
+        out, _ = await sent.communicate()
+        assert sent.returncode == 0 and b'"done":true' in out
+        assert len(read_rows(served.db, 8)) == 8
+        with contextlib.closing(sqlite3.connect(served.db)) as db:
+            bodies = [r[0] for r in db.execute("SELECT full_request_body FROM logs_full WHERE id IN (1, 8)")]
+        assert len(bodies) == 2 and bodies[0] == bodies[1] and "Why is the sky blue?" in bodies[0]
+
         assert console.errors == [] and phone_console.errors == []
         assert console.dialogs == []
-        await page.close()
+        await context.close()
         await phone.close()
-        assert len(read_rows(served.db, 6)) == 6  # the pages' own requests left no rows
         await served.stop()
     assert f"web UI at {served.url}/ui/ (listening on loopback only: no sign-in)" in "\n".join(served.stdout)
 

@@ -22,9 +22,13 @@ _IMAGE_TYPES = {"iVBOR": "image/png", "/9j/": "image/jpeg", "R0lG": "image/gif",
 
 
 def exchange(reader: Reader, row_id: int) -> dict[str, Any]:
-    """The exchange's row, its conversation and its timing split; Refused(404) when there is none."""
+    """The exchange's row, its conversation, its timing split and its turn's round count (404: none)."""
     row = _get(reader, row_id)
-    return {"exchange": row, "conversation": conversation(row), "timing": timing(row)}
+    rounds = 0
+    if row.get("turn_id") is not None:
+        found = reader.conn.execute("SELECT count(*) FROM logs WHERE turn_id = ?", (row["turn_id"],))
+        rounds = found.fetchone()[0]
+    return {"exchange": row, "conversation": conversation(row), "timing": timing(row), "turn_rounds": rounds}
 
 
 def turn(reader: Reader, turn_id: int) -> dict[str, Any]:

@@ -77,6 +77,11 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
         self._last: int = 0
 
+    @property
+    def last(self) -> int:
+        """The newest id offered to the pages: a page that joins now gets every row after it."""
+        return self._last
+
     def publish(self, exchange: Exchange) -> None:
         """The recording hook: an exchange was handed to the writer."""
         if not self.viewers:

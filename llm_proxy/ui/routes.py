@@ -250,7 +250,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     _secure(response)
     try:
         await response.prepare(request)
-        await response.write(b"retry: 2000\n: live\n\n")
+        # Rows up to `last` are the page's to fetch (its list may have been read before
+        # they were written); every row after it comes here.
+        hello = {"type": "hello", "last": feed.last}
+        await response.write(b"retry: 2000\n: live\n\ndata: " + orjson.dumps(hello) + b"\n\n")
         while True:
             taken = await viewer.next(PING)
             if taken is None:

@@ -112,6 +112,7 @@ async function showList(params) {
   let top = 0;
   let next = null;
   let loaded = false;
+  let known = 0; // the feed's newest id when this page joined: rows up to it are fetched, not pushed
   const early = [];
   const query = (extra) => {
     const p = new URLSearchParams({ ...filters, ...extra });
@@ -149,7 +150,10 @@ async function showList(params) {
   live.addEventListener("message", (event) => {
     if (mine !== live) return;
     const data = JSON.parse(event.data);
-    if (data.type === "signed-out") {
+    if (data.type === "hello") {
+      known = data.last;
+      if (loaded && known > top) catchUp();
+    } else if (data.type === "signed-out") {
       stopLive();
       showSignIn("Your session ended: sign in again.");
     } else if (data.type === "resync") {
@@ -176,7 +180,8 @@ async function showList(params) {
   const first = await fetchPage(null);
   add(first.rows, false);
   loaded = true;
-  add(early.filter((row) => row.id > top).reverse(), true);
+  add(early, true);
+  if (known > top) catchUp();
   next = first.next;
   more.hidden = next === null;
   more.addEventListener("click", async () => {

@@ -56,7 +56,9 @@ export async function showExchange(main, id) {
     el("h1", {}, `#${x.id} `, el("span", { class: statusClass(x) }, String(x.status_code ?? "–")), ` ${x.method} ${x.endpoint}`,
       x.model ? ` · ${x.model}` : ""),
     x.error ? el("p", { class: "error", role: "alert" }, x.error) : null,
-    x.turn_id ? el("p", {}, el("a", { href: `#/turn/${x.turn_id}` }, `Home Assistant turn ${x.turn_id}: every round`)) : null,
+    data.turn_rounds > 1
+      ? el("p", {}, el("a", { href: `#/turn/${x.turn_id}` }, `Round of a Home Assistant turn: all ${data.turn_rounds} rounds`))
+      : null,
     el("h2", {}, "Conversation"),
     data.conversation.length
       ? el("div", { class: "messages" }, data.conversation.map(message))
