@@ -20,7 +20,7 @@ import yarl
 from llm_proxy import config as config_mod
 from llm_proxy.audit import query
 from llm_proxy.audit.exchange import Exchange
-from llm_proxy.ui import dashboard, listing, live, policy
+from llm_proxy.ui import dashboard, listing, live, policy, signin
 
 from .conftest import MakeProxy, Proxy, Writer
 from .ha_turn import TURN_ON, Capture, client, spoken_request, start_messages
@@ -222,7 +222,7 @@ async def test_with_keys_only_an_admin_key_signs_in(keyed: Proxy) -> None:
         async with http.get(f"{keyed.url}/ui/") as resp:  # the page itself holds no data
             assert resp.status == 200
         _, who = await _get(http, f"{keyed.url}/ui/api/session")
-        assert who["sign_in"] and not who["signed_in"]
+        assert who == {"sign_in": True, "signed_in": False, "name": None}  # no key names before a sign-in
         async with http.post(f"{keyed.url}/ui/api/session", json={"key": HOME}) as resp:
             assert resp.status == 403 and "needs admin: true" in (await resp.json())["error"]
             assert "llm_proxy_ui" not in resp.cookies
@@ -382,3 +382,17 @@ def test_a_page_that_falls_behind_is_told_to_reload() -> None:
     assert list(viewer.events) == [{"type": "resync"}]
     viewer.offer([{"id": 5}])
     assert [e["type"] for e in viewer.events] == ["resync", "exchange"]
+
+
+def test_a_session_cookie_is_the_admin_keys_until_it_expires() -> None:
+    auth = _config(auth={"keys": [{"name": "me", "key": ADMIN, "admin": True}, {"name": "ha", "key": HOME}]})
+    sessions = signin.Sessions(auth.auth, auth.ui, required=True)
+    cookie = sessions.issue("me", now=1000.0)
+    assert sessions.holder(cookie, now=1000.0 + 12 * 3600 - 1) == "me"
+    assert sessions.holder(cookie, now=1000.0 + 12 * 3600 + 1) is None  # ui.session_hours
+    encoded, expires, signature = cookie.split(".")
+    assert sessions.holder(f"{encoded}.{int(expires) + 3600}.{signature}", now=1000.0) is None  # extended
+    assert sessions.holder(sessions.issue("ha", now=1000.0), now=1000.0) is None  # not an admin key
+    other = signin.Sessions(auth.auth, auth.ui, required=True)  # another process: another secret
+    assert other.holder(cookie, now=1000.0) is None
+    assert ADMIN not in cookie

@@ -136,7 +136,9 @@ async def session(request: web.Request) -> web.Response:
     if not sessions.required:
         return _json({"sign_in": False, "signed_in": True, "name": None, **_about(request)})
     name = sessions.holder(request.cookies.get(COOKIE))
-    return _json({"sign_in": True, "signed_in": name is not None, "name": name, **_about(request)})
+    if name is None:  # not even the names of the keys before a sign-in
+        return _json({"sign_in": True, "signed_in": False, "name": None})
+    return _json({"sign_in": True, "signed_in": True, "name": name, **_about(request)})
 
 
 def _about(request: web.Request) -> dict[str, Any]:

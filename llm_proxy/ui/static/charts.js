@@ -18,11 +18,17 @@ function label(value, unit) {
   return String(Math.round(value * 10) / 10);
 }
 
+// The axis top: the next 1, 2 or 5 times a power of ten at or above ``v``.
+function nice(v) {
+  const power = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 5, 10].map((m) => m * power).find((m) => m >= v);
+}
+
 // lines: [{name, values (null = no data), color, dashed}]
 export function chart(title, lines, data, unit = "") {
   const count = data.buckets;
   const all = lines.flatMap((l) => l.values.filter((v) => v !== null && v !== undefined));
-  const top = Math.max(1, ...all) * 1.1;
+  const top = nice(Math.max(1, ...all));
   const x = (i) => LEFT + ((W - LEFT - RIGHT) * (i + 0.5)) / count;
   const y = (v) => TOP + (H - TOP - BOTTOM) * (1 - v / top);
   const drawing = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
