@@ -1,5 +1,5 @@
 // The dashboard: small SVG line charts drawn here, one line per model.
-import { api, el, ms, render, when } from "./dom.js";
+import { api, el, render, when } from "./dom.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#2f7ed8", "#e4572e", "#29a36a", "#b05fd3", "#e0a526", "#17a2b8", "#d63384", "#7a8793", "#8c6d31"];
@@ -13,7 +13,7 @@ function svg(tag, attrs = {}, ...children) {
 }
 
 function label(value, unit) {
-  if (unit === "ms") return ms(Math.round(value));
+  if (unit === "ms") return value >= 1000 ? `${Math.round(value / 100) / 10} s` : `${Math.round(value)} ms`;
   if (value >= 10000) return `${Math.round(value / 1000)}k`;
   return String(Math.round(value * 10) / 10);
 }

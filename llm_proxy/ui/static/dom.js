@@ -66,7 +66,8 @@ export function when(stamp) {
 
 export function ms(value) {
   if (value === null || value === undefined) return "–";
-  return value >= 10000 ? `${(value / 1000).toFixed(1)} s` : `${value} ms`;
+  if (value < 1000) return `${value} ms`;
+  return `${(value / 1000).toFixed(value >= 10000 ? 0 : 1)} s`;
 }
 
 export function pretty(text) {
