@@ -22,6 +22,7 @@ from llm_proxy.audit import query
 from llm_proxy.audit.exchange import Exchange
 from llm_proxy.ui import dashboard, listing, live, policy, signin
 
+from . import llama_server
 from .conftest import MakeProxy, Proxy, Writer
 from .ha_turn import TURN_ON, Capture, client, spoken_request, start_messages
 from .llama_double import LlamaServerDouble
@@ -396,3 +397,26 @@ def test_a_session_cookie_is_the_admin_keys_until_it_expires() -> None:
     other = signin.Sessions(auth.auth, auth.ui, required=True)  # another process: another secret
     assert other.holder(cookie, now=1000.0) is None
     assert ADMIN not in cookie
+
+
+async def test_with_the_managed_backend_it_shows_which_llama_server_runs_until_when(
+    make_proxy: MakeProxy,
+) -> None:
+    """The real llama-server and SmolLM2 (tests/install.sh): started by a request, listed until when."""
+    try:
+        binary, gguf = llama_server.find_binary(), llama_server.find_model()
+    except llama_server.NotInstalled as exc:
+        pytest.fail(str(exc), pytrace=False)
+    model = {"path": str(gguf), "ctx": 1024, "args": ["-t", "1"]}
+    backend = {"server_binary": str(binary), "timeout": 60, "idle_timeout": 600, "models": {"smollm2": model}}
+    proxy = await make_proxy("", "llamacpp", backend=backend)
+    async with aiohttp.ClientSession() as http:
+        _, idle = await _get(http, f"{proxy.url}/ui/api/backend")
+        assert idle["type"] == "llamacpp" and idle["models"] == ["smollm2"] and idle["running"] == []
+        c = ollama.AsyncClient(host=proxy.url, timeout=120)
+        await c.generate(model="smollm2", prompt="Hi", options={"num_predict": 2, "temperature": 0})
+        _, busy = await _get(http, f"{proxy.url}/ui/api/backend")
+    [running] = busy["running"]
+    assert running["name"] == "smollm2:latest" and running["context_length"] == 1024  # as /api/ps names it
+    stops = datetime.fromisoformat(running["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(seconds=500) < stops - datetime.now(UTC) <= timedelta(seconds=600)

@@ -49,6 +49,8 @@ class Console:
     def __init__(self, page: Page) -> None:
         self.errors: list[str] = []
         self.dialogs: list[str] = []
+        self.requests: list[str] = []
+        page.on("request", lambda request: self.requests.append(request.url))
         page.on("console", self._console)
         page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
         page.on("dialog", self._dialog)
@@ -207,6 +209,11 @@ async def test_list_live_search_exchange_turn_and_dashboard(
 
         assert console.errors == [] and phone_console.errors == []
         assert console.dialogs == []
+        # Nothing but the proxy itself (and data: URLs) was ever asked for: no CDN, no fonts, no favicon.
+        elsewhere = [
+            u for u in console.requests + phone_console.requests if not u.startswith(f"{served.url}/ui/")
+        ]
+        assert [u for u in elsewhere if not u.startswith("data:")] == []
         await context.close()
         await phone.close()
         await served.stop()
