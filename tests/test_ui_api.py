@@ -122,6 +122,7 @@ async def test_exchange_shows_the_tool_call_and_the_translated_request(ui_proxy:
         shown = got["exchange"]
         assert shown["endpoint"] == "/api/chat" and shown["backend_request"].startswith("{")
         assert '"tools"' in shown["backend_request"] and shown["request_body"]
+        assert got["tools"] == ["HassTurnOn"]
         *asked, reply = got["conversation"]
         assert asked == [{"role": "user", "content": "Turn on the kitchen light"}]
         assert reply["answer"] and reply["tool_calls"][0]["name"] == "HassTurnOn"

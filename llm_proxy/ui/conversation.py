@@ -28,7 +28,27 @@ def exchange(reader: Reader, row_id: int) -> dict[str, Any]:
     if row.get("turn_id") is not None:
         found = reader.conn.execute("SELECT count(*) FROM logs WHERE turn_id = ?", (row["turn_id"],))
         rounds = found.fetchone()[0]
-    return {"exchange": row, "conversation": conversation(row), "timing": timing(row), "turn_rounds": rounds}
+    return {
+        "exchange": row,
+        "conversation": conversation(row),
+        "tools": tools(row),
+        "timing": timing(row),
+        "turn_rounds": rounds,
+    }
+
+
+def tools(row: dict[str, Any]) -> list[str]:
+    """The names of the tools the request offered the model."""
+    body = _json(row.get("request_body"))
+    offered = body.get("tools") if isinstance(body, dict) else None
+    if not isinstance(offered, list):
+        return []
+    names = []
+    for tool in offered:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.append(function["name"])
+    return names
 
 
 def turn(reader: Reader, turn_id: int) -> dict[str, Any]:

@@ -60,6 +60,10 @@ export async function showExchange(main, id) {
       ? el("p", {}, el("a", { href: `#/turn/${x.turn_id}` }, `Round of a Home Assistant turn: all ${data.turn_rounds} rounds`))
       : null,
     el("h2", {}, "Conversation"),
+    data.tools.length
+      ? el("details", { class: "tools" }, el("summary", {}, `${data.tools.length} tools offered`),
+        el("p", { class: "text" }, data.tools.join(", ")))
+      : null,
     data.conversation.length
       ? el("div", { class: "messages" }, data.conversation.map(message))
       : el("p", { class: "muted" }, "No messages stored for this exchange."),
