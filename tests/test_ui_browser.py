@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import ollama
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
@@ -262,3 +264,17 @@ async def test_with_keys_the_page_asks_for_an_admin_key(
         await served.stop()
     said = "\n".join(served.stdout)
     assert f"web UI at {served.url}/ui/ (sign in with an admin key: me)" in said
+
+
+async def test_an_open_live_page_does_not_hold_up_shutdown(
+    tmp_path: Path, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    async with _served(tmp_path, llama_double[1], server={"shutdown_timeout": 120}) as served:
+        async with aiohttp.ClientSession() as http, http.get(f"{served.url}/ui/api/events") as events:
+            assert events.status == 200
+            await events.content.readline()
+            served.proc.send_signal(signal.SIGTERM)
+            # The stream ends as shutdown begins, not when shutdown_timeout runs out.
+            await asyncio.wait_for(events.content.read(), 60)
+            assert events.content.at_eof()
+        assert await served.stop(signalled=True) == 0
