@@ -116,9 +116,17 @@ async def test_list_live_search_exchange_turn_and_dashboard(
         await expect(page.locator(".row[data-id]")).to_have_count(1)
         await expect(page.locator(".row[data-id]")).to_contain_text("Turn on the kitchen light")
         await _shot(page, tmp_path, "search")
+        # A filtered list stays live: a match appears, anything else does not.
+        await _chat(served.url, "is the kitchen window open?")
+        await _chat(served.url, "what time is it?")
+        await _chat(served.url, "kitchen lights off")
+        await expect(page.locator(".row[data-id]").first).to_contain_text("kitchen lights off")
+        # In the order they were written: had the second slipped in, it would be here too.
+        texts = await page.locator(".row[data-id] .c-prompt").all_inner_texts()
+        assert texts == ["kitchen lights off", "is the kitchen window open?", "Turn on the kitchen light"]
 
         # The exchange: its tool call with its arguments, and the translated backend request.
-        await page.locator(".row[data-id]").first.click()
+        await page.locator(".row[data-id]", has_text="Turn on the kitchen light").click()
         await expect(page.locator(".call-name")).to_have_text("HassTurnOn")
         await expect(page.locator(".call pre")).to_contain_text('"name": "HassTurnOn"')
         heading = page.get_by_role("heading", name="Backend request (translated)")
@@ -140,7 +148,7 @@ async def test_list_live_search_exchange_turn_and_dashboard(
         # A Home Assistant turn of three rounds, as one conversation.
         messages = start_messages()
         await spoken_request(client(served.url, Capture()), double, messages, "Turn on the kitchen light", 3)
-        rows = read_rows(served.db, 6)
+        rows = read_rows(served.db, 9)
         turn = rows[-1]["turn_id"]
         assert turn == rows[-3]["id"]
         await page.goto(f"{served.url}/ui/#/turn/{turn}")
@@ -161,7 +169,7 @@ async def test_list_live_search_exchange_turn_and_dashboard(
         dark = await browser.new_page(color_scheme="dark", viewport={"width": 1280, "height": 900})
         dark_console = Console(dark)
         await dark.goto(f"{served.url}/ui/")
-        await expect(dark.locator(".row[data-id]")).to_have_count(6)
+        await expect(dark.locator(".row[data-id]")).to_have_count(9)
         background = await dark.evaluate("getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(20, 22, 24)", background
         newest = await dark.locator(".row[data-id]").first.get_attribute("data-id")
@@ -176,7 +184,7 @@ async def test_list_live_search_exchange_turn_and_dashboard(
         phone = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
         phone_console = Console(phone)
         await phone.goto(f"{served.url}/ui/")
-        await expect(phone.locator(".row[data-id]")).to_have_count(6)
+        await expect(phone.locator(".row[data-id]")).to_have_count(9)
         width = await phone.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the list is wider than the phone: {width}px"
         await _shot(phone, tmp_path, "phone-list")
@@ -200,13 +208,13 @@ async def test_list_live_search_exchange_turn_and_dashboard(
         await page.get_by_role("button", name="Copy as curl").click()
         command = await page.evaluate("navigator.clipboard.readText()")
         assert command.startswith(f"curl -X POST '{served.url}/api/chat'")
-        assert len(read_rows(served.db, 7)) == 7  # the pages' own requests left no rows
+        assert len(read_rows(served.db, 10)) == 10  # the pages' own requests left no rows
         sent = await asyncio.create_subprocess_exec("bash", "-c", command, stdout=asyncio.subprocess.PIPE)
         out, _ = await sent.communicate()
         assert sent.returncode == 0 and b'"done":true' in out
-        assert len(read_rows(served.db, 8)) == 8
+        assert len(read_rows(served.db, 11)) == 11
         with contextlib.closing(sqlite3.connect(served.db)) as db:
-            bodies = [r[0] for r in db.execute("SELECT full_request_body FROM logs_full WHERE id IN (1, 8)")]
+            bodies = [r[0] for r in db.execute("SELECT full_request_body FROM logs_full WHERE id IN (1, 11)")]
         assert len(bodies) == 2 and bodies[0] == bodies[1] and "Why is the sky blue?" in bodies[0]
 
         assert console.errors == [] and phone_console.errors == []
