@@ -37,6 +37,8 @@ class ProxyError(Exception):
     # What the backend had been sent when this happened, for the audit record
     # (backends.base.sending); None when nothing was, or it was the client's body.
     sent: Any = None
+    # Which backends were tried before this error (backends.base.Route), for the record.
+    route: Any = None
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)

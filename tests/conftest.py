@@ -18,6 +18,8 @@ from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
 from llm_proxy.server.app import create_app
 
+# The real llama-servers, one each per session, for every end-to-end module.
+from .e2e import chat_server, connect, embed_server  # noqa: F401
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
 
@@ -100,14 +102,16 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[MakeProxy]:
     """Start a proxy in front of ``endpoint`` with extra config sections merged in."""
     servers: list[TestServer] = []
 
-    async def start(endpoint: str, backend_type: str = "ollama", **sections: dict[str, Any]) -> Proxy:
+    async def start(endpoint: str, backend_type: str = "ollama", **sections: Any) -> Proxy:
         db = tmp_path / "llm_proxy.db"
         raw: dict[str, Any] = {
             "backend": {"type": backend_type, "endpoint": endpoint, "timeout": 10},
             "database": {"path": str(db)},
         }
         for name, values in sections.items():
-            raw[name] = {**raw.get(name, {}), **values}
+            raw[name] = (
+                values if isinstance(values, list) else {**raw.get(name, {}), **values}
+            )  # backends: a list
         app = create_app(config_mod.from_dict(raw))
         server = ServedAsByTheCli(app, host="127.0.0.1")
         await server.start_server()

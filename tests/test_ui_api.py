@@ -171,7 +171,9 @@ async def test_dashboard_counts_per_model(
         status, bad = await _get(http, f"{ui_proxy.url}/ui/api/dashboard?range=2y")
         assert status == 400 and "'range' must be one of" in bad["error"]
         status, backend = await _get(http, f"{ui_proxy.url}/ui/api/backend")
-        assert status == 200 and backend["type"] == "openai" and backend["reachable"] is True
+        assert status == 200 and backend["reachable"] is True
+        [only] = backend["backends"]
+        assert (only["name"], only["type"], only["reachable"]) == ("default", "openai", True)
 
 
 async def test_headers_forbid_inline_code_framing_and_caching(ui_proxy: Proxy) -> None:
@@ -361,7 +363,7 @@ async def test_the_backend_view_lists_loaded_models_and_when_they_stop(
     proxy = await make_proxy(ollama_double[1])
     async with aiohttp.ClientSession() as http:
         status, got = await _get(http, f"{proxy.url}/ui/api/backend")
-    assert status == 200 and got["type"] == "ollama" and got["reachable"] is True
+    assert status == 200 and got["backends"][0]["type"] == "ollama" and got["reachable"] is True
     assert got["running"] and got["running"][0]["expires_at"] == "2026-11-22T05:05:06.1Z"
     assert await proxy.wait_rows(1, within=0.3) == []  # asking the backend through the UI left no row
 
@@ -413,7 +415,8 @@ async def test_with_the_managed_backend_it_shows_which_llama_server_runs_until_w
     proxy = await make_proxy("", "llamacpp", backend=backend)
     async with aiohttp.ClientSession() as http:
         _, idle = await _get(http, f"{proxy.url}/ui/api/backend")
-        assert idle["type"] == "llamacpp" and idle["models"] == ["smollm2"] and idle["running"] == []
+        [managed] = idle["backends"]
+        assert managed["type"] == "llamacpp" and managed["models"] == ["smollm2"] and idle["running"] == []
         c = ollama.AsyncClient(host=proxy.url, timeout=120)
         await c.generate(model="smollm2", prompt="Hi", options={"num_predict": 2, "temperature": 0})
         _, busy = await _get(http, f"{proxy.url}/ui/api/backend")

@@ -21,8 +21,8 @@ A reply is one of four kinds (``backends/base.py``), each relayed its own way:
 * ``Chunks``: a body too large to hold, written as it arrives; only the first
   ``database.max_body_kb`` are kept for the record.
 
-The backend slot (``backend.max_concurrency``) is held until the last byte is
-relayed: a stream keeps the backend busy.
+The backend slot (``max_concurrency`` of the backend the router chose) is held
+until the last byte is relayed: a stream keeps the backend busy.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import orjson
 from aiohttp import web
 
 from ..audit.exchange import Exchange
-from ..backends.base import Backend, Batch, Call, Chunks, Frame, Frames, Lines, Reply, Whole
+from ..backends.base import Backend, Batch, Call, Chunks, Frame, Frames, Lines, Reply, Route, Whole
 from ..config import Config, ModelsConfig
 from ..errors import ProxyError
 from ..server import state as keys
@@ -127,6 +127,7 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
         backend_model=parsed.backend_model,
         started=exchange.started_mono,
         stream=parsed.stream,
+        gated=endpoint in codec.gated,  # waits for a slot of the chosen backend's gate
     )
     exchange.model, exchange.backend_model = parsed.model, parsed.backend_model
     exchange.stream, exchange.prompt = parsed.stream, parsed.prompt
@@ -135,20 +136,34 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
     keep = config.database.max_body_bytes  # bytes (or characters) of each copy the record keeps
-    async with app[keys.GATE].slot_if(endpoint in codec.gated):
-        try:
-            reply = await codec.send(backend, call)
-        except ProxyError as exc:
-            if exc.sent is not None:
-                exchange.backend_request = exc.sent
-            raise
-        if reply.sent is not None:
-            exchange.backend_request = reply.sent
-        if isinstance(reply, Whole):
-            return _relay_whole(reply, exchange, console, codec, keep, config.models)
-        if isinstance(reply, Chunks):
-            return await _relay_chunks(request, reply, exchange, console, codec, keep)
-        return await _relay_stream(request, reply, exchange, console, codec, keep, parsed.hide_usage)
+    try:
+        reply = await codec.send(backend, call)
+    except ProxyError as exc:
+        if exc.sent is not None:
+            exchange.backend_request = exc.sent
+        _routed(exchange, exc.route)
+        raise
+    if reply.sent is not None:
+        exchange.backend_request = reply.sent
+    _routed(exchange, reply.route)
+    if isinstance(reply, Whole):
+        return _relay_whole(reply, exchange, console, codec, keep, config.models)
+    if isinstance(reply, Chunks):
+        return await _relay_chunks(request, reply, exchange, console, codec, keep)
+    return await _relay_stream(request, reply, exchange, console, codec, keep, parsed.hide_usage)
+
+
+def _routed(exchange: Exchange, route: Route | None) -> None:
+    """Record where the request went: the backend that answered and every try."""
+    if route is None:
+        return
+    exchange.backend_name = route.backend
+    if route.type is not None:
+        exchange.backend_type = route.type
+    if route.attempts:
+        exchange.attempts = [attempt.as_dict() for attempt in route.attempts]
+    if route.backend_model is not None:  # retried on models.fallback's model
+        exchange.backend_model = route.backend_model
 
 
 async def _relay_stream(

@@ -30,7 +30,7 @@ COLUMNS = (
     "latency_ms", "stream", "backend_type", "error", "request_id", "client_addr",
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
-    "ttfb_ms", "ttft_ms", "api", "key_name", "truncated",
+    "ttfb_ms", "ttft_ms", "api", "key_name", "truncated", "backend_name", "attempts",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
 # copy kept its start, the full size was never known (migrations/0006).
@@ -73,6 +73,10 @@ class Exchange:
     # A stored copy (response body, answer text, thinking, tool calls) was cut
     # at database.max_body_kb: the answer went on, the record kept its start.
     truncated: bool = False
+    # The named backend that answered (backends:, "default" for backend: alone),
+    # and every try in order: [{"backend", "status", "error", "ms"}] (migrations/0007).
+    backend_name: str | None = None
+    attempts: list[dict[str, Any]] | None = None
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -103,7 +107,8 @@ class Exchange:
             _text(self.request_body), _json(self.backend_request), _json(self.response_body),
             self.thinking or None, _json(self.tool_calls or None), self.done_reason,
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
-            self.key_name, ANSWER_CUT if self.truncated is True else None,
+            self.key_name, ANSWER_CUT if self.truncated is True else None, self.backend_name,
+            _json(self.attempts),
         ]  # fmt: skip
         return storable(values, notes)
 
@@ -122,6 +127,7 @@ class Exchange:
             "api": _plain(self.api) or "?",
             "model": _plain(self.model),
             "backend_type": _plain(self.backend_type),
+            "backend_name": _plain(self.backend_name),
             "request_id": _plain(self.request_id),
             "client_addr": _plain(self.client_addr),
             "key_name": _plain(self.key_name),

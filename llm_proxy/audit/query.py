@@ -56,6 +56,7 @@ class Filters:
     until: datetime | None = None
     query: str | None = None  # full-text search
     turn: int | None = None
+    backend: str | None = None  # the named backend that answered
 
 
 @dataclass
@@ -108,6 +109,12 @@ class Reader:
             if "turn_id" not in self.columns:
                 raise AuditError("this database has no turns yet: run 'llm-proxy migrate' to upgrade it")
             w.add("logs.turn_id = ?", f.turn)
+        if f.backend:
+            if "backend_name" not in self.columns:
+                raise AuditError(
+                    "this database has no backend names yet: run 'llm-proxy migrate' to upgrade it"
+                )
+            w.add("logs.backend_name = ?", f.backend)
         if f.query:
             if "logs_fts" not in self.tables:
                 raise AuditError("this database has no search index yet: run 'llm-proxy migrate' to add it")
@@ -173,18 +180,22 @@ class Reader:
     # -- stats -----------------------------------------------------------------
 
     def stats(self, f: Filters) -> dict[str, list[dict[str, Any]]]:
-        """Per model and per endpoint: counts, errors, latency and TTFT percentiles, tokens."""
+        """Per model, endpoint and backend: counts, errors, latency and TTFT percentiles, tokens."""
         w = self._where(f)
         source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        # A database from before migration 0007 has no backend names: one group "-".
+        backend = "logs.backend_name" if "backend_name" in self.columns else "NULL"
         sql = (
             "SELECT logs.model, logs.endpoint, logs.latency_ms, logs.ttft_ms, logs.prompt_tokens, "
-            "logs.completion_tokens, (logs.error IS NOT NULL OR logs.status_code >= 400) "
+            f"logs.completion_tokens, (logs.error IS NOT NULL OR logs.status_code >= 400), {backend} "
             f"FROM {source} {w.sql()}"
         )
         by_model: dict[str, _Group] = {}
         by_endpoint: dict[str, _Group] = {}
-        for model, endpoint, latency, ttft, p_tok, c_tok, failed in self.conn.execute(sql, w.params):
-            for groups, key in ((by_model, model or "-"), (by_endpoint, endpoint)):
+        by_backend: dict[str, _Group] = {}
+        rows = self.conn.execute(sql, w.params)
+        for model, endpoint, latency, ttft, p_tok, c_tok, failed, name in rows:
+            for groups, key in ((by_model, model or "-"), (by_endpoint, endpoint), (by_backend, name or "-")):
                 group = groups.get(key)
                 if group is None:
                     group = groups[key] = _Group()
@@ -192,6 +203,7 @@ class Reader:
         return {
             "by_model": [{"model": k, **g.summary()} for k, g in sorted(by_model.items())],
             "by_endpoint": [{"endpoint": k, **g.summary()} for k, g in sorted(by_endpoint.items())],
+            "by_backend": [{"backend": k, **g.summary()} for k, g in sorted(by_backend.items())],
         }
 
 

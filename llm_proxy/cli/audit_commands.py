@@ -27,6 +27,7 @@ from ..errors import AuditError
 
 COMMANDS = ("logs", "stats", "prune")
 DEFAULT_COUNT = 20
+BY = ("model", "endpoint", "backend")  # what stats --by groups by
 
 
 def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -92,6 +93,10 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
     _common(stats, add_config)
     _filters(stats)
     stats.add_argument("--json", action="store_true", help="the numbers as one JSON object")
+    stats.add_argument(
+        "--by", action="append", choices=BY, metavar="{" + ",".join(BY) + "}",
+        help="group by model, endpoint or backend (repeatable; default: model and endpoint)",
+    )  # fmt: skip
     stats.set_defaults(run=_stats)
 
     prune_cmd = commands.add_parser(
@@ -138,6 +143,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", metavar="WHEN", help="before: an age (2h, 7d) or an ISO date/time (UTC)")
     parser.add_argument("-q", "--query", metavar="TEXT", help="full-text search in prompts and answers")
     parser.add_argument("--turn", type=int, metavar="ID", help="only the rounds of this conversation turn")
+    parser.add_argument("--backend", metavar="NAME", help="only those answered by this named backend")
 
 
 def _filters_from(args: argparse.Namespace) -> query.Filters:
@@ -148,7 +154,7 @@ def _filters_from(args: argparse.Namespace) -> query.Filters:
         raise AuditError(str(exc)) from None
     return query.Filters(
         model=args.model, endpoint=args.endpoint, status=args.status, errors=args.errors,
-        since=since, until=until, query=args.query, turn=args.turn,
+        since=since, until=until, query=args.query, turn=args.turn, backend=args.backend,
     )  # fmt: skip
 
 
@@ -237,6 +243,8 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         model += f" → {r['backend_model']}"
     print(f"model:      {model}  ({r['backend_type']} backend, {r.get('api', 'ollama')} API, "
           f"stream: {_yes(r['stream'])})")  # fmt: skip
+    if r.get("backend_name") or r.get("attempts"):
+        print(f"backend:    {r.get('backend_name') or '-'}{_attempts(r.get('attempts'))}")
     client = f"{r['client_addr'] or '-'}  {r['user_agent'] or '-'}"
     print(f"client:     {client}  request id {r['request_id'] or '-'}")
     if r.get("turn_id") is not None:
@@ -311,15 +319,13 @@ def _stats(args: argparse.Namespace, config: Config) -> int:
         "since": stamp(f.since) if f.since else None,
         "until": stamp(f.until) if f.until else None,
     }
+    groups = args.by or ["model", "endpoint"]
     if args.json:
-        print(orjson.dumps({**window, **result}).decode())
+        print(orjson.dumps({**window, **{f"by_{g}": result[f"by_{g}"] for g in groups}}).decode())
         return 0
     span = f"{window['since'] or 'the first exchange'} to {window['until'] or 'now'}"
     print(f"from {span}")
-    for title, key, rows in (
-        ("model", "model", result["by_model"]),
-        ("endpoint", "endpoint", result["by_endpoint"]),
-    ):
+    for title, key, rows in ((g, g, result[f"by_{g}"]) for g in dict.fromkeys(groups)):
         print(f"\nby {title}:")
         print(
             f"  {title.upper():24} {'REQ':>6} {'ERR':>5} {'P50 ms':>8} {'P95 ms':>8} {'P99 ms':>8} "
@@ -339,6 +345,26 @@ def _stats(args: argparse.Namespace, config: Config) -> int:
 
 
 # -- prune -----------------------------------------------------------------------
+
+
+def _attempts(text: str | None) -> str:
+    """The tries of a request, when there was more than one: ``  (tried: gpu 502 …, laptop 200 12ms)``."""
+    try:
+        tries = orjson.loads(text) if text else []
+    except orjson.JSONDecodeError:
+        return f"  (attempts: {text})"
+    if not isinstance(tries, list) or len(tries) < 2:
+        return ""
+    shown = []
+    for t in tries:
+        if not isinstance(t, dict):
+            continue
+        part = f"{t.get('backend')}{' (' + str(t['model']) + ')' if t.get('model') else ''} {t.get('status')}"
+        part += f" {t.get('ms')}ms"
+        if t.get("error"):
+            part += f" ({_cut(_flat(str(t['error'])), 80)})"
+        shown.append(part)
+    return "  (tried: " + ", ".join(shown) + ")"
 
 
 def _prune(args: argparse.Namespace, config: Config) -> int:

@@ -7,6 +7,7 @@ the loader checks every value against the field's type by itself.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any, Literal
 BackendType = Literal["ollama", "openai", "llamacpp"]
 LogFormat = Literal["text", "json"]
 StoreBodies = Literal["full", "metadata"]
+Strategy = Literal["order", "least_busy"]
+DEFAULT_BACKEND = "default"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,30 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class NamedBackend(BackendConfig):
+    """One backend of ``backends:``: a name, what it serves, and every ``backend:`` setting."""
+
+    name: str = DEFAULT_BACKEND
+    # Client-side model names or glob patterns ("qwen*") this backend serves;
+    # empty: the models its own list (/api/tags, /v1/models) shows.
+    serves: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """How a request picks among the backends that serve its model, and when one is skipped."""
+
+    # "order": the first in the list that is up; "least_busy": the one with the
+    # fewest requests running and waiting (ties in list order).
+    strategy: Strategy = "order"
+    # Failures in a row (unreachable, 502/503/504) that open a backend's breaker:
+    # it is skipped while another backend serves the model, and probed.
+    breaker_failures: int = 3
+    # Seconds between background probes (its health check) of a backend whose breaker is open.
+    probe_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     """The SQLite audit trail."""
 
@@ -122,6 +149,16 @@ class ModelsConfig:
     default: str = ""
     mappings: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: types.MappingProxyType({}))
+    # Client-side model → the model a request is retried on once when its backend
+    # refuses it for its context size (llama-server's exceed_context_size_error).
+    fallback: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+
+    def fallback_for(self, client_name: str) -> str | None:
+        """The model to retry ``client_name`` on when it is over its context (``x:latest`` alike)."""
+        base = client_name.removesuffix(":latest")
+        return (
+            self.fallback.get(client_name) or self.fallback.get(base) or self.fallback.get(f"{base}:latest")
+        )
 
     def backend_name(self, client_name: str) -> str:
         """The backend's name for a client-side model name (``x`` and ``x:latest`` alike)."""
@@ -218,9 +255,19 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # Named backends (``backends:``); empty: ``backend`` alone, named "default".
+    backends: tuple[NamedBackend, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     ui: UiConfig = field(default_factory=UiConfig)
     # The file it came from, or None for built-in defaults.
     source: str | None = None
+
+    def named_backends(self) -> tuple[NamedBackend, ...]:
+        """Every backend requests may go to, in the configured order."""
+        if self.backends:
+            return self.backends
+        values = {f.name: getattr(self.backend, f.name) for f in dataclasses.fields(BackendConfig)}
+        return (NamedBackend(**values, name=DEFAULT_BACKEND),)
 
 
 # The top-level keys of a config file and the section each one fills.
@@ -230,5 +277,6 @@ SECTIONS: dict[str, type] = {
     "database": DatabaseConfig,
     "models": ModelsConfig,
     "auth": AuthConfig,
+    "routing": RoutingConfig,
     "ui": UiConfig,
 }

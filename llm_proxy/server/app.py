@@ -9,12 +9,11 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from .. import backends, ui
-from ..api import health, ollama
+from ..api import events, health, ollama
 from ..api import openai as openai_api
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
 from ..audit.store import Store
-from ..backends.gate import Gate
 from ..config import Config
 from . import access, auth, connections, metrics, middlewares, notify, ratelimit, reload, state
 from .console import Console
@@ -41,10 +40,11 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     app[state.CONSOLE] = Console(config.server)
     app[state.LIFECYCLE] = state.Lifecycle()
     app.on_shutdown.append(_stopping)
-    app[state.BACKEND] = backends.create(config)
+    router = backends.create(config)
+    app[state.BACKEND] = app[state.ROUTER] = router
     reload.setup(app)
     metrics.setup(app)
-    app[state.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
+    app[state.GATE] = router.members[0].gate
     app[connections.CONNECTIONS] = connections.ConnectionLimit(config.server.max_connections)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
@@ -58,6 +58,7 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     health.setup_probe_routes(app)
     ollama.setup_routes(app)
     openai_api.setup_routes(app)
+    events.setup_routes(app)
     app[state.ON_RECORD] = []
     ui.install(app, config)
     return app

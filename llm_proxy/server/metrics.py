@@ -76,7 +76,10 @@ class ModelLabels:
     def _names(self, config: Config) -> frozenset[str]:
         if config is not self._config:  # a reload brought other mappings
             models = config.models
-            names = {*models.mappings, *models.mappings.values(), models.default, *config.backend.models}
+            served = {
+                name for b in config.named_backends() for name in (*b.models, *b.serves) if "*" not in name
+            }
+            names = {*models.mappings, *models.mappings.values(), models.default, *models.fallback, *served}
             self._configured = frozenset(n.removesuffix(":latest") for n in names if n)
             self._config = config
         return self._configured
@@ -118,6 +121,17 @@ class Metrics:
             "llm_proxy_backend_errors", "Requests that failed because of the backend, by kind.",
             ["kind"], registry=r,
         )  # fmt: skip
+        # Per named backend (names come from the config only, so the series are bounded):
+        # every try, by the status it ended with ("error" when it never answered).
+        self.attempts = Counter(
+            "llm_proxy_backend_attempts", "Tries of each named backend, by the status they ended with.",
+            ["backend", "status"], registry=r,
+        )  # fmt: skip
+        self.answered = Counter(
+            "llm_proxy_backend_requests", "Requests each named backend answered last (after any failover), "
+            "errors included.",
+            ["backend"], registry=r,
+        )  # fmt: skip
         self.in_flight = Gauge("llm_proxy_requests_in_flight", "Requests being answered now.", registry=r)
         for kind in ("unreachable", "timeout", "error"):
             self.backend_errors.labels(kind)  # present at zero, so rate() works from the start
@@ -157,6 +171,10 @@ class Metrics:
                 self.tokens.labels(model, "in").inc(prompt_tokens)
             if completion_tokens := token_count(exchange.completion_tokens):
                 self.tokens.labels(model, "out").inc(completion_tokens)
+            for attempt in exchange.attempts or ():
+                self.attempts.labels(attempt["backend"], str(attempt["status"] or "error")).inc()
+            if exchange.backend_name is not None and "+" not in exchange.backend_name:
+                self.answered.labels(exchange.backend_name).inc()
         kind = backend_error_kind(failure)
         if kind is not None:
             self.backend_errors.labels(kind).inc()
@@ -197,6 +215,30 @@ class AuditCollector(Collector):
                                   "logged at ERROR).", value=recorder.lost)  # fmt: skip
 
 
+class BackendCollector(Collector):
+    """Each named backend's breaker and gate, read from the router at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        router = self.app[state.ROUTER]
+        up = GaugeMetricFamily("llm_proxy_backend_up", "1 while the backend's circuit breaker is closed, "
+                               "0 while it is skipped and probed.", labels=["backend"])  # fmt: skip
+        busy = GaugeMetricFamily("llm_proxy_backend_in_flight", "Requests each backend works on now.",
+                                 labels=["backend"])  # fmt: skip
+        waiting = GaugeMetricFamily("llm_proxy_backend_waiting", "Requests waiting for each backend's gate.",
+                                    labels=["backend"])  # fmt: skip
+        for member in router.members:
+            up.add_metric([member.name], 0 if member.breaker.is_open else 1)
+            busy.add_metric([member.name], member.gate.active)
+            waiting.add_metric([member.name], member.gate.waiting)
+        yield from (up, busy, waiting)
+
+
 class ConnectionCollector(Collector):
     """Client connections (server.max_connections), read from the app's ConnectionLimit at scrape time."""
 
@@ -233,6 +275,7 @@ def setup(app: web.Application) -> None:
     metrics = Metrics(lambda: live.config)
     metrics.registry.register(AuditCollector(app))
     metrics.registry.register(ConnectionCollector(app))
+    metrics.registry.register(BackendCollector(app))
     app[METRICS] = metrics
     if app[state.CONFIG].server.metrics:
         app.router.add_get("/metrics", scrape)

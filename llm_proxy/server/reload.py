@@ -42,6 +42,9 @@ def merge(running: Config, loaded: Config) -> tuple[Config, list[str]]:
                 continue
             if getattr(old, f.name) != getattr(new, f.name):
                 ignored.append(f"{section}.{f.name}")
+    for section in ("backends", "routing"):
+        if getattr(running, section) != getattr(loaded, section):
+            ignored.append(section)
     server = dataclasses.replace(running.server, **{k: getattr(loaded.server, k) for k in RELOADABLE_SERVER})
     return dataclasses.replace(running, server=server, models=loaded.models), ignored
 

@@ -34,6 +34,7 @@ SLACK = timedelta(days=1)
 SUMMARY = (
     "id", "timestamp", "endpoint", "method", "model", "status_code", "latency_ms", "ttft_ms",
     "api", "key_name", "turn_id", "stream", "prompt_tokens", "completion_tokens", "client_addr",
+    "backend_name",
 )  # fmt: skip
 SNIPPETS = ("prompt", "response", "error")
 STATUS_CLASSES = {"1xx", "2xx", "3xx", "4xx", "5xx", "error"}

@@ -143,8 +143,11 @@ async def session(request: web.Request) -> web.Response:
 
 def _about(request: web.Request) -> dict[str, Any]:
     config = request.app[state.CONFIG]
-    models = sorted({*config.models.mappings, *config.models.mappings.values(), *config.backend.models})
-    return {"keys": [k.name for k in config.auth.keys], "models": models, "backend": config.backend.type}
+    names = {*config.models.mappings, *config.models.mappings.values()}
+    for settings in config.named_backends():
+        names |= {*settings.models, *(s for s in settings.serves if "*" not in s and "?" not in s)}
+    keys = [k.name for k in config.auth.keys]
+    return {"keys": keys, "models": sorted(names), "backend": request.app[state.ROUTER].type}
 
 
 async def sign_in(request: web.Request) -> web.Response:
@@ -206,18 +209,15 @@ async def charts(request: web.Request) -> web.Response:
 
 
 async def backend(request: web.Request) -> web.Response:
-    """The backend's health and, where it has them, the models loaded and when each stops."""
+    """Every backend's health and, where they have them, the models loaded and when each stops."""
     request.app[SESSIONS].reader(request)
     app = request.app
-    config, backend = app[state.CONFIG], app[state.BACKEND]
-    problem = await backend.health()
-    info: dict[str, Any] = {"type": config.backend.type, "reachable": problem is None, "problem": problem}
-    if config.backend.type == "llamacpp":
-        info["models"] = list(config.backend.models)
-    else:
-        info["endpoint"] = config.backend.endpoint
-    if problem is None and config.backend.type in ("llamacpp", "ollama"):
-        info["running"] = await _running(backend)
+    router = app[state.ROUTER]
+    backends = await router.states()
+    reachable = any(b["reachable"] for b in backends)
+    info: dict[str, Any] = {"reachable": reachable, "backends": backends}
+    if reachable and any(b["type"] in ("llamacpp", "ollama") for b in backends):
+        info["running"] = await _running(router)
     return _json(info)
 
 

@@ -82,13 +82,15 @@ function perModel(data, key, dashed = false, suffix = "") {
 function backendBox(info) {
   const running = info.running || [];
   return el("section", {},
-    el("h2", {}, "Backend"),
-    el("p", {}, `${info.type} · ${info.endpoint || (info.models || []).join(", ")} · `,
-      info.reachable ? el("span", { class: "status good" }, "reachable")
-        : el("span", { class: "status bad" }, `unreachable: ${info.problem}`)),
+    el("h2", {}, info.backends.length > 1 ? "Backends" : "Backend"),
+    el("ul", { class: "backends" }, info.backends.map((b) => el("li", {},
+      `${b.name} · ${b.type} · ${b.endpoint || (b.models || []).join(", ")} · `,
+      b.reachable ? el("span", { class: "status good" }, "reachable")
+        : el("span", { class: "status bad" }, `unreachable: ${b.error || ""}`),
+      b.state && b.state !== "closed" ? ` · breaker ${b.state}` : ""))),
     info.running === undefined ? null
       : running.length
-        ? el("ul", {}, running.map((m) => el("li", {}, `${m.name} running`,
+        ? el("ul", {}, running.map((m) => el("li", {}, `${m.name} loaded`,
             m.context_length ? `, context ${m.context_length}` : "",
             m.expires_at ? `, stops ${new Date(m.expires_at).getFullYear() > 2100 ? "never (kept loaded)" : when(m.expires_at)}` : "")))
         : el("p", { class: "muted" }, "No model loaded now."));
