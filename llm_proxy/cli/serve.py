@@ -14,6 +14,7 @@ from ..server import connections, logging_setup
 from ..server.app import create_app
 from ..server.auth import exposure_warning
 from ..server.notify import Notifier
+from ..ui.policy import startup_line
 from . import PROG
 
 
@@ -60,6 +61,7 @@ def serve(config: Config, banner: str | None = None) -> int:
             f"audit trail in {config.database.path}",
             flush=True,
         )
+        print(f"{PROG}: {startup_line(config)}", flush=True)
         notifier.ready(f"listening on {server.host}:{server.port}")
         if banner:
             print(banner, flush=True)

@@ -39,6 +39,7 @@ from .sections import (
     ServerConfig,
     StoreBodies,
     Strategy,
+    UiConfig,
     aliases,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "ServerConfig",
     "StoreBodies",
     "Strategy",
+    "UiConfig",
     "aliases",
     "find_config_file",
     "from_dict",

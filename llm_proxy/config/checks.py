@@ -36,6 +36,7 @@ def check(config: Config) -> None:
         raise ConfigError(f"'database.max_body_kb' must be at least 1, got {db.max_body_kb}")
     _check_limits(config)
     _check_cache_and_quotas(config)
+    _check_ui(config)
 
 
 def check_backend(key: str, backend: BackendConfig) -> None:
@@ -110,6 +111,17 @@ def _check_cache_and_quotas(config: Config) -> None:
         for j, pattern in enumerate(quota.models):
             if not pattern.strip():
                 raise ConfigError(f"'auth.keys[{i}].quota.models[{j}]' must not be empty")
+
+
+def _check_ui(config: Config) -> None:
+    """Ranges of the web UI's settings."""
+    ui = config.ui
+    if ui.session_hours <= 0:
+        raise ConfigError(f"'ui.session_hours' must be a positive number of hours, got {ui.session_hours:g}")
+    for name in ("max_viewers", "viewer_queue", "page_size"):
+        value = getattr(ui, name)
+        if not 1 <= value <= 100_000:
+            raise ConfigError(f"'ui.{name}' must be between 1 and 100000, got {value}")
 
 
 _SECRETS = frozenset({"backend.api_key", "auth.keys"})

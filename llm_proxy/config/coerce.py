@@ -41,6 +41,11 @@ def coerce(key: str, kind: Any, value: Any) -> Any:
     """Check one value against its field's type; only harmless widening (int → float)."""
     # Secrets are described by their type only, so a typo never prints one.
     describe = shape if key in SECRETS or key.endswith(".api_key") else kind_of
+    if isinstance(kind, types.UnionType) and type(None) in get_args(kind):  # an optional setting
+        if value is None:
+            return None
+        (inner,) = [arg for arg in get_args(kind) if arg is not type(None)]
+        return coerce(key, inner, value)
     if kind is bool:
         if isinstance(value, bool):
             return value

@@ -217,6 +217,8 @@ class ApiKey:
     key_sha256: str = field(default="", repr=False)
     # Settings of this key's own follow (each checked by its type when loaded).
     quota: Quota = field(default_factory=Quota)
+    # May sign in to the web UI and read everyone's exchanges (ui.enabled).
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,23 @@ class AuthConfig:
     # Wrong API keys a client address may present per minute; beyond that its
     # requests get 429 and no key it sends is checked until the minute refills (0: no limit).
     max_failures: int = 10
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    """The read-only web UI at /ui/ and its JSON API."""
+
+    # Unset (null): on when the proxy listens on loopback or auth.keys is set, where
+    # it shows nothing a client could not already reach; off elsewhere. true / false force it.
+    enabled: bool | None = None
+    # Hours a sign-in (a session cookie for an admin key) lasts.
+    session_hours: float = 12.0
+    # Pages open with live updates at once; more get 503.
+    max_viewers: int = 16
+    # New exchanges queued for each open page; one that falls further behind reloads its list.
+    viewer_queue: int = 256
+    # Most exchanges one list request returns.
+    page_size: int = 100
 
 
 def aliases(backend_name: str, mappings: Mapping[str, str]) -> list[str]:
@@ -259,6 +278,7 @@ class Config:
     backends: tuple[NamedBackend, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     # The file it came from, or None for built-in defaults.
     source: str | None = None
 
@@ -279,4 +299,5 @@ SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "routing": RoutingConfig,
     "cache": CacheConfig,
+    "ui": UiConfig,
 }

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .. import backends
+from .. import backends, ui
 from ..api import events, health, ollama
 from ..api import openai as openai_api
 from ..audit.recorder import Recorder
@@ -26,7 +26,8 @@ log = logging.getLogger("llm_proxy")
 
 def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.Application:
     """A ready-to-run application for ``config``; ``notifier`` tells systemd how it goes."""
-    chain: list[Middleware] = [access.observe, middlewares.error_boundary]
+    # The web UI's requests are answered first, past everything below (ui/routes.py).
+    chain: list[Middleware] = [*ui.middlewares(config), access.observe, middlewares.error_boundary]
     if config.server.enable_cors:
         chain.append(middlewares.cors_preflight)
     # The audit trail wraps auth and rate limiting: rejected requests leave rows too.
@@ -64,6 +65,8 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     ollama.setup_routes(app)
     openai_api.setup_routes(app)
     events.setup_routes(app)
+    app[state.ON_RECORD] = []
+    ui.install(app, config)
     return app
 
 

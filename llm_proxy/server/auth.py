@@ -94,7 +94,7 @@ def middleware(auth: AuthConfig) -> Middleware:
 
 def exposure_warning(config: Config) -> str | None:
     """A warning when the proxy listens beyond this machine with no keys required."""
-    if config.auth.keys or _loopback(config.server.host):
+    if config.auth.keys or is_loopback(config.server.host):
         return None
     return (
         f"warning: listening on {config.server.host} without auth.keys: anyone who can reach "
@@ -102,7 +102,7 @@ def exposure_warning(config: Config) -> str | None:
     )
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -71,6 +71,8 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
     finally:
         exchange.finish()
         recorder.submit(exchange)
+        for hook in app[state.ON_RECORD]:
+            hook(exchange)
         console.summary(exchange)
 
 

@@ -11,6 +11,7 @@ imports knows nothing of the app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -54,6 +55,8 @@ ROUTER = web.AppKey("router", Router)
 CACHE = web.AppKey("cache", AnswerCache)
 # The config in force: CONFIG with the reloadable parts of the last SIGHUP reload (reload.py).
 LIVE = web.AppKey("live", LiveConfig)
+# Called with each finished exchange as it is handed to the writer (the web UI's live list).
+ON_RECORD: web.AppKey[list[Callable[[Exchange], None]]] = web.AppKey("on_record")
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)
