@@ -1,0 +1,342 @@
+"""Redaction: secrets and personal data replaced by ``[redacted:KIND]`` before a row is stored.
+
+Pure text in, text out. :class:`Redactor` holds the detectors ``database.redact``
+(or an API key's ``redact``) turned on and applies them to each stored copy of
+an exchange (audit/store.py calls it before capping and compaction, so the
+search index, blobs, exports and every reader see only the redacted text).
+What reaches the backend and the client is never touched: the store redacts
+its own copy of the row.
+
+The built-in detectors:
+
+- ``api_key``: keys of well-known shapes (OpenAI and Anthropic ``sk-…``,
+  GitHub ``ghp_…``/``github_pat_…``, GitLab ``glpat-…``, Slack ``xox?-…``,
+  AWS ``AKIA…``, Google ``AIza…``, Hugging Face ``hf_…``, Stripe
+  ``sk_live_…``, JSON web tokens such as Home Assistant's long-lived tokens),
+  and the value of ``api_key=…``, ``password: …``, ``secret=…``, ``token=…``;
+- ``bearer``: the credential after ``Bearer`` or ``Basic``;
+- ``email``: e-mail addresses;
+- ``phone``: international numbers (``+49 30 1234567``), North American
+  (``(555) 123-4567``) and national numbers with a leading 0 and separators;
+  7 to 15 digits;
+- ``card``: 13 to 19 digits (spaces or dashes between) passing the Luhn check;
+- ``iban``: an IBAN of its country's length whose mod-97 checksum holds.
+
+Custom detectors are regular expressions named by their kind
+(``database.redact.patterns``); the whole match is replaced.
+
+JSON bodies are redacted value by value (:meth:`Redactor.json_text`): each
+string is decoded, redacted and, only when it changed, written back as a JSON
+string, so a secret written with escapes (``\\u0040``) is found, the body stays
+valid JSON, and everything else keeps its bytes. A card number sent as a bare
+JSON number becomes the string ``"[redacted:card]"``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..config.sections import REDACT_DETECTORS as BUILTIN
+from ..config.sections import ApiKey, DatabaseConfig
+
+
+def marker(kind: str) -> str:
+    """What a redacted value is replaced by."""
+    return f"[redacted:{kind}]"
+
+
+# -- the detectors -------------------------------------------------------------
+
+_KEY_SHAPES = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:"
+    r"sk-(?:ant-|proj-|svcacct-)?[A-Za-z0-9_-]{20,}"
+    r"|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|github_pat_[A-Za-z0-9_]{22,}"
+    r"|glpat-[A-Za-z0-9_-]{20,}"
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|AIza[0-9A-Za-z_-]{35}"
+    r"|hf_[A-Za-z0-9]{30,}"
+    r"|[spr]k_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+    r")"
+)
+# "password: hunter2", "api_key=...", "secret = '...'": the value goes, the name stays.
+_ASSIGNED = re.compile(
+    r"(?i)\b((?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret(?:[_-]?key)?|password|passwd|pwd|token)"
+    r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',;]{6,})"
+)
+_BEARER = re.compile(r"(?i)\b((?:bearer|basic)\s+)([A-Za-z0-9._~+/=-]{12,})")
+_EMAIL = re.compile(
+    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
+_PHONE = re.compile(
+    r"(?<![\w+])(?<!\d[ .-])(?:"  # not the middle of a longer run of digit groups
+    r"\+[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){1,5}"  # +49 30 1234567, +1 (555) 123-4567
+    r"|\(\d{3}\)\s?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}"  # (555) 123-4567, 555-123-4567
+    r"|0\d{1,4}[ /-]\d{2,8}(?:[ -]\d{2,8}){0,3}"  # 030 1234567, 0171-1234567
+    r")(?!\w|[ .-]\d)"
+)
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+_IBAN_START = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2})(\d{2})(?=[ ]?[A-Za-z0-9])")
+
+# ISO 13616 lengths by country.
+_IBAN_LENGTH = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BI": 27,
+    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27, "DK": 18, "DO": 28,
+    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
+    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27,
+    "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25,
+    "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18,
+    "NO": 15, "OM": 23, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33,
+    "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+
+
+def luhn(digits: str) -> bool:
+    """Whether a string of digits passes the Luhn check (card numbers)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """Whether ``iban`` (no spaces) has its country's length and a valid mod-97 checksum."""
+    iban = iban.upper()
+    if _IBAN_LENGTH.get(iban[:2]) != len(iban) or not iban.isalnum():
+        return False
+    moved = iban[4:] + iban[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _sub_card(text: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        digits = m.group().replace(" ", "").replace("-", "")
+        return marker("card") if 13 <= len(digits) <= 19 and luhn(digits) else m.group()
+
+    return _CARD.sub(repl, text)
+
+
+def _sub_iban(text: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for m in _IBAN_START.finditer(text):
+        if m.start() < pos:
+            continue
+        length = _IBAN_LENGTH.get(m.group(1).upper())
+        if length is None:
+            continue
+        chars, i = [m.group(1), m.group(2)], m.end()
+        need = length - 4
+        while need and i < len(text):
+            c = text[i]
+            if c == " " and i + 1 < len(text) and text[i + 1].isalnum() and text[i + 1].isascii():
+                i += 1
+                continue
+            if not (c.isascii() and c.isalnum()):
+                break
+            chars.append(c)
+            need -= 1
+            i += 1
+        if need or (i < len(text) and text[i].isascii() and text[i].isalnum()):
+            continue  # too short, or runs on into more letters and digits
+        if iban_valid("".join(chars)):
+            out += [text[pos : m.start()], marker("iban")]
+            pos = i
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _sub_phone(text: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        digits = sum(c.isdigit() for c in m.group())
+        return marker("phone") if 7 <= digits <= 15 else m.group()
+
+    return _PHONE.sub(repl, text)
+
+
+def _keep_prefix(pattern: re.Pattern[str], kind: str) -> Callable[[str], str]:
+    repl = rf"\g<1>{marker(kind)}"
+    return lambda text: pattern.sub(repl, text)
+
+
+def _whole(pattern: re.Pattern[str], kind: str) -> Callable[[str], str]:
+    return lambda text: pattern.sub(marker(kind), text)
+
+
+def _api_key(text: str) -> str:
+    return _ASSIGNED.sub(rf"\g<1>{marker('api_key')}", _KEY_SHAPES.sub(marker("api_key"), text))
+
+
+# Order matters: keys and bearer tokens before the digit detectors, which
+# could take a piece of a key; cards and IBANs before phone numbers.
+_DETECTORS: dict[str, Callable[[str], str]] = {
+    "api_key": _api_key,
+    "bearer": _keep_prefix(_BEARER, "bearer"),
+    "email": _whole(_EMAIL, "email"),
+    "iban": _sub_iban,
+    "card": _sub_card,
+    "phone": _sub_phone,
+}
+# What could start a match of each detector: a text without any is left alone unread by regexes.
+_HINTS: dict[str, Callable[[str], bool]] = {
+    "api_key": lambda t: True,
+    "bearer": lambda t: True,
+    "email": lambda t: "@" in t,
+    "iban": lambda t: any(c.isdigit() for c in t),
+    "card": lambda t: any(c.isdigit() for c in t),
+    "phone": lambda t: any(c.isdigit() for c in t),
+}
+
+
+# -- the engine ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Redactor:
+    """The detectors of one policy, applied in a fixed order."""
+
+    steps: tuple[Callable[[str], str], ...]
+    kinds: tuple[str, ...]
+
+    def text(self, value: str | None) -> str | None:
+        """Plain text with every detected value replaced by its marker."""
+        if not value:
+            return value
+        return self._plain(value)
+
+    def _plain(self, value: str) -> str:
+        for step in self.steps:
+            value = step(value)
+        return value
+
+    def json_text(self, value: str | None) -> str | None:
+        """JSON text redacted string by string; text that is not JSON is redacted as plain text."""
+        if not value:
+            return value
+        if value[:1] not in "{[" and value.lstrip()[:1] not in ("{", "["):
+            return self.text(value)
+        out: list[str] = []
+        pos = 0
+        changed = False
+        for m in _JSON_STRING.finditer(value):
+            start, end = m.span()
+            if start > pos:
+                between = value[pos:start]
+                redacted = self._bare(between)
+                changed |= redacted != between
+                out.append(redacted)
+            token = m.group()
+            if "\\" in token:
+                try:
+                    decoded = orjson.loads(token)
+                except orjson.JSONDecodeError:
+                    return self.text(value)
+            else:
+                decoded = token[1:-1]
+            clean = self._plain(decoded) if decoded else decoded
+            if clean != decoded:
+                out.append(orjson.dumps(clean).decode())
+                changed = True
+            else:
+                out.append(token)
+            pos = end
+        if pos < len(value):
+            tail = value[pos:]
+            # A quote left over opens a string cut short (a capped copy): redact it as text.
+            redacted = self._plain(tail) if '"' in tail else self._bare(tail)
+            changed |= redacted != tail
+            out.append(redacted)
+        return "".join(out) if changed else value
+
+    def _bare(self, between: str) -> str:
+        """JSON outside strings: only a card number can be written there (as a bare number)."""
+        if "card" not in self.kinds or not any(c.isdigit() for c in between):
+            return between
+        quoted = orjson.dumps(marker("card")).decode()
+        redacted = _CARD.sub(
+            lambda m: quoted if 13 <= len(m.group()) <= 19 and luhn(m.group()) else m.group(), between
+        )
+        return between if redacted == between else redacted
+
+    def value(self, obj: Any) -> Any:
+        """A decoded JSON value with every string redacted (keys included)."""
+        if isinstance(obj, str):
+            return self.text(obj)
+        if isinstance(obj, list):
+            return [self.value(v) for v in obj]
+        if isinstance(obj, dict):
+            return {self.text(k): self.value(v) for k, v in obj.items()}
+        return obj
+
+
+# A JSON string token: quotes around anything but quotes and backslashes, or escapes.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+def build(detectors: Iterable[str], patterns: Mapping[str, str] | None = None) -> Redactor | None:
+    """A redactor for the named built-in detectors (``all`` for every one) and custom regexes.
+
+    None when nothing is to be redacted. Names and patterns are checked when the
+    config loads (config/checks.py); here an unknown name is a programming error.
+    """
+    names = list(detectors)
+    if "all" in names:
+        names = list(BUILTIN)
+    steps: list[Callable[[str], str]] = []
+    kinds: list[str] = []
+    # Custom patterns first: they name what the user knows best (an internal key shape).
+    for kind, regex in (patterns or {}).items():
+        steps.append(_whole(re.compile(regex), kind))
+        kinds.append(kind)
+    for name, detector in _DETECTORS.items():
+        if name in names:
+            hint = _HINTS[name]
+            steps.append(_guarded(hint, detector))
+            kinds.append(name)
+    if not steps:
+        return None
+    return Redactor(tuple(steps), tuple(kinds))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the stored copy of one exchange keeps: bodies or metadata, and what is redacted."""
+
+    store_bodies: str = "full"
+    redactor: Redactor | None = None
+
+
+def policies(database: DatabaseConfig, keys: Iterable[ApiKey] = ()) -> tuple[Policy, dict[str, Policy]]:
+    """The database's policy, and each API key's that differs from it, by key name."""
+    settings = database.redact
+    default = Policy(database.store_bodies, build(settings.detectors, settings.patterns))
+    everything = None
+    per_key: dict[str, Policy] = {}
+    for key in keys:
+        redactor = default.redactor
+        if key.redact == "none":
+            redactor = None
+        elif key.redact == "all":
+            everything = everything or build(["all"], settings.patterns)
+            redactor = everything
+        store = database.store_bodies if key.store_bodies == "default" else key.store_bodies
+        if (store, redactor) != (default.store_bodies, default.redactor):
+            per_key[key.name] = Policy(store, redactor)
+    return default, per_key
+
+
+def _guarded(hint: Callable[[str], bool], detector: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda text: detector(text) if hint(text) else text
