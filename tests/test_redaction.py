@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
-import subprocess
-import sys
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import ollama
-import openai
 import orjson
 import pytest
 
@@ -19,10 +13,9 @@ from llm_proxy import config as config_mod
 from llm_proxy.audit.redact import build, iban_valid, luhn
 from llm_proxy.errors import ConfigError
 
-from . import ha_turn
 from .conftest import MakeProxy
 from .llama_double import LlamaServerDouble
-from .planted import PATTERNS, SEARCHED, SECRETS, answer_stream, files_of, leaks, prose
+from .planted import PATTERNS, SECRETS, cli, files_of, fts_hits, leaks, prose, rows_of, traffic
 from .process import serve
 
 REDACT = {"redact": {"detectors": ["all"], "patterns": PATTERNS}}
@@ -105,53 +98,6 @@ def test_per_key_settings_load() -> None:
 # -- through the real process ----------------------------------------------------------
 
 
-async def _traffic(url: str, double: LlamaServerDouble) -> dict[str, Any]:
-    """Chat with tool rounds (ollama client), /v1 (openai client), generate, and a refused request."""
-    seen: dict[str, Any] = {}
-    client = ollama.AsyncClient(host=url)
-    messages: list[Any] = [
-        {"role": "system", "content": ha_turn.SYSTEM + "\n" + prose("system")},
-        {"role": "user", "content": prose("user")},
-    ]
-    double.queued = [
-        answer_stream(prose("answer"), {"name": SECRETS["email"], "area": SECRETS["phone"]}),
-        answer_stream(prose("second answer")),
-    ]
-    content, calls = "", list[ollama.Message.ToolCall]()
-    async for chunk in await client.chat(
-        model="smollm2", messages=messages, tools=[ha_turn.TURN_ON], stream=True
-    ):
-        content += chunk.message.content or ""
-        calls += chunk.message.tool_calls or []
-    seen["answer"], seen["arguments"] = content, dict(calls[0].function.arguments)
-    messages += [
-        {"role": "assistant", "content": content, "tool_calls": [c.model_dump() for c in calls]},
-        {"role": "tool", "content": prose("tool result")},
-    ]
-    final = await client.chat(model="smollm2", messages=messages, tools=[ha_turn.TURN_ON])
-    seen["second"] = final.message.content
-    await client.generate(model="smollm2", prompt=prose("generate"), stream=False)
-    oai = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
-    await oai.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": prose("openai")}]
-    )
-    await oai.close()
-    async with aiohttp.ClientSession() as http:
-        bad = {"model": "smollm2", "messages": [{"role": 7, "content": prose("refused")}]}
-        async with http.post(f"{url}/api/chat", json=bad) as resp:
-            seen["refused"] = resp.status
-    return seen
-
-
-def _fts_hits(db: Path) -> list[str]:
-    with closing(sqlite3.connect(db)) as conn:
-        return [
-            w
-            for w in SEARCHED
-            if conn.execute("SELECT rowid FROM logs_fts WHERE logs_fts MATCH ?", (f'"{w}"',)).fetchall()
-        ]
-
-
 async def test_planted_secrets_never_reach_the_files_but_reach_client_and_backend(
     tmp_path: Path, aiohttp_server: Any
 ) -> None:
@@ -160,7 +106,7 @@ async def test_planted_secrets_never_reach_the_files_but_reach_client_and_backen
     async with serve(
         tmp_path, str(backend.make_url("")).rstrip("/"), backend={"type": "openai"}, database=REDACT
     ) as served:
-        seen = await _traffic(served.url, double)
+        seen = await traffic(served.url, double)
         # The client got every value the backend answered with.
         assert seen["answer"] == prose("answer") and seen["second"] == prose("second answer")
         assert seen["arguments"] == {"name": SECRETS["email"], "area": SECRETS["phone"]}
@@ -169,12 +115,12 @@ async def test_planted_secrets_never_reach_the_files_but_reach_client_and_backen
         sent = orjson.dumps([body for _, body in double.requests]).decode()
         for label in ("system", "user", "tool result", "generate", "openai"):
             assert orjson.dumps(prose(label)).decode()[1:-1] in sent, label
-        rows = await _rows(served.db, 5)
+        rows = await rows_of(served.db, 5)
         # While the proxy runs: the database, its WAL and shared memory hold none of it.
         for name, data in files_of(served.db).items():
             assert leaks(data) == [], name
-        assert _fts_hits(served.db) == []
-        exported = _cli("logs", "export", "--db", str(served.db)) + _cli(
+        assert fts_hits(served.db) == []
+        exported = cli("logs", "export", "--db", str(served.db)) + cli(
             "logs", "export", "--db", str(served.db), "--format", "csv"
         )
         assert leaks(exported) == []
@@ -186,7 +132,7 @@ async def test_planted_secrets_never_reach_the_files_but_reach_client_and_backen
     assert "[redacted:email]" in chat["prompt"] and "[redacted:iban]" in chat["response"]
     assert (
         "[redacted:card]"
-        in _cli("logs", "show", str(chat["id"]), "--request", "--db", str(served.db)).decode()
+        in cli("logs", "show", str(chat["id"]), "--request", "--db", str(served.db)).decode()
     )
     assert orjson.loads(chat["tool_calls"])[0]["function"]["arguments"] == {
         "name": "[redacted:email]", "area": "[redacted:phone]"
@@ -217,28 +163,7 @@ async def test_per_key_policies(make_proxy: MakeProxy, aiohttp_server: Any) -> N
                 f"{proxy.url}/api/generate", json=body, headers={"Authorization": f"Bearer {key}"}
             ) as r:
                 assert r.status == 200
-    rows = {r["key_name"]: r for r in await _rows(proxy.db, 3)}
+    rows = {r["key_name"]: r for r in await rows_of(proxy.db, 3)}
     assert rows["redacted"]["prompt"] == "write to [redacted:email]"
     assert rows["trusted"]["prompt"] == f"write to {SECRETS['email']}"
     assert rows["quiet"]["prompt"] is None and rows["quiet"]["request_body"] is None
-
-
-async def _rows(db: Path, expected: int) -> list[dict[str, Any]]:
-    import asyncio
-
-    from .conftest import read_rows
-
-    for _ in range(250):
-        found = read_rows(db, 0)
-        if len(found) >= expected:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{len(found)} rows, expected {expected}")
-
-
-def _cli(*args: str) -> bytes:
-    done = subprocess.run(
-        [sys.executable, "-m", "llm_proxy", *args], capture_output=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout

@@ -56,6 +56,8 @@ class Filters:
     until: datetime | None = None
     query: str | None = None  # full-text search
     turn: int | None = None
+    key: str | None = None  # the name of the API key the requests came with
+    ids: tuple[int, ...] = ()  # only these exchanges
 
 
 @dataclass
@@ -104,6 +106,12 @@ class Reader:
             w.add("logs.timestamp >= ?", stamp(f.since))
         if f.until:
             w.add("logs.timestamp < ?", stamp(f.until))
+        if f.ids:
+            w.add(f"logs.id IN ({', '.join('?' * len(f.ids))})", *f.ids)
+        if f.key:
+            if "key_name" not in self.columns:
+                raise AuditError("this database has no key names yet: run 'llm-proxy migrate' to upgrade it")
+            w.add("logs.key_name = ?", f.key)
         if f.turn is not None:
             if "turn_id" not in self.columns:
                 raise AuditError("this database has no turns yet: run 'llm-proxy migrate' to upgrade it")
@@ -113,6 +121,17 @@ class Reader:
                 raise AuditError("this database has no search index yet: run 'llm-proxy migrate' to add it")
             w.add("logs_fts MATCH ?", fts_query(f.query))
         return w
+
+    def ids(self, f: Filters) -> Iterator[int]:
+        """The ids of the matching exchanges, oldest first."""
+        w = self._where(f)
+        source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        try:
+            cursor = self.conn.execute(f"SELECT logs.id FROM {source} {w.sql()} ORDER BY logs.id", w.params)
+        except sqlite3.OperationalError as exc:
+            raise AuditError(f"cannot search: {exc}") from None
+        for (row_id,) in cursor:
+            yield int(row_id)
 
     def rows(
         self, f: Filters, limit: int | None = None, oldest_first: bool = False

@@ -1,7 +1,8 @@
-"""The audit-trail commands: ``llm-proxy logs [show|export]``, ``stats`` and ``prune``.
+"""The audit-trail commands: ``llm-proxy logs [show|export|delete]``, ``stats`` and ``prune``.
 
 ``logs``, ``logs show``, ``logs export`` and ``stats`` only read: they open the
-database read-only and never create or migrate it. ``prune`` writes.
+database read-only and never create or migrate it. ``prune`` and ``logs
+delete`` (cli/delete_command.py) write.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..audit.retention import prune
 from ..audit.when import parse_age, parse_when, stamp
 from ..config import Config
 from ..errors import AuditError
+from . import delete_command
 
 COMMANDS = ("logs", "stats", "prune")
 DEFAULT_COUNT = 20
@@ -48,7 +50,7 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
     out.add_argument("--json", action="store_true", help="one JSON object per line, every column")
     out.add_argument("--full", action="store_true", help="the whole prompt, answer, tool calls and error")
     logs.set_defaults(run=_logs)
-    sub = logs.add_subparsers(dest="logs_command", metavar="{show,export}")
+    sub = logs.add_subparsers(dest="logs_command", metavar="{show,export,delete}")
 
     show = sub.add_parser(
         "show",
@@ -80,7 +82,8 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
         "-n", "--count", type=int, default=0, metavar="N", help="at most N rows (default all)"
     )
     export.set_defaults(run=_export)
-    _inherit(logs, (show, export))
+    delete = delete_command.register(sub, lambda p: _common(p, add_config), _filters, _filters_from, _path)
+    _inherit(logs, (show, export, delete))
 
     stats = commands.add_parser(
         "stats",
@@ -138,6 +141,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", metavar="WHEN", help="before: an age (2h, 7d) or an ISO date/time (UTC)")
     parser.add_argument("-q", "--query", metavar="TEXT", help="full-text search in prompts and answers")
     parser.add_argument("--turn", type=int, metavar="ID", help="only the rounds of this conversation turn")
+    parser.add_argument("--key", metavar="NAME", help="only requests made with this API key (auth.keys name)")
 
 
 def _filters_from(args: argparse.Namespace) -> query.Filters:
@@ -148,7 +152,8 @@ def _filters_from(args: argparse.Namespace) -> query.Filters:
         raise AuditError(str(exc)) from None
     return query.Filters(
         model=args.model, endpoint=args.endpoint, status=args.status, errors=args.errors,
-        since=since, until=until, query=args.query, turn=args.turn,
+        since=since, until=until, query=args.query, turn=args.turn, key=args.key,
+        ids=tuple(getattr(args, "ids", None) or ()),
     )  # fmt: skip
 
 
