@@ -58,6 +58,7 @@ class Filters:
     turn: int | None = None
     key: str | None = None  # the name of the API key the requests came with
     ids: tuple[int, ...] = ()  # only these exchanges
+    succeeded: bool = False  # only exchanges without an error, status below 400 (no 499s)
 
 
 @dataclass
@@ -102,6 +103,8 @@ class Reader:
             w.add("logs.status_code BETWEEN ? AND ?", low, high)
         if f.errors:
             w.add("(logs.error IS NOT NULL OR logs.status_code >= 400)")
+        if f.succeeded:
+            w.add("(logs.error IS NULL AND coalesce(logs.status_code, 200) < 400)")
         if f.since:
             w.add("logs.timestamp >= ?", stamp(f.since))
         if f.until:
@@ -132,6 +135,17 @@ class Reader:
             raise AuditError(f"cannot search: {exc}") from None
         for (row_id,) in cursor:
             yield int(row_id)
+
+    def turn_ends(self, f: Filters) -> set[int]:
+        """The id of the last matching round of each turn; a row outside any turn is its own."""
+        w = self._where(f)
+        source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        turn = "logs.turn_id" if "turn_id" in self.columns else "NULL"
+        sql = f"SELECT MAX(logs.id) FROM {source} {w.sql()} GROUP BY coalesce({turn}, -logs.id)"
+        try:
+            return {int(r[0]) for r in self.conn.execute(sql, w.params)}
+        except sqlite3.OperationalError as exc:
+            raise AuditError(f"cannot search: {exc}") from None
 
     def rows(
         self, f: Filters, limit: int | None = None, oldest_first: bool = False

@@ -25,7 +25,7 @@ from ..audit.retention import prune
 from ..audit.when import parse_age, parse_when, stamp
 from ..config import Config
 from ..errors import AuditError
-from . import delete_command
+from . import dataset_export, delete_command
 
 COMMANDS = ("logs", "stats", "prune")
 DEFAULT_COUNT = 20
@@ -70,13 +70,28 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
 
     export = sub.add_parser(
         "export",
-        help="every matching exchange as JSON lines or CSV",
-        description="Write every matching exchange, complete, oldest first, as JSON lines or CSV. "
-        "Rows are streamed, so memory stays flat however large the database is.",
+        help="every matching exchange as JSON lines or CSV, or as training examples",
+        description="Write every matching exchange, complete, oldest first, as JSON lines or CSV, "
+        "or as training examples (--format openai-chat or sharegpt: messages, tools and the answer "
+        "with its tool calls). Rows are streamed, so memory stays flat however large the database is.",
+        epilog="Examples: llm-proxy logs export --since 7d > week.jsonl ; "
+        "llm-proxy logs export --format openai-chat --per turn --model assistant -o train.jsonl",
     )
     _common(export, add_config)
     _filters(export)
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="default: jsonl")
+    export.add_argument(
+        "--format", choices=("jsonl", "csv", *dataset_export.FORMATS), default="jsonl",
+        help="jsonl (default) and csv: every column; openai-chat: OpenAI's chat fine-tuning format; "
+        "sharegpt: LLaMA-Factory's ShareGPT layout",
+    )  # fmt: skip
+    export.add_argument(
+        "--per", choices=("exchange", "turn"), default="exchange",
+        help="openai-chat/sharegpt: an example per exchange (default), or per turn (its last round)",
+    )  # fmt: skip
+    export.add_argument(
+        "--include-errors", action="store_true",
+        help="openai-chat/sharegpt: keep failed exchanges and 499s (left out by default)",
+    )  # fmt: skip
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     export.add_argument(
         "-n", "--count", type=int, default=0, metavar="N", help="at most N rows (default all)"
@@ -274,6 +289,11 @@ def _show(args: argparse.Namespace, config: Config) -> int:
 
 def _export(args: argparse.Namespace, config: Config) -> int:
     reader = query.connect(_path(args, config))
+    if args.format in dataset_export.FORMATS:
+        try:
+            return _export_examples(args, reader)
+        finally:
+            reader.close()
     try:
         rows = reader.rows(_filters_from(args), limit=args.count or None, oldest_first=True)
         if args.output:
@@ -284,6 +304,18 @@ def _export(args: argparse.Namespace, config: Config) -> int:
             _write_export(rows, reader.shown, args.format, sys.stdout)
     finally:
         reader.close()
+    return 0
+
+
+def _export_examples(args: argparse.Namespace, reader: query.Reader) -> int:
+    f, limit = _filters_from(args), args.count or None
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            done = dataset_export.write(reader, f, args.format, out, args.per, args.include_errors, limit)
+        print(f"{done.summary()} to {args.output}", file=sys.stderr)
+    else:
+        done = dataset_export.write(reader, f, args.format, sys.stdout, args.per, args.include_errors, limit)
+        print(done.summary(), file=sys.stderr)
     return 0
 
 
