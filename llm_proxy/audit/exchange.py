@@ -30,7 +30,7 @@ COLUMNS = (
     "latency_ms", "stream", "backend_type", "error", "request_id", "client_addr",
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
-    "ttfb_ms", "ttft_ms", "api", "key_name", "truncated",
+    "ttfb_ms", "ttft_ms", "api", "key_name", "truncated", "replay_of",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
 # copy kept its start, the full size was never known (migrations/0006).
@@ -73,6 +73,8 @@ class Exchange:
     # A stored copy (response body, answer text, thinking, tool calls) was cut
     # at database.max_body_kb: the answer went on, the record kept its start.
     truncated: bool = False
+    # The id of the row this request replays (``llm-proxy replay``'s X-Replay-Of header).
+    replay_of: int | None = None
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -103,7 +105,7 @@ class Exchange:
             _text(self.request_body), _json(self.backend_request), _json(self.response_body),
             self.thinking or None, _json(self.tool_calls or None), self.done_reason,
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
-            self.key_name, ANSWER_CUT if self.truncated is True else None,
+            self.key_name, ANSWER_CUT if self.truncated is True else None, self.replay_of,
         ]  # fmt: skip
         return storable(values, notes)
 
@@ -138,7 +140,9 @@ class Exchange:
 _INT_MAX = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit value
 _INT_MIN = -(2**63)
 REDUCED_TEXT = 256  # characters of each text kept in a reduced row
-_INTEGERS = ("status_code", "latency_ms", "prompt_tokens", "completion_tokens", "ttfb_ms", "ttft_ms")
+_INTEGERS = (
+    "status_code", "latency_ms", "prompt_tokens", "completion_tokens", "ttfb_ms", "ttft_ms", "replay_of",
+)  # fmt: skip
 _COUNTS = frozenset(_INTEGERS) - {"status_code"}  # counts and durations: never negative
 _TEXT = [i for i, c in enumerate(COLUMNS) if c not in (*_INTEGERS, "timestamp", "stream")]
 _INT = [(i, c, c in _COUNTS) for i, c in enumerate(COLUMNS) if c in _INTEGERS]

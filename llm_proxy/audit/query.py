@@ -59,6 +59,7 @@ class Filters:
     key: str | None = None  # the name of the API key the requests came with
     ids: tuple[int, ...] = ()  # only these exchanges
     succeeded: bool = False  # only exchanges without an error, status below 400 (no 499s)
+    originals: bool = False  # no replays (rows with replay_of set)
 
 
 @dataclass
@@ -103,6 +104,8 @@ class Reader:
             w.add("logs.status_code BETWEEN ? AND ?", low, high)
         if f.errors:
             w.add("(logs.error IS NOT NULL OR logs.status_code >= 400)")
+        if f.originals and "replay_of" in self.columns:
+            w.add("logs.replay_of IS NULL")
         if f.succeeded:
             w.add("(logs.error IS NULL AND coalesce(logs.status_code, 200) < 400)")
         if f.since:

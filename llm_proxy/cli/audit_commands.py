@@ -25,9 +25,9 @@ from ..audit.retention import prune
 from ..audit.when import parse_age, parse_when, stamp
 from ..config import Config
 from ..errors import AuditError
-from . import dataset_export, delete_command
+from . import dataset_export, delete_command, replay
 
-COMMANDS = ("logs", "stats", "prune")
+COMMANDS = ("logs", "stats", "prune", "replay")
 DEFAULT_COUNT = 20
 
 
@@ -126,6 +126,9 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
     )
     prune_cmd.add_argument("--dry-run", action="store_true", help="count what --older-than would delete")
     prune_cmd.set_defaults(run=_prune)
+    replay.register(
+        commands, lambda p: _common(p, add_config), lambda p: _filters(p, model=False), _filters_from, _path
+    )
 
 
 def _inherit(parent: argparse.ArgumentParser, children: Iterable[argparse.ArgumentParser]) -> None:
@@ -147,8 +150,9 @@ def _common(parser: argparse.ArgumentParser, add_config: Callable[[argparse.Argu
     parser.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
 
 
-def _filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", help="only this model (as the client or the backend named it)")
+def _filters(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:  # replay's --model names the model to send to instead
+        parser.add_argument("-m", "--model", help="only this model (as the client or the backend named it)")
     parser.add_argument("--endpoint", help="only this endpoint: /api/chat, or just chat")
     parser.add_argument("--status", help="only this status: 404, or a class such as 5xx")
     parser.add_argument("--errors", action="store_true", help="only failed exchanges")
@@ -166,7 +170,7 @@ def _filters_from(args: argparse.Namespace) -> query.Filters:
     except ValueError as exc:
         raise AuditError(str(exc)) from None
     return query.Filters(
-        model=args.model, endpoint=args.endpoint, status=args.status, errors=args.errors,
+        model=getattr(args, "model", None), endpoint=args.endpoint, status=args.status, errors=args.errors,
         since=since, until=until, query=args.query, turn=args.turn, key=args.key,
         ids=tuple(getattr(args, "ids", None) or ()),
     )  # fmt: skip

@@ -1,0 +1,159 @@
+"""``llm-proxy replay``: recorded requests sent again through the running proxy, compared side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ollama
+import orjson
+import pytest
+
+from . import ha_turn
+from .conftest import MakeProxy, Proxy, read_rows
+from .llama_double import LlamaServerDouble, fixture
+from .llama_server import ALIAS, LlamaServer, NotInstalled, ServerFailed
+from .planted import rows_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def replay(proxy: Proxy, *args: str, code: int = 0) -> tuple[str, str]:
+    """The real command as a process, while this test's event loop serves the proxy."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LLM_PROXY_CONFIG", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llm_proxy", "replay", "--db", str(proxy.db), "--url", proxy.url, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == code, (out, err)
+    return out.decode(), err.decode()
+
+
+@pytest.fixture
+async def turn(make_proxy: MakeProxy, aiohttp_server: Any) -> tuple[Proxy, LlamaServerDouble, int]:
+    """A Home Assistant turn of three rounds, recorded; the backend serves "smollm2" under two aliases."""
+    double = LlamaServerDouble()
+    backend = await aiohttp_server(double.app(), host="127.0.0.1")
+    proxy = await make_proxy(
+        str(backend.make_url("")).rstrip("/"), "openai", models={"mappings": {"candidate": "smollm2"}}
+    )
+    client = ha_turn.client(proxy.url, ha_turn.Capture())
+    await ha_turn.spoken_request(client, double, ha_turn.start_messages(), "turn on the kitchen light", 3)
+    rows = await rows_of(proxy.db, 3)
+    return proxy, double, rows[0]["turn_id"]
+
+
+async def test_a_turn_replayed_on_another_model(turn: tuple[Proxy, LlamaServerDouble, int]) -> None:
+    proxy, double, turn_id = turn
+    before = read_rows(proxy.db, 3)
+    # The candidate answers the first round in words instead of calling the tool; the rest alike.
+    double.queued = [fixture("chat-stream"), fixture("chat-tools-stream"), fixture("chat-tool-result")]
+    out, _ = await replay(proxy, "--turn", str(turn_id), "--model", "candidate", "--json")
+    report = orjson.loads(out)
+    assert report["summary"] == {
+        "replayed": 3, "answers_changed": 1, "tool_calls_differ": 1, "errors": 0, "not_replayed": 0
+    }  # fmt: skip
+    first = report["exchanges"][0]
+    assert first["original"]["tool_calls"] == [{"name": "HassTurnOn", "arguments": {"name": "HassTurnOn"}}]
+    assert first["replay"]["tool_calls"] == [] and first["replay"]["response"].startswith("I'm")
+    assert (first["answer_changed"], first["tool_calls_differ"]) == (True, True)
+    assert [e["tool_calls_differ"] for e in report["exchanges"][1:]] == [False, False]
+    assert all(
+        e["replay"]["model"] == "candidate" and e["replay"]["latency_ms"] >= 0 for e in report["exchanges"]
+    )
+    # The replays are rows of their own, pointing at what they replay, with the original's request.
+    rows = read_rows(proxy.db, 6)
+    new = rows[3:]
+    assert [r["replay_of"] for r in new] == [r["id"] for r in before]
+    assert all(r["replay_of"] is None for r in rows[:3])
+    assert [r["model"] for r in new] == ["candidate"] * 3
+    assert [r["status_code"] for r in new] == [200] * 3
+    sent = [body for _, body in double.requests[3:]]
+    assert [len(b["messages"]) for b in sent] == [2, 4, 6]  # each round's stored conversation, as it was
+    assert all(r["user_agent"].startswith("llm-proxy-replay/") for r in new)
+    # A search selects recorded traffic, not those replays.
+    double.queued = [fixture("chat-tools-stream")]
+    out, _ = await replay(proxy, "-q", "kitchen", "--endpoint", "chat", "-n", "1")
+    assert "1 replayed: 0 answers changed, 0 with different tool calls, 0 answered with an error" in out
+    assert read_rows(proxy.db, 7)[-1]["replay_of"] == before[0]["id"]
+
+
+async def test_the_side_by_side_report(turn: tuple[Proxy, LlamaServerDouble, int]) -> None:
+    proxy, double, _ = turn
+    first = read_rows(proxy.db, 3)[0]
+    double.queued = [fixture("chat-stream")]
+    out, _ = await replay(proxy, str(first["id"]), "--model", "candidate")
+    lines = out.splitlines()
+    assert lines[0] == f"#{first['id']} → #{first['id'] + 3}  /api/chat  smollm2 → candidate"
+    table = {line.split()[0]: line for line in lines[1:] if line.strip()}
+    assert "│" in table["status"] and table["status"].split() == ["status", "200", "│", "200"]
+    assert table["tool"].endswith("differ") and 'HassTurnOn({"name":"HassTurnOn"})' in table["tool"]
+    assert table["answer"].endswith("changed")
+    assert lines[-1].startswith("1 replayed: 1 answers changed, 1 with different tool calls")
+
+
+async def test_what_cannot_be_replayed_says_why(
+    make_proxy: MakeProxy, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    double = LlamaServerDouble()
+    backend = await aiohttp_server(double.app(), host="127.0.0.1")
+    proxy = await make_proxy(str(backend.make_url("")).rstrip("/"), "openai")
+    client = ollama.AsyncClient(host=proxy.url)
+    await client.embed(model="smollm2", input="embed me")
+    await client.generate(model="smollm2", prompt="hello", stream=False)
+    row, generate = await rows_of(proxy.db, 2)
+    out, _ = await replay(proxy, str(row["id"]), "--json")
+    report = orjson.loads(out)
+    assert report["summary"]["not_replayed"] == 1
+    assert report["exchanges"][0]["problem"] == "/api/embed is not replayed (only chat and generate)"
+    _, err = await replay(proxy, code=1)
+    assert "say what to replay" in err
+    _, err = await replay(proxy, str(generate["id"]), "--url", "http://127.0.0.1:9", code=1)
+    assert err.startswith("llm-proxy: cannot reach the proxy at http://127.0.0.1:9: ")
+
+
+@pytest.fixture
+def llama(tmp_path: Path) -> Iterator[LlamaServer]:
+    """A real llama-server with SmolLM2 (fails, never skips, when tests/install.sh was not run)."""
+    try:
+        server = LlamaServer(log_dir=tmp_path).start()
+    except (NotInstalled, ServerFailed) as exc:
+        problem = str(exc)
+    else:
+        yield server
+        server.stop()
+        return
+    pytest.fail(problem, pytrace=False)
+
+
+async def test_replay_against_the_real_llama_server(make_proxy: MakeProxy, llama: LlamaServer) -> None:
+    # The same model under a second client-side name: what a user does to compare two of them.
+    proxy = await make_proxy(
+        llama.url, "openai", backend={"timeout": 60}, models={"mappings": {"smollm2-b": ALIAS}}
+    )
+    client = ollama.AsyncClient(host=proxy.url, timeout=60)
+    said = await client.chat(
+        model=ALIAS,
+        messages=[{"role": "user", "content": "Say hello."}],
+        options={"num_predict": 8, "temperature": 0},
+    )
+    assert said.message.content
+    (original,) = await rows_of(proxy.db, 1)
+    # Its turn, replayed on the other alias (one round: "Say hello." needs no tool).
+    out, _ = await replay(proxy, "--turn", str(original["turn_id"]), "--model", "smollm2-b", "--json")
+    report = orjson.loads(out)
+    assert report["summary"]["replayed"] == 1 and report["summary"]["errors"] == 0
+    (entry,) = report["exchanges"]
+    after = entry["replay"]
+    assert after["model"] == "smollm2-b" and after["status_code"] == 200
+    assert 0 < after["completion_tokens"] <= 8 and after["prompt_tokens"] == original["prompt_tokens"]
+    # temperature 0 on the same weights: the same words, which the report says.
+    assert after["response"] == original["response"] and entry["answer_changed"] is False
+    rows = read_rows(proxy.db, 2)
+    assert rows[1]["replay_of"] == original["id"] and rows[1]["backend_model"] == ALIAS
