@@ -69,6 +69,14 @@ def test_json_bodies_stay_json_and_escaped_secrets_are_found() -> None:
     }
     untouched = '{"model": "smollm2",  "messages": [{"role": "user", "content": "hello"}]}'
     assert r.json_text(untouched) is untouched  # bytes kept when nothing is found
+    # Only the string holding the secret changes; spacing, order and escapes elsewhere stay.
+    mixed = '{"a" : "line\\none",\n "b": ["call +49 30 98765432 now", 12.5, "x\\u00e9"], "c": "2026-11-22"}'
+    assert r.json_text(mixed) == mixed.replace("+49 30 98765432", "[redacted:phone]")
+    # A copy cut at database.max_body_kb is no JSON; its strings are redacted as far as they go.
+    cut = '{"messages": [{"role": "user", "content": "mail zqxj.planted@example.org and call +49 30 98765'
+    assert r.json_text(cut) == cut.replace("zqxj.planted@example.org", "[redacted:email]").replace(
+        "+49 30 98765", "[redacted:phone]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,8 +111,14 @@ async def test_planted_secrets_never_reach_the_files_but_reach_client_and_backen
 ) -> None:
     double = LlamaServerDouble()
     backend = await aiohttp_server(double.app(), host="127.0.0.1")
+    # The console lines a journal keeps are redacted like the rows.
+    console = {"log_messages": True, "log_raw_requests": True}
     async with serve(
-        tmp_path, str(backend.make_url("")).rstrip("/"), backend={"type": "openai"}, database=REDACT
+        tmp_path,
+        str(backend.make_url("")).rstrip("/"),
+        backend={"type": "openai"},
+        database=REDACT,
+        server=console,
     ) as served:
         seen = await traffic(served.url, double)
         # The client got every value the backend answered with.
@@ -127,6 +141,9 @@ async def test_planted_secrets_never_reach_the_files_but_reach_client_and_backen
         assert await served.stop() == 0
     for name, data in files_of(served.db).items():
         assert leaks(data) == [], name
+    printed = "\n".join(served.stdout)
+    assert "[redacted:email]" in printed and "Prompt: user: mail me at [redacted:email]" in printed
+    assert leaks(printed.encode()) == []
     # What was stored is the redacted text, not nothing.
     chat = rows[0]
     assert "[redacted:email]" in chat["prompt"] and "[redacted:iban]" in chat["response"]

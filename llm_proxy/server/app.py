@@ -70,6 +70,7 @@ async def _stopping(app: web.Application) -> None:
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     config = app[state.CONFIG]
     policy, per_key = redact.policies(config.database, config.auth.keys)
+    app[state.CONSOLE].protect(policy, per_key)
     store = Store(
         config.database.path, policy.store_bodies, config.database.max_body_kb, policy.redactor, per_key
     )
