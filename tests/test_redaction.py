@@ -72,6 +72,14 @@ def test_json_bodies_stay_json_and_escaped_secrets_are_found() -> None:
     # Only the string holding the secret changes; spacing, order and escapes elsewhere stay.
     mixed = '{"a" : "line\\none",\n "b": ["call +49 30 98765432 now", 12.5, "x\\u00e9"], "c": "2026-11-22"}'
     assert r.json_text(mixed) == mixed.replace("+49 30 98765432", "[redacted:phone]")
+    # A secret named by its key: the value goes, the key and its neighbours stay.
+    keyed = (
+        '{"name": "ha", "password": "hunter22", "api_key": "abc123def", "tokens": "many", "max_tokens": 8}'
+    )
+    assert orjson.loads(r.json_text(keyed) or "") == {
+        "name": "ha", "password": "[redacted:api_key]", "api_key": "[redacted:api_key]", "tokens": "many",
+        "max_tokens": 8,
+    }  # fmt: skip
     # A copy cut at database.max_body_kb is no JSON; its strings are redacted as far as they go.
     cut = '{"messages": [{"role": "user", "content": "mail zqxj.planted@example.org and call +49 30 98765'
     assert r.json_text(cut) == cut.replace("zqxj.planted@example.org", "[redacted:email]").replace(

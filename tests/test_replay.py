@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import ollama
 import orjson
 import pytest
@@ -157,3 +158,18 @@ async def test_replay_against_the_real_llama_server(make_proxy: MakeProxy, llama
     assert after["response"] == original["response"] and entry["answer_changed"] is False
     rows = read_rows(proxy.db, 2)
     assert rows[1]["replay_of"] == original["id"] and rows[1]["backend_model"] == ALIAS
+
+
+async def test_only_a_plain_id_in_x_replay_of_is_kept(
+    make_proxy: MakeProxy, ollama_double: tuple[Any, str]
+) -> None:
+    proxy = await make_proxy(ollama_double[1])
+    async with aiohttp.ClientSession() as http:
+        for header in ("12", "abc", "-3", "0", "99999999999999999999", "１２"):
+            body = {"model": "llama3.2", "prompt": "hi", "stream": False}
+            async with http.post(
+                f"{proxy.url}/api/generate", json=body, headers={"X-Replay-Of": header}
+            ) as r:
+                assert r.status == 200  # never an error: at worst, no replay
+    rows = await rows_of(proxy.db, 6)
+    assert [r["replay_of"] for r in rows] == [12, None, None, None, None, None]

@@ -68,6 +68,12 @@ _KEY_SHAPES = re.compile(
     r")",
     re.ASCII,
 )
+# A JSON key whose string value is a secret: {"password": "hunter22"}.
+_SECRET_KEY = re.compile(
+    r"(?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|refresh[_-]?token|secret(?:[_-]?key)?"
+    r"|client[_-]?secret|password|passwd|pwd|token)",
+    re.IGNORECASE | re.ASCII,
+)
 # "password: hunter2", "api_key=...", "secret = '...'": the value goes, the name stays.
 _ASSIGNED = re.compile(
     r"\b((?:api[_-]?key|apikey|access[_-]?token|auth[_-]?token|secret(?:[_-]?key)?|password|passwd|pwd|token)"
@@ -371,7 +377,10 @@ class Redactor:
                 clean_text = orjson.dumps(marker("card")).decode()
             else:
                 decoded = orjson.loads(text) if "\\" in text else text[1:-1]
-                clean = self._plain(decoded) if decoded and self._candidate(decoded) else decoded
+                if decoded and self._secret_value(value, spans, i):
+                    clean = marker("api_key")
+                else:
+                    clean = self._plain(decoded) if decoded and self._candidate(decoded) else decoded
                 if clean == decoded:
                     continue
                 clean_text = orjson.dumps(clean).decode()
@@ -381,6 +390,15 @@ class Redactor:
             return value
         out.append(value[pos:])
         return "".join(out)
+
+    def _secret_value(self, value: str, spans: list[tuple[int, int]], i: int) -> bool:
+        """Whether token ``i`` is the string value of a key such as ``"password"`` or ``"api_key"``."""
+        if "api_key" not in self.kinds or i == 0:
+            return False
+        key_start, key_end = spans[i - 1]
+        if value[key_end : spans[i][0]].strip() != ":" or value[key_start] != '"':
+            return False
+        return _SECRET_KEY.fullmatch(value[key_start + 1 : key_end - 1]) is not None
 
     def _rewrite(self, value: str) -> str:
         """Each JSON string that holds something to redact, replaced by its redacted encoding."""
