@@ -17,7 +17,7 @@ import pytest
 from . import ha_turn
 from .conftest import MakeProxy, Proxy, read_rows
 from .llama_double import LlamaServerDouble, fixture
-from .llama_server import ALIAS, LlamaServer, NotInstalled, ServerFailed
+from .llama_server import ALIAS, LlamaServer, NotInstalled, ServerFailed, template_path
 from .planted import rows_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,9 +121,11 @@ async def test_what_cannot_be_replayed_says_why(
 
 @pytest.fixture
 def llama(tmp_path: Path) -> Iterator[LlamaServer]:
-    """A real llama-server with SmolLM2 (fails, never skips, when tests/install.sh was not run)."""
+    """A real llama-server with SmolLM2 and a template for tools (fails, never skips, when not installed)."""
     try:
-        server = LlamaServer(log_dir=tmp_path).start()
+        server = LlamaServer(
+            "--jinja", "--chat-template-file", str(template_path()), log_dir=tmp_path
+        ).start()
     except (NotInstalled, ServerFailed) as exc:
         problem = str(exc)
     else:
@@ -133,31 +135,48 @@ def llama(tmp_path: Path) -> Iterator[LlamaServer]:
     pytest.fail(problem, pytrace=False)
 
 
-async def test_replay_against_the_real_llama_server(make_proxy: MakeProxy, llama: LlamaServer) -> None:
+# Home Assistant's request reduced to one tool, and params that make SmolLM2 call it every time
+# (as in tests/test_e2e_llama_server.py).
+TURN_ON = {
+    "type": "function",
+    "function": {
+        "name": "HassTurnOn",
+        "description": "Turns on a device",
+        "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+    },
+}
+TOOL_PARAMS = {"tool_choice": "required", "temperature": 0, "cache_prompt": False, "max_tokens": 256}
+
+
+async def test_a_turn_replayed_on_the_real_llama_server(make_proxy: MakeProxy, llama: LlamaServer) -> None:
     # The same model under a second client-side name: what a user does to compare two of them.
     proxy = await make_proxy(
-        llama.url, "openai", backend={"timeout": 60}, models={"mappings": {"smollm2-b": ALIAS}}
-    )
-    client = ollama.AsyncClient(host=proxy.url, timeout=60)
-    said = await client.chat(
-        model=ALIAS,
-        messages=[{"role": "user", "content": "Say hello."}],
-        options={"num_predict": 8, "temperature": 0},
-    )
-    assert said.message.content
-    (original,) = await rows_of(proxy.db, 1)
-    # Its turn, replayed on the other alias (one round: "Say hello." needs no tool).
-    out, _ = await replay(proxy, "--turn", str(original["turn_id"]), "--model", "smollm2-b", "--json")
+        llama.url, "openai", backend={"timeout": 120},
+        models={"mappings": {"smollm2-b": ALIAS}, "params": {ALIAS: TOOL_PARAMS, "smollm2-b": TOOL_PARAMS}},
+    )  # fmt: skip
+    client = ollama.AsyncClient(host=proxy.url, timeout=120)
+    messages: list[Any] = [{"role": "user", "content": "Turn on the kitchen light"}]
+    first = await client.chat(model=ALIAS, messages=messages, tools=[TURN_ON])
+    assert first.message.tool_calls
+    messages += [first.message, {"role": "tool", "content": '{"success": true}'}]
+    second = await client.chat(model=ALIAS, messages=messages, tools=[TURN_ON])  # a second round
+    assert second.message.tool_calls
+    rounds = await rows_of(proxy.db, 2)
+    assert rounds[0]["turn_id"] == rounds[1]["turn_id"] == rounds[0]["id"]
+
+    out, _ = await replay(proxy, "--turn", str(rounds[0]["turn_id"]), "--model", "smollm2-b", "--json")
     report = orjson.loads(out)
-    assert report["summary"]["replayed"] == 1 and report["summary"]["errors"] == 0
-    (entry,) = report["exchanges"]
-    after = entry["replay"]
-    assert after["model"] == "smollm2-b" and after["status_code"] == 200
-    assert 0 < after["completion_tokens"] <= 8 and after["prompt_tokens"] == original["prompt_tokens"]
-    # temperature 0 on the same weights: the same words, which the report says.
-    assert after["response"] == original["response"] and entry["answer_changed"] is False
-    rows = read_rows(proxy.db, 2)
-    assert rows[1]["replay_of"] == original["id"] and rows[1]["backend_model"] == ALIAS
+    summary = report["summary"]
+    assert (summary["replayed"], summary["errors"], summary["not_replayed"]) == (2, 0, 0)
+    assert summary["tool_calls_differ"] == sum(e["tool_calls_differ"] for e in report["exchanges"])
+    for entry, original in zip(report["exchanges"], rounds, strict=True):
+        before, after = entry["original"], entry["replay"]
+        assert before["id"] == original["id"] and after["model"] == "smollm2-b"
+        assert after["status_code"] == 200 and after["completion_tokens"] > 0
+        assert [c["name"] for c in after["tool_calls"]] == ["HassTurnOn"]
+    rows = read_rows(proxy.db, 4)
+    assert [r["replay_of"] for r in rows] == [None, None, rounds[0]["id"], rounds[1]["id"]]
+    assert [r["backend_model"] for r in rows[2:]] == [ALIAS, ALIAS]
 
 
 async def test_only_a_plain_id_in_x_replay_of_is_kept(
