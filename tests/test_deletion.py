@@ -76,9 +76,18 @@ async def test_selection_by_key_model_turn_and_age(
     await rows_of(proxy.db, 3)
     db = str(proxy.db)
     assert "no exchange matches" in cli("logs", "delete", "--db", db, "--older-than", "1d", "--yes").decode()
+    with closing(sqlite3.connect(proxy.db)) as conn, conn:  # one exchange from last year
+        conn.execute("UPDATE logs SET timestamp = '2025-06-01T12:00:00.000Z' WHERE id = 1")
+    out = cli("logs", "delete", "--db", db, "--older-than", "30d", "--yes").decode()
+    assert (
+        out.startswith("1 exchange matches: id 1, 2025-06-01T12:00:00.000Z") and "deleted 1 exchanges" in out
+    )
+    ha = ollama.AsyncClient(host=proxy.url, headers={"Authorization": "Bearer k-ha"})
+    await ha.generate(model="llama3.2", prompt="hello again", stream=False)  # ha's row, in place of it
+    await rows_of(proxy.db, 3)
     out = cli("logs", "delete", "--db", db, "--key", "laptop", "--model", "qwen", "--yes").decode()
     assert "deleted 1 exchanges" in out
-    assert [r["key_name"] for r in read_rows(proxy.db, 0)] == ["ha", "laptop"]
+    assert [r["key_name"] for r in read_rows(proxy.db, 0)] == ["laptop", "ha"]
     cli("logs", "delete", "--db", db, "--key", "laptop", "--yes")
     assert [r["key_name"] for r in read_rows(proxy.db, 0)] == ["ha"]
     # Nothing selected is refused, and so is an answer that never comes.
