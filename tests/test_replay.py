@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import ollama
+import openai
 import orjson
 import pytest
 
@@ -192,3 +193,32 @@ async def test_only_a_plain_id_in_x_replay_of_is_kept(
                 assert r.status == 200  # never an error: at worst, no replay
     rows = await rows_of(proxy.db, 6)
     assert [r["replay_of"] for r in rows] == [12, None, None, None, None, None]
+
+
+async def test_an_openai_api_exchange_is_replayed_on_its_own_endpoint(
+    make_proxy: MakeProxy, aiohttp_server: Any
+) -> None:
+    double = LlamaServerDouble()
+    backend = await aiohttp_server(double.app(), host="127.0.0.1")
+    proxy = await make_proxy(
+        str(backend.make_url("")).rstrip("/"), "openai", models={"mappings": {"candidate": "smollm2"}}
+    )
+    oai = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="unused")
+    tool = {"type": "function", "function": ha_turn.TURN_ON["function"]}
+    await oai.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "kitchen on"}],
+        tools=[tool],  # type: ignore[list-item]
+    )
+    await oai.close()
+    (original,) = await rows_of(proxy.db, 1)
+    out, _ = await replay(proxy, str(original["id"]), "--model", "candidate", "--json")
+    (entry,) = orjson.loads(out)["exchanges"]
+    assert entry["endpoint"] == "/v1/chat/completions"
+    assert entry["replay"]["tool_calls"] == entry["original"]["tool_calls"] != []  # ids aside, the same call
+    assert (entry["tool_calls_differ"], entry["answer_changed"]) == (False, False)
+    new = read_rows(proxy.db, 2)[1]
+    assert (new["api"], new["endpoint"], new["model"], new["replay_of"]) == (
+        "openai", "/v1/chat/completions", "candidate", original["id"]
+    )  # fmt: skip
+    assert orjson.loads(new["request_body"])["tools"] == [tool]
