@@ -35,7 +35,8 @@ def test_each_detector_finds_its_kind_and_leaves_look_alikes() -> None:
     # Dates, times, measurements, a number failing Luhn, an IBAN with a wrong checksum stay.
     kept = (
         "on 2026-11-22 at 03:12:45 it was 21.5 °C; order 4539148803436468; DE89 3704 0044 0532 0130 01; "
-        "version 1.2.3; year 2026; call me later"
+        "version 1.2.3; year 2026; call me later; 192.168.1.100; 550e8400-e29b-41d4-a716-446655440000; "
+        '"prompt_per_token_ms":3.9228823529411763; sensor.temperature_1234567; ISBN 978-3-16-148410-0'
     )
     assert r.text(kept) == kept
 

@@ -92,7 +92,8 @@ _PHONE = re.compile(
     r")(?!\w|[ .-]\d)",
     re.ASCII,
 )
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])", re.ASCII)
+# Not the decimals of a number (3.1415926535897932).
+_CARD = re.compile(r"(?<![\d-])(?<!\d\.)\d(?:[ -]?\d){12,18}(?!\d|\.\d)", re.ASCII)
 _IBAN_START = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2})(\d{2})(?=[ ]?[A-Za-z0-9])", re.ASCII)
 
 # ISO 13616 lengths by country.
