@@ -10,7 +10,9 @@ import orjson
 import pytest
 
 from llm_proxy import config as config_mod
+from llm_proxy.audit.exchange import Exchange
 from llm_proxy.audit.redact import build, iban_valid, luhn
+from llm_proxy.audit.store import Store
 from llm_proxy.errors import ConfigError
 
 from .conftest import MakeProxy
@@ -110,6 +112,16 @@ def test_per_key_settings_load() -> None:
     assert (config.auth.keys[0].redact, config.auth.keys[0].store_bodies) == ("all", "metadata")
     with pytest.raises(ConfigError, match=r"'auth.keys\[0\].redact' must be one of 'default', 'all', 'none'"):
         config_mod.from_dict({"auth": {"keys": [{"name": "ha", "key": "k1", "redact": "yes"}]}})
+
+
+def test_a_row_logged_because_it_could_not_be_written_is_redacted_too(tmp_path: Path) -> None:
+    exchange = Exchange(endpoint="/api/generate", method="POST", backend_type="openai")
+    exchange.prompt, exchange.request_body = prose("lost"), orjson.dumps({"prompt": prose("lost")})
+    store = Store(str(tmp_path / "never.db"), redactor=build(["all"], PATTERNS))
+    shown = repr(store.redacted(exchange.row()))
+    assert "[redacted:email]" in shown and leaks(shown.encode()) == []
+    quiet = Store(str(tmp_path / "never.db"), store_bodies="metadata")
+    assert SECRETS["email"] not in repr(quiet.redacted(exchange.row()))
 
 
 # -- through the real process ----------------------------------------------------------

@@ -236,6 +236,20 @@ class Store:
                 blobs.update(packed.blobs)
         return (row_id, *(values[c] for c in STORED))
 
+    def redacted(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A row (in :data:`COLUMNS` order) with its texts redacted as a stored copy would be.
+
+        For the log line of a row that could not be written at all: it must
+        not hold what the database would not have.
+        """
+        values = dict(zip(COLUMNS, row, strict=True))
+        policy = self.keys.get(values["key_name"], self.policy) if self.keys else self.policy
+        if policy.store_bodies == "metadata":
+            _strip_text(values)
+        if policy.redactor is not None:
+            _cap(values, 0, policy.redactor)
+        return tuple(values[c] for c in COLUMNS)
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` on the writer's connection, in its own turn (between the writer's batches)."""
         async with self.lock:
