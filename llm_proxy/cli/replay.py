@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import os
 import shutil
 import sys
@@ -95,7 +96,8 @@ def _replay(
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
     reader = query.connect(path)
     try:
-        originals = list(reader.rows(f, limit=args.count or None, oldest_first=True))
+        # Ids only: each row is read when its turn comes, so memory holds one body at a time.
+        originals = list(itertools.islice(reader.ids(f), args.count or None))
     finally:
         reader.close()
     if not originals:
@@ -122,7 +124,7 @@ def _own_url(config: Config) -> str:
 
 
 async def _send_all(
-    originals: list[dict[str, Any]], url: str, key: str | None, model: str | None, seconds: float, path: str
+    originals: list[int], url: str, key: str | None, model: str | None, seconds: float, path: str
 ) -> list[tuple[dict[str, Any], dict[str, Any] | None, str | None]]:
     """Each original with its replay's row, or None and why there is none."""
     headers = {"User-Agent": f"llm-proxy-replay/{__version__}", "Content-Type": "application/json"}
@@ -131,7 +133,8 @@ async def _send_all(
     out: list[tuple[dict[str, Any], dict[str, Any] | None, str | None]] = []
     client_timeout = aiohttp.ClientTimeout(total=seconds)
     async with aiohttp.ClientSession(timeout=client_timeout, headers=headers, trust_env=False) as http:
-        for row in originals:
+        for row_id in originals:
+            row = await asyncio.to_thread(_row, path, row_id)
             why = _unreplayable(row)
             if why:
                 out.append((row, None, why))
@@ -167,6 +170,14 @@ def _unreplayable(row: dict[str, Any]) -> str | None:
     except orjson.JSONDecodeError:
         return "the stored request body is not JSON (cut at database.max_body_kb?)"
     return None if isinstance(body, dict) else "the stored request body is not a JSON object"
+
+
+def _row(path: str, row_id: int) -> dict[str, Any]:
+    reader = query.connect(path)
+    try:
+        return reader.get(row_id)
+    finally:
+        reader.close()
 
 
 def _new_row(path: str, request_id: str, wait: float = 10.0) -> dict[str, Any] | None:
