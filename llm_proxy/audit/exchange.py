@@ -31,7 +31,7 @@ COLUMNS = (
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
     "ttfb_ms", "ttft_ms", "api", "key_name", "truncated", "backend_name", "attempts",
-    "cache_hit", "cache_saved_ms", "cache_saved_tokens",
+    "cache_hit", "cache_saved_ms", "cache_saved_tokens", "replay_of",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
 # copy kept its start, the full size was never known (migrations/0006).
@@ -83,6 +83,8 @@ class Exchange:
     cache_hit: bool | None = None
     cache_saved_ms: int | None = None
     cache_saved_tokens: int | None = None
+    # The id of the row this request replays (``llm-proxy replay``'s X-Replay-Of header).
+    replay_of: int | None = None
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -115,6 +117,7 @@ class Exchange:
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
             self.key_name, ANSWER_CUT if self.truncated is True else None, self.backend_name,
             _json(self.attempts), self.cache_hit, self.cache_saved_ms, self.cache_saved_tokens,
+            self.replay_of,
         ]  # fmt: skip
         return storable(values, notes)
 
@@ -152,7 +155,7 @@ _INT_MIN = -(2**63)
 REDUCED_TEXT = 256  # characters of each text kept in a reduced row
 _INTEGERS = (
     "status_code", "latency_ms", "prompt_tokens", "completion_tokens", "ttfb_ms", "ttft_ms",
-    "cache_hit", "cache_saved_ms", "cache_saved_tokens",
+    "cache_hit", "cache_saved_ms", "cache_saved_tokens", "replay_of",
 )  # fmt: skip
 _COUNTS = frozenset(_INTEGERS) - {"status_code"}  # counts and durations: never negative
 _TEXT = [i for i, c in enumerate(COLUMNS) if c not in (*_INTEGERS, "timestamp", "stream")]

@@ -57,6 +57,10 @@ class Filters:
     query: str | None = None  # full-text search
     turn: int | None = None
     backend: str | None = None  # the named backend that answered
+    key: str | None = None  # the name of the API key the requests came with
+    ids: tuple[int, ...] = ()  # only these exchanges
+    succeeded: bool = False  # only exchanges without an error, status below 400 (no 499s)
+    originals: bool = False  # no replays (rows with replay_of set)
 
 
 @dataclass
@@ -101,10 +105,20 @@ class Reader:
             w.add("logs.status_code BETWEEN ? AND ?", low, high)
         if f.errors:
             w.add("(logs.error IS NOT NULL OR logs.status_code >= 400)")
+        if f.originals and "replay_of" in self.columns:
+            w.add("logs.replay_of IS NULL")
+        if f.succeeded:
+            w.add("(logs.error IS NULL AND coalesce(logs.status_code, 200) < 400)")
         if f.since:
             w.add("logs.timestamp >= ?", stamp(f.since))
         if f.until:
             w.add("logs.timestamp < ?", stamp(f.until))
+        if f.ids:
+            w.add(f"logs.id IN ({', '.join('?' * len(f.ids))})", *f.ids)
+        if f.key:
+            if "key_name" not in self.columns:
+                raise AuditError("this database has no key names yet: run 'llm-proxy migrate' to upgrade it")
+            w.add("logs.key_name = ?", f.key)
         if f.turn is not None:
             if "turn_id" not in self.columns:
                 raise AuditError("this database has no turns yet: run 'llm-proxy migrate' to upgrade it")
@@ -120,6 +134,28 @@ class Reader:
                 raise AuditError("this database has no search index yet: run 'llm-proxy migrate' to add it")
             w.add("logs_fts MATCH ?", fts_query(f.query))
         return w
+
+    def ids(self, f: Filters) -> Iterator[int]:
+        """The ids of the matching exchanges, oldest first."""
+        w = self._where(f)
+        source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        try:
+            cursor = self.conn.execute(f"SELECT logs.id FROM {source} {w.sql()} ORDER BY logs.id", w.params)
+        except sqlite3.OperationalError as exc:
+            raise AuditError(f"cannot search: {exc}") from None
+        for (row_id,) in cursor:
+            yield int(row_id)
+
+    def turn_ends(self, f: Filters) -> set[int]:
+        """The id of the last matching round of each turn; a row outside any turn is its own."""
+        w = self._where(f)
+        source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        turn = "logs.turn_id" if "turn_id" in self.columns else "NULL"
+        sql = f"SELECT MAX(logs.id) FROM {source} {w.sql()} GROUP BY coalesce({turn}, -logs.id)"
+        try:
+            return {int(r[0]) for r in self.conn.execute(sql, w.params)}
+        except sqlite3.OperationalError as exc:
+            raise AuditError(f"cannot search: {exc}") from None
 
     def rows(
         self, f: Filters, limit: int | None = None, oldest_first: bool = False

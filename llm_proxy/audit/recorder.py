@@ -184,7 +184,7 @@ class Recorder:
                     # Shutting down and SQLite still refuses: put the rows in the
                     # log rather than hang the exit or lose them silently.
                     for row in rows:
-                        log.error("audit row not written: %r", row)
+                        log.error("audit row not written: %r", self.store.redacted(row))
                     self.lost += len(rows)
                     return False
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]

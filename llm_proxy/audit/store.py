@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -31,6 +31,7 @@ from .compact import pack
 from .connection import Connection
 from .exchange import COLUMNS
 from .migrate import migrate
+from .redact import Policy, Redactor
 from .turns import TurnTracker, chat_messages, message_keys
 
 log = logging.getLogger("llm_proxy.audit")
@@ -91,10 +92,17 @@ class Store:
     """One connection, on a thread of its own, that writes ``logs`` rows in batches."""
 
     def __init__(
-        self, path: str, store_bodies: str = "full", max_body_kb: int = DatabaseConfig.max_body_kb
+        self,
+        path: str,
+        store_bodies: str = "full",
+        max_body_kb: int = DatabaseConfig.max_body_kb,
+        redactor: Redactor | None = None,
+        keys: Mapping[str, Policy] | None = None,
     ) -> None:
         self.path = path
-        self.store_bodies = store_bodies
+        self.policy = Policy(store_bodies, redactor)
+        # API keys whose rows are kept otherwise than the database's default, by key name.
+        self.keys = dict(keys or {})
         self.max_body = max_body_kb * 1024  # bytes; 0: no limit
         self.lock = asyncio.Lock()
         self.turns = TurnTracker()
@@ -214,16 +222,33 @@ class Store:
             self.turns.record(client, keys, turn_id)
         values["turn_id"] = turn_id
         values["request_parts"] = values["backend_request_parts"] = None
-        if self.store_bodies == "metadata":
+        policy = self.keys.get(values["key_name"], self.policy) if self.keys else self.policy
+        if policy.store_bodies == "metadata":
             _strip_text(values)
-        elif self.max_body:
-            _cap(values, self.max_body)
+            if policy.redactor is not None:
+                values["error"] = policy.redactor.text(values["error"])
+        elif self.max_body or policy.redactor is not None:
+            _cap(values, self.max_body, policy.redactor)
         for column, parts in COMPACTED:
             packed = pack(values[column])
             if packed is not None:
                 values[column], values[parts] = None, packed.recipe
                 blobs.update(packed.blobs)
         return (row_id, *(values[c] for c in STORED))
+
+    def redacted(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A row (in :data:`COLUMNS` order) with its texts redacted as a stored copy would be.
+
+        For the log line of a row that could not be written at all: it must
+        not hold what the database would not have.
+        """
+        values = dict(zip(COLUMNS, row, strict=True))
+        policy = self.keys.get(values["key_name"], self.policy) if self.keys else self.policy
+        if policy.store_bodies == "metadata":
+            _strip_text(values)
+        if policy.redactor is not None:
+            _cap(values, 0, policy.redactor)
+        return tuple(values[c] for c in COLUMNS)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` on the writer's connection, in its own turn (between the writer's batches)."""
@@ -374,29 +399,51 @@ def _statement(head: str, marks: str, size: int) -> str:
     return head + ", ".join([marks] * size)
 
 
-def _cap(values: dict[str, Any], limit: int) -> None:
-    """Cut each text of :data:`TEXT_COLUMNS` to ``limit`` bytes; ``truncated`` records full sizes."""
+def _cap(values: dict[str, Any], limit: int, redactor: Redactor | None = None) -> None:
+    """Cut each text of :data:`TEXT_COLUMNS` to ``limit`` bytes (0: no limit), redacted first.
+
+    ``truncated`` records full sizes. A text to be cut is redacted a little
+    beyond the cut (:data:`REDACT_MARGIN`), so that a secret the cut falls in
+    is found whole, and a huge body is not scanned past what is kept.
+    """
     sizes = {}
     for column in TEXT_COLUMNS:
         text = values[column]
         # A character is at most 4 bytes of UTF-8: most texts need no measuring at all.
-        if text is None or len(text) * 4 <= limit:
+        if text is None or not limit or len(text) * 4 <= limit:
+            if text is not None and redactor is not None:
+                values[column] = _redacted(redactor, column, text)
             continue
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        if size <= limit:
+            if redactor is not None:
+                values[column] = _redacted(redactor, column, text)
+            continue
+        if redactor is not None:
+            # limit characters hold at least limit bytes: the cut lies within them.
+            text = _redacted(redactor, column, text[: limit + REDACT_MARGIN])
         if text.isascii():
-            size = len(text)
-            if size > limit:
-                values[column] = text[:limit]
-        else:
-            data = text.encode("utf-8")
-            size = len(data)
-            if size > limit:  # a character cut in two is left out
-                values[column] = data[:limit].decode("utf-8", errors="ignore")
-        if size > limit:
-            sizes[column] = size
+            values[column] = text[:limit]
+        else:  # a character cut in two is left out
+            values[column] = text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+        sizes[column] = size
+    if redactor is not None:
+        values["tool_calls"] = redactor.json_text(values["tool_calls"])
+        values["error"] = redactor.text(values["error"])
     if sizes:
         if values["truncated"] is not None:  # the answer, cut as it was relayed
             sizes = {**orjson.loads(values["truncated"]), **sizes}
         values["truncated"] = orjson.dumps(sizes).decode()
+
+
+# Characters past a cut that are redacted with the kept part: longer than any detected value.
+REDACT_MARGIN = 512
+JSON_COLUMNS = frozenset({"request_body", "backend_request", "response_body"})
+
+
+def _redacted(redactor: Redactor, column: str, text: str) -> str:
+    out = redactor.json_text(text) if column in JSON_COLUMNS else redactor.text(text)
+    return text if out is None else out
 
 
 def _strip_text(values: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
-"""The audit-trail commands: ``llm-proxy logs [show|export]``, ``stats`` and ``prune``.
+"""The audit-trail commands: ``llm-proxy logs [show|export|delete]``, ``stats`` and ``prune``.
 
 ``logs``, ``logs show``, ``logs export`` and ``stats`` only read: they open the
-database read-only and never create or migrate it. ``prune`` writes.
+database read-only and never create or migrate it. ``prune`` and ``logs
+delete`` (cli/delete_command.py) write.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from ..audit.retention import prune
 from ..audit.when import parse_age, parse_when, stamp
 from ..config import Config
 from ..errors import AuditError
+from . import dataset_export, delete_command, replay
 
-COMMANDS = ("logs", "stats", "prune")
+COMMANDS = ("logs", "stats", "prune", "replay")
 BY = ("model", "endpoint", "key", "backend")  # the tables of ``stats --by``
 DEFAULT_COUNT = 20
 
@@ -49,7 +51,7 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
     out.add_argument("--json", action="store_true", help="one JSON object per line, every column")
     out.add_argument("--full", action="store_true", help="the whole prompt, answer, tool calls and error")
     logs.set_defaults(run=_logs)
-    sub = logs.add_subparsers(dest="logs_command", metavar="{show,export}")
+    sub = logs.add_subparsers(dest="logs_command", metavar="{show,export,delete}")
 
     show = sub.add_parser(
         "show",
@@ -69,19 +71,35 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
 
     export = sub.add_parser(
         "export",
-        help="every matching exchange as JSON lines or CSV",
-        description="Write every matching exchange, complete, oldest first, as JSON lines or CSV. "
-        "Rows are streamed, so memory stays flat however large the database is.",
+        help="every matching exchange as JSON lines or CSV, or as training examples",
+        description="Write every matching exchange, complete, oldest first, as JSON lines or CSV, "
+        "or as training examples (--format openai-chat or sharegpt: messages, tools and the answer "
+        "with its tool calls). Rows are streamed, so memory stays flat however large the database is.",
+        epilog="Examples: llm-proxy logs export --since 7d > week.jsonl ; "
+        "llm-proxy logs export --format openai-chat --per turn --model assistant -o train.jsonl",
     )
     _common(export, add_config)
     _filters(export)
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="default: jsonl")
+    export.add_argument(
+        "--format", choices=("jsonl", "csv", *dataset_export.FORMATS), default="jsonl",
+        help="jsonl (default) and csv: every column; openai-chat: OpenAI's chat fine-tuning format; "
+        "sharegpt: LLaMA-Factory's ShareGPT layout",
+    )  # fmt: skip
+    export.add_argument(
+        "--per", choices=("exchange", "turn"), default="exchange",
+        help="openai-chat/sharegpt: an example per exchange (default), or per turn (its last round)",
+    )  # fmt: skip
+    export.add_argument(
+        "--include-errors", action="store_true",
+        help="openai-chat/sharegpt: keep failed exchanges and 499s (left out by default)",
+    )  # fmt: skip
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     export.add_argument(
         "-n", "--count", type=int, default=0, metavar="N", help="at most N rows (default all)"
     )
     export.set_defaults(run=_export)
-    _inherit(logs, (show, export))
+    delete = delete_command.register(sub, lambda p: _common(p, add_config), _filters, _filters_from, _path)
+    _inherit(logs, (show, export, delete))
 
     stats = commands.add_parser(
         "stats",
@@ -115,6 +133,9 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
     )
     prune_cmd.add_argument("--dry-run", action="store_true", help="count what --older-than would delete")
     prune_cmd.set_defaults(run=_prune)
+    replay.register(
+        commands, lambda p: _common(p, add_config), lambda p: _filters(p, model=False), _filters_from, _path
+    )
 
 
 def _inherit(parent: argparse.ArgumentParser, children: Iterable[argparse.ArgumentParser]) -> None:
@@ -136,8 +157,9 @@ def _common(parser: argparse.ArgumentParser, add_config: Callable[[argparse.Argu
     parser.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
 
 
-def _filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", help="only this model (as the client or the backend named it)")
+def _filters(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:  # replay's --model names the model to send to instead
+        parser.add_argument("-m", "--model", help="only this model (as the client or the backend named it)")
     parser.add_argument("--endpoint", help="only this endpoint: /api/chat, or just chat")
     parser.add_argument("--status", help="only this status: 404, or a class such as 5xx")
     parser.add_argument("--errors", action="store_true", help="only failed exchanges")
@@ -146,6 +168,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--query", metavar="TEXT", help="full-text search in prompts and answers")
     parser.add_argument("--turn", type=int, metavar="ID", help="only the rounds of this conversation turn")
     parser.add_argument("--backend", metavar="NAME", help="only those answered by this named backend")
+    parser.add_argument("--key", metavar="NAME", help="only requests made with this API key (auth.keys name)")
 
 
 def _filters_from(args: argparse.Namespace) -> query.Filters:
@@ -155,8 +178,9 @@ def _filters_from(args: argparse.Namespace) -> query.Filters:
     except ValueError as exc:
         raise AuditError(str(exc)) from None
     return query.Filters(
-        model=args.model, endpoint=args.endpoint, status=args.status, errors=args.errors,
-        since=since, until=until, query=args.query, turn=args.turn, backend=args.backend,
+        model=getattr(args, "model", None), endpoint=args.endpoint, status=args.status, errors=args.errors,
+        since=since, until=until, query=args.query, turn=args.turn, key=args.key, backend=args.backend,
+        ids=tuple(getattr(args, "ids", None) or ()),
     )  # fmt: skip
 
 
@@ -284,6 +308,11 @@ def _show(args: argparse.Namespace, config: Config) -> int:
 
 def _export(args: argparse.Namespace, config: Config) -> int:
     reader = query.connect(_path(args, config))
+    if args.format in dataset_export.FORMATS:
+        try:
+            return _export_examples(args, reader)
+        finally:
+            reader.close()
     try:
         rows = reader.rows(_filters_from(args), limit=args.count or None, oldest_first=True)
         if args.output:
@@ -294,6 +323,18 @@ def _export(args: argparse.Namespace, config: Config) -> int:
             _write_export(rows, reader.shown, args.format, sys.stdout)
     finally:
         reader.close()
+    return 0
+
+
+def _export_examples(args: argparse.Namespace, reader: query.Reader) -> int:
+    f, limit = _filters_from(args), args.count or None
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            done = dataset_export.write(reader, f, args.format, out, args.per, args.include_errors, limit)
+        print(f"{done.summary()} to {args.output}", file=sys.stderr)
+    else:
+        done = dataset_export.write(reader, f, args.format, sys.stdout, args.per, args.include_errors, limit)
+        print(done.summary(), file=sys.stderr)
     return 0
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from .backends import check_routing
-from .sections import BackendConfig, Config
+from .sections import REDACT_DETECTORS, BackendConfig, Config, RedactConfig
 
 
 def check(config: Config) -> None:
@@ -34,6 +35,7 @@ def check(config: Config) -> None:
         raise ConfigError(f"'database.max_size_mb' must not be negative, got {db.max_size_mb}")
     if db.max_body_kb < 1:
         raise ConfigError(f"'database.max_body_kb' must be at least 1, got {db.max_body_kb}")
+    _check_redact(db.redact)
     _check_limits(config)
     _check_cache_and_quotas(config)
     _check_ui(config)
@@ -150,3 +152,23 @@ def _check_llamacpp(key: str, backend: BackendConfig) -> None:
     for name, model in backend.models.items():
         if not Path(model.path).expanduser().is_file():
             raise ConfigError(f"'{key}.models.{name}.path': file not found: {model.path}")
+
+
+def _check_redact(redact: RedactConfig) -> None:
+    """Known detector names; custom patterns that compile, have a plain kind, and match something."""
+    for name in redact.detectors:
+        if name != "all" and name not in REDACT_DETECTORS:
+            known = ", ".join(("all", *REDACT_DETECTORS))
+            raise ConfigError(
+                f"'database.redact.detectors' has an unknown detector {name!r} (known: {known})"
+            )
+    for kind, regex in redact.patterns.items():
+        key = f"'database.redact.patterns.{kind}'"
+        if not re.fullmatch(r"[a-z0-9_]{1,40}", kind):
+            raise ConfigError(f"{key}: a kind is 1-40 lowercase letters, digits or '_'")
+        try:
+            compiled = re.compile(regex)
+        except re.error as exc:
+            raise ConfigError(f"{key} is not a regular expression: {exc}") from None
+        if compiled.fullmatch(""):
+            raise ConfigError(f"{key} matches the empty string")

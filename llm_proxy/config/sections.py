@@ -21,6 +21,11 @@ LogFormat = Literal["text", "json"]
 StoreBodies = Literal["full", "metadata"]
 Strategy = Literal["order", "least_busy"]
 DEFAULT_BACKEND = "default"
+# An API key's own choices; "default" takes the database section's.
+KeyStoreBodies = Literal["default", "full", "metadata"]
+KeyRedact = Literal["default", "all", "none"]
+# database.redact's built-in detectors (audit/redact.py), in the order they run.
+REDACT_DETECTORS = ("api_key", "bearer", "email", "iban", "card", "phone")
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,16 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class RedactConfig:
+    """What is replaced by ``[redacted:KIND]`` in every stored copy (audit/redact.py)."""
+
+    # Built-in detectors: api_key, bearer, email, phone, card, iban, or "all". None by default.
+    detectors: tuple[str, ...] = ()
+    # Custom detectors: kind → regular expression; each match becomes [redacted:kind].
+    patterns: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     """The SQLite audit trail."""
 
@@ -137,6 +152,8 @@ class DatabaseConfig:
     max_size_mb: int = 0
     # The stored copy of each body (and of an answer's text) is cut at this many KiB.
     max_body_kb: int = 1024
+    # Secrets and personal data replaced before a row is stored.
+    redact: RedactConfig = field(default_factory=RedactConfig)
 
     @property
     def max_body_bytes(self) -> int:
@@ -219,6 +236,10 @@ class ApiKey:
     quota: Quota = field(default_factory=Quota)
     # May sign in to the web UI and read everyone's exchanges (ui.enabled).
     admin: bool = False
+    # What this key's rows keep: "full", "metadata", or "default" (database.store_bodies).
+    store_bodies: KeyStoreBodies = "default"
+    # "all" built-in detectors (and database.redact.patterns), "none", or "default" (database.redact).
+    redact: KeyRedact = "default"
 
 
 @dataclass(frozen=True)

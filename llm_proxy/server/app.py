@@ -12,6 +12,7 @@ from aiohttp.typedefs import Middleware
 from .. import backends, ui
 from ..api import events, health, ollama
 from ..api import openai as openai_api
+from ..audit import redact
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
 from ..audit.store import Store
@@ -78,7 +79,11 @@ async def _stopping(app: web.Application) -> None:
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     config = app[state.CONFIG]
-    store = Store(config.database.path, config.database.store_bodies, config.database.max_body_kb)
+    policy, per_key = redact.policies(config.database, config.auth.keys)
+    app[state.CONSOLE].protect(policy, per_key)
+    store = Store(
+        config.database.path, policy.store_bodies, config.database.max_body_kb, policy.redactor, per_key
+    )
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, config.database.path)

@@ -42,6 +42,7 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         request_id=request.get(state.REQUEST_ID),
         client_addr=request.remote,
         user_agent=header_text(request, "User-Agent"),
+        replay_of=replay_of(request),
     )
     request[state.EXCHANGE] = exchange
     try:
@@ -74,6 +75,17 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         for hook in app[state.ON_RECORD]:
             hook(exchange)
         console.summary(exchange)
+
+
+def replay_of(request: web.Request) -> int | None:
+    """The row a request replays, from ``X-Replay-Of`` (set by ``llm-proxy replay``); else None.
+
+    Only a plain positive id is taken: anything else is no replay, never an error.
+    """
+    value = request.headers.get("X-Replay-Of", "").strip()
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value) or None
+    return None
 
 
 async def send_whole(request: web.Request, response: web.StreamResponse, exchange: Exchange) -> None:
