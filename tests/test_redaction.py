@@ -127,6 +127,21 @@ def test_a_row_logged_because_it_could_not_be_written_is_redacted_too(tmp_path: 
 # -- through the real process ----------------------------------------------------------
 
 
+async def ui_answers(url: str, rows: list[dict[str, Any]]) -> bytes:
+    """Every answer of the web UI's JSON API about these rows: the list, a search, each exchange and turn."""
+    paths = ["/ui/api/exchanges", "/ui/api/exchanges?q=redacted", "/ui/api/dashboard?range=24h"]
+    paths += [f"/ui/api/exchanges/{r['id']}" for r in rows]
+    paths += sorted({f"/ui/api/turns/{r['turn_id']}" for r in rows if r["turn_id"] is not None})
+    answers = b""
+    async with aiohttp.ClientSession() as http:
+        for path in paths:
+            async with http.get(url + path) as resp:
+                assert resp.status == 200, path
+                answers += await resp.read()
+    assert b"[redacted:email]" in answers  # the rows are there, with their markers
+    return answers
+
+
 async def test_planted_secrets_never_reach_the_files_but_reach_client_and_backend(
     tmp_path: Path, aiohttp_server: Any
 ) -> None:
@@ -159,6 +174,8 @@ async def test_planted_secrets_never_reach_the_files_but_reach_client_and_backen
             "logs", "export", "--db", str(served.db), "--format", "csv"
         )
         assert leaks(exported) == []
+        # The web UI's API (on: the proxy listens on loopback) reads the same redacted rows.
+        assert leaks(await ui_answers(served.url, rows)) == []
         assert await served.stop() == 0
     for name, data in files_of(served.db).items():
         assert leaks(data) == [], name
