@@ -31,7 +31,7 @@ COLUMNS = (
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
     "ttfb_ms", "ttft_ms", "api", "key_name", "truncated", "backend_name", "attempts",
-    "cache_hit", "cache_saved_ms", "cache_saved_tokens",
+    "cache_hit", "cache_saved_ms", "cache_saved_tokens", "trace_id",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
 # copy kept its start, the full size was never known (migrations/0006).
@@ -83,6 +83,8 @@ class Exchange:
     cache_hit: bool | None = None
     cache_saved_ms: int | None = None
     cache_saved_tokens: int | None = None
+    # The OpenTelemetry trace of this exchange (32 hex digits), when it was traced.
+    trace_id: str | None = None
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -115,6 +117,7 @@ class Exchange:
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
             self.key_name, ANSWER_CUT if self.truncated is True else None, self.backend_name,
             _json(self.attempts), self.cache_hit, self.cache_saved_ms, self.cache_saved_tokens,
+            self.trace_id,
         ]  # fmt: skip
         return storable(values, notes)
 
@@ -137,6 +140,7 @@ class Exchange:
             "request_id": _plain(self.request_id),
             "client_addr": _plain(self.client_addr),
             "key_name": _plain(self.key_name),
+            "trace_id": _plain(self.trace_id),
             "status_code": _small_int(self.status_code, _INT_MIN),
             "latency_ms": _small_int(self.latency_ms, 0),
             "stream": self.stream if type(self.stream) is bool else None,

@@ -42,6 +42,7 @@ from .sections import (
     UiConfig,
     aliases,
 )
+from .telemetry import TelemetryConfig
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -64,6 +65,7 @@ __all__ = [
     "StoreBodies",
     "Strategy",
     "UiConfig",
+    "TelemetryConfig",
     "aliases",
     "find_config_file",
     "from_dict",

@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from ..audit.exchange import Exchange
 from ..errors import ClientGone, ProxyError
+from ..telemetry import current
 from . import state
 from .middlewares import header_text
 
@@ -44,8 +45,11 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         user_agent=header_text(request, "User-Agent"),
     )
     request[state.EXCHANGE] = exchange
+    telemetry = app.get(state.TELEMETRY)
+    trace = telemetry.begin(request.headers, exchange) if telemetry is not None else None
     try:
-        response = await handler(request)
+        with current(trace):
+            response = await handler(request)
     except ProxyError as exc:
         exchange.status_code, exchange.error = exc.status, exc.message
         request[state.FAILURE] = exc  # for the metrics, by kind
@@ -70,6 +74,8 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     finally:
         exchange.finish()
+        if trace is not None:
+            trace.end(exchange)
         recorder.submit(exchange)
         for hook in app[state.ON_RECORD]:
             hook(exchange)
