@@ -102,6 +102,9 @@ async def test_chat_is_a_genai_span_with_a_backend_try_whose_traceparent_the_bac
         "ollama",
     )
     assert a["llm_proxy.request_id"] == row["request_id"]
+    # The span ends once the row is stored: it names the row, and the row's turn as the conversation.
+    assert a["llm_proxy.row_id"] == row["id"]
+    assert a["gen_ai.conversation.id"] == str(row["turn_id"]) == str(row["id"])
     # capture_content is off by default: no prompt, no answer.
     assert not any(k in a for k in ("gen_ai.input.messages", "gen_ai.output.messages"))
     assert attempt["attributes"]["http.response.status_code"] == 200

@@ -17,7 +17,9 @@ value SQLite cannot take used to stop the writer, and with it the whole trail
 from __future__ import annotations
 
 import codecs
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -85,6 +87,11 @@ class Exchange:
     cache_saved_tokens: int | None = None
     # The OpenTelemetry trace of this exchange (32 hex digits), when it was traced.
     trace_id: str | None = None
+    # Set by the writer once the row is stored (None if it never was).
+    row_id: int | None = None
+    turn_id: int | None = None
+    # Called once by the writer when the row is stored, or given up (telemetry ends its span here).
+    on_stored: Callable[[Exchange], None] | None = field(default=None, repr=False)
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -104,6 +111,15 @@ class Exchange:
         """Close the record: total latency."""
         if self.latency_ms is None:
             self.latency_ms = self.elapsed_ms()
+
+    def stored(self) -> None:
+        """The writer is done with this record (its ``row_id`` set if it landed): tell ``on_stored``."""
+        callback, self.on_stored = self.on_stored, None
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:  # the writer must never stop for a listener's fault
+                logging.getLogger("llm_proxy.audit").exception("after storing request %s", self.request_id)
 
     def row(self) -> tuple[Any, ...]:
         """The values for one INSERT, in :data:`COLUMNS` order, each one SQLite can store."""

@@ -74,8 +74,8 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     finally:
         exchange.finish()
-        if trace is not None:
-            trace.end(exchange)
+        if trace is not None:  # the span ends once the row is stored: it carries the row's id
+            exchange.on_stored = trace.end
         recorder.submit(exchange)
         for hook in app[state.ON_RECORD]:
             hook(exchange)

@@ -7,7 +7,9 @@ OpenTelemetry is imported and each hook below costs one ``ContextVar.get``.
 The hooks, and who calls them::
 
     server/recording.py  begin(request headers, exchange) → Trace, made current
-                         for the request's task; Trace.end(exchange) from finally:
+                         for the request's task; Trace.end(exchange) once the
+                         writer has stored the row (Exchange.on_stored), so the
+                         span carries the row's id and turn
     api/pipeline.py      note_request(api, endpoint, body) once the body is parsed;
                          attempt(backend, model, exchange) around the backend call
     backends/transport   outgoing() → the headers (traceparent) of the current

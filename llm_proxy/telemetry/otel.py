@@ -225,6 +225,7 @@ class ExchangeTrace:
         return BackendAttempt(self, backend, model, endpoint)
 
     def end(self, exchange: Exchange) -> None:
+        """Close the span (at the exchange's own end time) once its row is stored; records the metrics."""
         try:
             self._end(exchange)
         except Exception:  # telemetry must never cost a request its row
@@ -317,6 +318,9 @@ def _exchange_attributes(exchange: Exchange, op: str | None) -> dict[str, Any]:
         out["gen_ai.operation.name"] = op
         out["gen_ai.provider.name"] = genai.provider(exchange.backend_type)
     optional = {
+        "llm_proxy.row_id": exchange.row_id,
+        # The audit trail's turn: every round of one spoken request, named after its first row.
+        "gen_ai.conversation.id": None if exchange.turn_id is None else str(exchange.turn_id),
         "http.response.status_code": exchange.status_code,
         "gen_ai.request.model": exchange.model,
         "llm_proxy.backend_model": exchange.backend_model,
