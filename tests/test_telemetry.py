@@ -25,11 +25,12 @@ import yaml
 from llm_proxy.cli.main import main
 from llm_proxy.config import from_dict
 from llm_proxy.errors import ConfigError
+from llm_proxy.server.reload import merge
 
-from .conftest import MakeProxy, Proxy
+from .conftest import MakeProxy, Proxy, read_rows
 from .llama_double import LlamaServerDouble
 from .otlp import Collector, Phoenix, attributes
-from .process import free_port
+from .process import free_port, serve
 
 USER = [{"role": "user", "content": "Say hello in five words."}]
 TOOLS = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {"type": "object"}}}]
@@ -375,3 +376,31 @@ def test_bad_telemetry_settings_name_the_key(telemetry: dict[str, Any], message:
     with pytest.raises(ConfigError) as caught:
         from_dict({"telemetry": telemetry})
     assert message in str(caught.value)
+
+
+def test_a_reload_keeps_the_running_telemetry_and_says_it_needs_a_restart() -> None:
+    running = from_dict({"telemetry": {"enabled": True, "sampling": 1.0}})
+    loaded = from_dict({"telemetry": {"enabled": True, "sampling": 0.1}})
+    merged, ignored = merge(running, loaded)
+    assert merged.telemetry.sampling == 1.0 and ignored == ["telemetry.sampling"]
+
+
+async def test_serve_with_its_collector_down_answers_and_stops_within_the_timeout(
+    llama_double: tuple[LlamaServerDouble, str], tmp_path: Path
+) -> None:
+    collector = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    telemetry = {"enabled": True, "endpoint": collector, "timeout": 1.0}
+    async with serve(tmp_path, llama_double[1], backend={"type": "openai"}, telemetry=telemetry) as served:
+        await served.wait_log(f"telemetry: exporting spans and metrics to {collector}/v1/traces")
+        client = ollama.AsyncClient(host=served.url)
+        for _ in range(3):
+            answer = await client.chat(model="smollm2", messages=USER, stream=False)
+            assert answer.done
+        started = asyncio.get_running_loop().time()
+        assert await served.stop() == 0
+        # The last export is given telemetry.timeout, not the SDK's 30 s.
+        assert asyncio.get_running_loop().time() - started < 15
+        closed = await served.wait_log("telemetry closed:")
+        assert "0 spans exported, 6 dropped" in closed
+    rows = read_rows(served.db, 3)
+    assert len(rows) == 3 and all(HEX32.fullmatch(r["trace_id"]) for r in rows)
