@@ -21,6 +21,7 @@ import openai
 import orjson
 import pytest
 import yaml
+from aiohttp import web
 
 from llm_proxy.cli.main import main
 from llm_proxy.config import from_dict
@@ -404,3 +405,28 @@ async def test_serve_with_its_collector_down_answers_and_stops_within_the_timeou
         assert "0 spans exported, 6 dropped" in closed
     rows = read_rows(served.db, 3)
     assert len(rows) == 3 and all(HEX32.fullmatch(r["trace_id"]) for r in rows)
+
+
+async def test_a_collector_that_never_answers_delays_neither_answers_nor_the_stop(
+    llama_double: tuple[LlamaServerDouble, str], tmp_path: Path, aiohttp_server: Any
+) -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(60)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", hang)
+    app.router.add_post("/v1/metrics", hang)
+    collector = str((await aiohttp_server(app, host="127.0.0.1")).make_url("")).rstrip("/")
+    telemetry = {"enabled": True, "endpoint": collector, "timeout": 1.0}
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}  # exports start (and hang) while requests are answered
+    async with serve(
+        tmp_path, llama_double[1], env=env, backend={"type": "openai"}, telemetry=telemetry
+    ) as served:
+        client = ollama.AsyncClient(host=served.url)
+        for _ in range(20):
+            assert (await client.chat(model="smollm2", messages=USER, stream=False)).done
+        started = asyncio.get_running_loop().time()
+        assert await served.stop() == 0
+        assert asyncio.get_running_loop().time() - started < 10  # timeout 1 s: one stuck export, then out
+    assert len(read_rows(served.db, 20)) == 20

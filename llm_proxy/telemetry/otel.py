@@ -107,7 +107,16 @@ class _Batches(BatchSpanProcessor):
             export_timeout_millis=timeout * 1000,
         )
         self.max_queue = max_queue
+        self.timeout_ms = int(timeout * 1000)
         self.dropped = 0
+
+    def shutdown(self) -> None:
+        """Send what is queued within telemetry.timeout (the SDK would wait 30 s), then stop."""
+        inner = getattr(self, "_batch_processor", None)
+        try:
+            inner.shutdown(timeout_millis=self.timeout_ms)  # type: ignore[union-attr]
+        except (AttributeError, TypeError):  # another SDK version: its own shutdown
+            super().shutdown()
 
     def on_end(self, span: ReadableSpan) -> None:
         # The queue is the SDK's own (a deque it drops the oldest from when full);
