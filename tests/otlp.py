@@ -56,6 +56,7 @@ class Phoenix:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / "phoenix.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -72,7 +73,7 @@ class Phoenix:
             "PHOENIX_WORKING_DIR": str(self.folder),
             "PHOENIX_HOST": "127.0.0.1",
             "PHOENIX_PORT": str(self.port),
-            "PHOENIX_GRPC_PORT": str(free_port()),
+            "PHOENIX_GRPC_PORT": str(self.grpc_port),
             "PHOENIX_TELEMETRY_ENABLED": "false",
             "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
         }

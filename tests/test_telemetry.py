@@ -361,12 +361,45 @@ def test_enabled_without_the_extra_says_how_to_install_it() -> None:
     assert "pip install 'llm-proxy[otel]'" in out.stderr
 
 
+async def test_spans_go_over_grpc_when_the_protocol_says_so(
+    phoenix: Phoenix,
+    make_proxy: MakeProxy,
+    llama_double: tuple[LlamaServerDouble, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grpc = f"http://127.0.0.1:{phoenix.grpc_port}"
+    by_config = await traced(make_proxy, llama_double[1], grpc, protocol="grpc")
+    await ollama.AsyncClient(host=by_config.url).chat(model="smollm2", messages=USER, stream=False)
+    await by_config.wait_rows(1)
+    # Left at its default, the protocol is the standard variable's.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    by_env = await traced(make_proxy, llama_double[1], grpc)
+    await ollama.AsyncClient(host=by_env.url).chat(model="smollm2", messages=USER, stream=False)
+    rows = await by_config.wait_rows(2)  # both proxies share the file
+    for row in rows:
+        spans = by_name(await phoenix.spans(row["trace_id"], 2))
+        assert set(spans) == {"chat smollm2", "openai smollm2"}
+
+
+def test_grpc_without_its_exporter_says_how_to_install_it() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry.exporter.otlp.proto.grpc'] = None  # the otel-grpc extra missing\n"
+        "from llm_proxy.config import from_dict\n"
+        "from llm_proxy.telemetry import load\n"
+        "load(from_dict({'telemetry': {'enabled': True, 'protocol': 'grpc'}}).telemetry)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "telemetry.protocol grpc needs the gRPC exporter: pip install 'llm-proxy[otel-grpc]'" in out.stderr
+
+
 @pytest.mark.parametrize(
     ("telemetry", "message"),
     [
         ({"sampling": 1.5}, "'telemetry.sampling' must be between 0 and 1, got 1.5"),
         ({"endpoint": "collector:4318"}, "'telemetry.endpoint' must be an http:// or https:// URL"),
-        ({"protocol": "grpc"}, "'telemetry.protocol' must be one of 'http/protobuf', got 'grpc'"),
+        ({"protocol": "http/json"}, "'telemetry.protocol' must be one of 'http/protobuf', 'grpc'"),
         ({"trace_url": "https://tempo.example/trace"}, "'telemetry.trace_url' must contain {trace_id}"),
         ({"headers": {"authorization": 5}}, "'telemetry.headers.authorization' must map a name to a string"),
         ({"max_queue": 0}, "'telemetry.max_queue' must be at least 1, got 0"),

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-# OTLP over HTTP with protobuf bodies. gRPC is not offered: its exporter needs grpcio,
-# a large compiled dependency, and every collector (and Phoenix, Tempo, Jaeger) takes HTTP.
-TelemetryProtocol = Literal["http/protobuf"]
+# OTLP over HTTP with protobuf bodies (the otel extra), or over gRPC (the otel-grpc
+# extra: its exporter needs grpcio, a large compiled dependency).
+TelemetryProtocol = Literal["http/protobuf", "grpc"]
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,10 @@ class TelemetryConfig:
     # Nothing is imported or spent unless this is true (and the `otel` extra installed).
     enabled: bool = False
     # The collector's base URL (http://collector:4318): /v1/traces and /v1/metrics are
-    # added. Empty: OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318.
+    # added (gRPC: http://collector:4317 as it is). Empty: OTEL_EXPORTER_OTLP_ENDPOINT,
+    # else http://localhost:4318 (gRPC: localhost:4317).
     endpoint: str = ""
+    # At this default, OTEL_EXPORTER_OTLP_PROTOCOL=grpc picks gRPC.
     protocol: TelemetryProtocol = "http/protobuf"
     # Sent with every export (an API key of a hosted collector); empty: OTEL_EXPORTER_OTLP_HEADERS.
     headers: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}), repr=False)

@@ -24,8 +24,6 @@ from urllib.parse import urlsplit
 
 from opentelemetry import propagate
 from opentelemetry import trace as api
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -37,7 +35,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from .. import __version__
 from ..audit.exchange import Exchange
 from ..config import TelemetryConfig
-from . import genai
+from . import exporters, genai
 
 log = logging.getLogger("llm_proxy.telemetry")
 
@@ -128,7 +126,7 @@ class _Batches(BatchSpanProcessor):
 
 
 class OtelTelemetry:
-    """Tracer and meter providers with OTLP/HTTP exporters, as ``telemetry:`` configures them."""
+    """Tracer and meter providers with OTLP exporters, as ``telemetry:`` configures them."""
 
     def __init__(self, config: TelemetryConfig, model_label: Callable[[Exchange], str] | None = None) -> None:
         self.config = config
@@ -136,12 +134,8 @@ class OtelTelemetry:
         for name in _QUIET:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         resource = Resource.create(_resource(config))
-        headers = dict(config.headers) or None
-        base = config.endpoint.rstrip("/")
-        traces = f"{base}/v1/traces" if base else None
-        exporter = OTLPSpanExporter(endpoint=traces, headers=headers, timeout=config.timeout)
-        where = traces or getattr(exporter, "_endpoint", None) or "the collector"
-        self._exporter = _Counted(exporter, str(where))
+        exporter, metric_exporter, where = exporters.create(config)
+        self._exporter = _Counted(exporter, where)
         self._batches = _Batches(self._exporter, config.max_queue, config.timeout)
         self.tracer_provider = TracerProvider(
             resource=resource,
@@ -152,10 +146,8 @@ class OtelTelemetry:
         self.tracer = self.tracer_provider.get_tracer("llm_proxy", __version__)
         self.meter_provider: MeterProvider | None = None
         if config.metrics:
-            metrics = f"{base}/v1/metrics" if base else None
             reader = PeriodicExportingMetricReader(
-                OTLPMetricExporter(endpoint=metrics, headers=headers, timeout=config.timeout),
-                export_timeout_millis=config.timeout * 1000,
+                metric_exporter(), export_timeout_millis=config.timeout * 1000
             )
             self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
             meter = self.meter_provider.get_meter("llm_proxy", __version__)
@@ -174,7 +166,7 @@ class OtelTelemetry:
                 explicit_bucket_boundaries_advisory=TTFT_BUCKETS,
             )  # fmt: skip
         log.info(
-            "telemetry: exporting spans%s to %s (OTLP/HTTP), sampling %g%s",
+            "telemetry: exporting spans%s to %s, sampling %g%s",
             " and metrics" if config.metrics else "", where, config.sampling,
             ", with content" if config.capture_content else "",
         )  # fmt: skip
