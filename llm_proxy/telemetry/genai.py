@@ -26,6 +26,8 @@ from ..audit.exchange import Exchange
 OPERATIONS: Mapping[str, str] = {
     "/api/chat": "chat",
     "/v1/chat/completions": "chat",
+    "/v1/responses": "chat",  # OpenAI's Responses API
+    "/v1/messages": "chat",  # Anthropic's Messages API
     "/api/generate": "text_completion",
     "/v1/completions": "text_completion",
     "/api/embed": "embeddings",
@@ -79,7 +81,7 @@ def request_attributes(api: str, body: Mapping[str, Any] | None) -> Attributes:
         for ollama_key, openai_key, name, kind in _SETTINGS:
             value: Any = source.get(ollama_key if api == "ollama" else openai_key)
             if api == "openai" and value is None and openai_key == "max_tokens":
-                value = source.get("max_completion_tokens")
+                value = source.get("max_completion_tokens", source.get("max_output_tokens"))
             if _number(value) and (kind is float or isinstance(value, int)):
                 out[name] = kind(value)
         stop = source.get("stop")
@@ -118,21 +120,27 @@ def response_attributes(exchange: Exchange) -> Attributes:
 
 def input_messages(api: str, endpoint: str, body: Mapping[str, Any] | None) -> Attributes:
     """``gen_ai.input.messages`` (and ``gen_ai.system_instructions``) of a request, as JSON text."""
-    if not isinstance(body, Mapping):
-        return {}
+    if not isinstance(body, Mapping) or operation(endpoint) not in ("chat", "text_completion"):
+        return {}  # embeddings have no messages, other routes no prompt
     out: Attributes = {}
     messages: list[dict[str, Any]] = []
     if isinstance(body.get("messages"), list):
         for m in body["messages"]:
             if isinstance(m, Mapping):
                 messages.append(_message(m))
+    elif isinstance(body.get("input"), str):  # the Responses API's plain input
+        messages.append({"role": "user", "parts": [{"type": "text", "content": body["input"]}]})
+    elif isinstance(body.get("input"), list):  # its input items: the messages among them
+        for m in body["input"]:
+            if isinstance(m, Mapping) and isinstance(m.get("role"), str):
+                messages.append(_message(m))
     elif operation(endpoint) == "text_completion":
         prompt = body.get("prompt")
         if isinstance(prompt, str):
             messages.append({"role": "user", "parts": [{"type": "text", "content": prompt}]})
-        system = body.get("system")
-        if isinstance(system, str) and system:
-            out["gen_ai.system_instructions"] = _json([{"type": "text", "content": system}])
+    system = body.get("system", body.get("instructions"))  # Ollama's and Anthropic's, the Responses API's
+    if isinstance(system, str) and system:
+        out["gen_ai.system_instructions"] = _json([{"type": "text", "content": system}])
     if messages:
         out["gen_ai.input.messages"] = _json(messages)
     return out
