@@ -205,6 +205,20 @@ async def test_a_clients_traceparent_becomes_the_parent(
     assert sent is not None and sent.startswith(f"00-{trace_id}-") and parent not in sent
 
 
+async def test_the_api_keys_name_is_on_the_span_never_the_key(
+    phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    settings = {"enabled": True, "endpoint": phoenix.endpoint, "metrics": False}
+    keys = {"keys": [{"name": "home-assistant", "key": "kitchen-secret-0123456789"}]}
+    proxy = await make_proxy(llama_double[1], backend_type="openai", telemetry=settings, auth=keys)
+    client = ollama.AsyncClient(host=proxy.url, headers={"Authorization": "Bearer kitchen-secret-0123456789"})
+    await client.chat(model="smollm2", messages=USER, stream=False)
+    [row] = await proxy.wait_rows(1)
+    exchange = by_name(await phoenix.spans(row["trace_id"], 2))["chat smollm2"]
+    assert exchange["attributes"]["llm_proxy.key_name"] == "home-assistant" == row["key_name"]
+    assert "kitchen-secret" not in orjson.dumps(exchange).decode()
+
+
 async def test_unsampled_exchanges_store_no_trace_id(
     phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:
