@@ -323,7 +323,11 @@ async def test_metrics_and_otel_environment_variables(
     )
     async for _ in stream:
         pass
-    [row] = await proxy.wait_rows(1)
+    # A made-up model name must not become a metric series of its own.
+    with pytest.raises(ollama.ResponseError):
+        await ollama.AsyncClient(host=proxy.url).chat(model="no-such-model-42", messages=USER, stream=False)
+    [row, made_up] = await proxy.wait_rows(2)
+    assert made_up["status_code"] == 404
     await proxy.server.close()  # the last spans and metrics are sent as the proxy stops
     spans = [(resource, span) for resource, span in collector.spans() if span["name"] == "chat smollm2"]
     [(resource, span)] = spans
@@ -332,14 +336,23 @@ async def test_metrics_and_otel_environment_variables(
     a = attributes(span["attributes"])
     assert (a["llm_proxy.api"], a["http.route"]) == ("openai", "/v1/chat/completions")
     assert (a["gen_ai.request.temperature"], a["gen_ai.request.max_tokens"]) == (0.5, 20)
-    [duration] = collector.points("gen_ai.client.operation.duration")
-    assert attributes(duration["attributes"]) == {
-        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "smollm2",
-    }  # fmt: skip
+    durations = {
+        attributes(p["attributes"])["gen_ai.request.model"]: (attributes(p["attributes"]), p)
+        for p in collector.points("gen_ai.client.operation.duration")
+    }
+    assert set(durations) == {"smollm2", "other"}
+    labels, duration = durations["smollm2"]
+    assert labels == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "smollm2",
+    }
+    assert durations["other"][0]["error.type"] == "404"
     assert int(duration["count"]) == 1 and 0 < duration["sum"] <= row["latency_ms"] / 1000 + 0.001
     tokens = {
         attributes(p["attributes"])["gen_ai.token.type"]: int(p["sum"])
         for p in collector.points("gen_ai.client.token.usage")
+        if attributes(p["attributes"])["gen_ai.request.model"] == "smollm2"
     }
     assert tokens == {"input": row["prompt_tokens"], "output": row["completion_tokens"]}
     [ttft] = collector.points("gen_ai.server.time_to_first_token")
