@@ -128,12 +128,14 @@ fi
 
 step "OTLP receiver: arize-phoenix in tests/.cache/phoenix"
 PHOENIX_VENV="tests/.cache/phoenix"
-if [ -x "$PHOENIX_VENV/bin/phoenix" ]; then
+# The marker is written last: an install that broke off is redone, not reused.
+if [ -f "$PHOENIX_VENV/.installed" ] && [ -x "$PHOENIX_VENV/bin/phoenix" ]; then
   echo "already there"
 else
   rm -rf "$PHOENIX_VENV"
   "$PYTHON" -m venv "$PHOENIX_VENV"
   "$PHOENIX_VENV/bin/python" -m pip install --quiet 'arize-phoenix>=20.26,<21'
+  touch "$PHOENIX_VENV/.installed"
 fi
 
 step "in place"
