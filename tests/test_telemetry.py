@@ -26,6 +26,7 @@ from aiohttp import web
 from llm_proxy.cli.main import main
 from llm_proxy.config import from_dict
 from llm_proxy.errors import ConfigError
+from llm_proxy.server import state
 from llm_proxy.server.reload import merge
 
 from .conftest import MakeProxy, Proxy, read_rows
@@ -217,6 +218,35 @@ async def test_the_api_keys_name_is_on_the_span_never_the_key(
     exchange = by_name(await phoenix.spans(row["trace_id"], 2))["chat smollm2"]
     assert exchange["attributes"]["llm_proxy.key_name"] == "home-assistant" == row["key_name"]
     assert "kitchen-secret" not in orjson.dumps(exchange).decode()
+
+
+async def test_a_failing_telemetry_sdk_never_fails_a_request(
+    phoenix: Phoenix,
+    make_proxy: MakeProxy,
+    llama_double: tuple[LlamaServerDouble, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = await traced(make_proxy, llama_double[1], phoenix.endpoint)
+    telemetry: Any = proxy.app[state.TELEMETRY]
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("the SDK broke")
+
+    real_begin = telemetry.begin
+    telemetry.begin = broken  # the exchange's span cannot start
+    client = ollama.AsyncClient(host=proxy.url)
+    assert (await client.chat(model="smollm2", messages=USER, stream=False)).done
+    telemetry.begin = lambda headers, exchange: _breaking_tries(real_begin(headers, exchange), broken)
+    assert (await client.chat(model="smollm2", messages=USER, stream=False)).done
+    rows = await proxy.wait_rows(2)
+    assert [r["status_code"] for r in rows] == [200, 200]
+    assert rows[0]["trace_id"] is None and rows[1]["trace_id"] is not None
+    assert "the span of request" in caplog.text and "backend try's span could not be started" in caplog.text
+
+
+def _breaking_tries(trace: Any, broken: Any) -> Any:
+    trace.attempt = broken  # its backend try cannot start either
+    return trace
 
 
 async def test_unsampled_exchanges_store_no_trace_id(

@@ -10,15 +10,18 @@ they find under ``request[state.EXCHANGE]``; the row is submitted from
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..audit.exchange import Exchange
 from ..errors import ClientGone, ProxyError
-from ..telemetry import current
+from ..telemetry import Telemetry, Trace, current
 from . import state
 from .middlewares import header_text
+
+log = logging.getLogger("llm_proxy.telemetry")
 
 CLIENT_GONE = ClientGone.status  # 499, nginx's and Ollama's "the client closed the request"
 
@@ -46,7 +49,7 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
     )
     request[state.EXCHANGE] = exchange
     telemetry = app.get(state.TELEMETRY)
-    trace = telemetry.begin(request.headers, exchange) if telemetry is not None else None
+    trace = begin(telemetry, request, exchange) if telemetry is not None else None
     try:
         with current(trace):
             response = await handler(request)
@@ -80,6 +83,15 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         for hook in app[state.ON_RECORD]:
             hook(exchange)
         console.summary(exchange)
+
+
+def begin(telemetry: Telemetry, request: web.Request, exchange: Exchange) -> Trace | None:
+    """The exchange's span; None (untraced) should the SDK fail: telemetry never fails a request."""
+    try:
+        return telemetry.begin(request.headers, exchange)
+    except Exception:
+        log.exception("telemetry: the span of request %s could not be started", exchange.request_id)
+        return None
 
 
 async def send_whole(request: web.Request, response: web.StreamResponse, exchange: Exchange) -> None:

@@ -27,6 +27,7 @@ uses nothing above them.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -82,6 +83,8 @@ class Telemetry(Protocol):
         """Export what is queued (within telemetry.timeout) and stop."""
 
 
+log = logging.getLogger("llm_proxy.telemetry")
+
 # The trace of the request this task serves, and the backend try it is in.
 _CURRENT: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("llm_proxy_trace", default=None)
 _ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("llm_proxy_attempt", default=None)
@@ -119,7 +122,10 @@ def note_request(api: str, endpoint: str, body: Mapping[str, Any] | None) -> Non
     """Give the current trace the parsed request; nothing when there is none."""
     trace = _CURRENT.get()
     if trace is not None:
-        trace.request(api, endpoint, body)
+        try:
+            trace.request(api, endpoint, body)
+        except Exception:  # telemetry never fails a request
+            log.exception("telemetry: the request's attributes could not be read")
 
 
 @contextmanager
@@ -135,7 +141,12 @@ def attempt(
     if trace is None:
         yield
         return
-    one = trace.attempt(backend, model, endpoint)
+    try:
+        one = trace.attempt(backend, model, endpoint)
+    except Exception:  # telemetry never fails a request: the try goes on untraced
+        log.exception("telemetry: the backend try's span could not be started")
+        yield
+        return
     token = _ATTEMPT.set(one)
     status: int | None = None
     error: str | None = None
@@ -151,7 +162,10 @@ def attempt(
         _ATTEMPT.reset(token)
         if status is None and exchange is not None:
             status, error = exchange.status_code, exchange.error
-        one.end(status, error)
+        try:
+            one.end(status, error)
+        except Exception:
+            log.exception("telemetry: the backend try's span could not be ended")
 
 
 def outgoing() -> Mapping[str, str] | None:
