@@ -200,6 +200,8 @@ class OtelTelemetry:
         except TimeoutError:
             seconds = self.config.timeout
             log.warning("telemetry: the collector did not take the last spans within %gs", seconds)
+        # What the last export had no time for is lost too.
+        self._batches.dropped += len(getattr(getattr(self._batches, "_batch_processor", None), "_queue", ()))
         log.info("telemetry closed: %d spans exported, %d dropped", self.exported, self.dropped)
 
 
