@@ -113,6 +113,34 @@ async def test_chat_is_a_genai_span_with_a_backend_try_whose_traceparent_the_bac
     assert sampled(sent)
 
 
+async def test_each_backend_tried_is_a_child_span_and_only_the_one_that_answered_got_its_traceparent(
+    phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    double, live = llama_double
+    dead = f"http://127.0.0.1:{free_port()}"
+    backends = {
+        "dead": {"type": "openai", "endpoint": dead, "serves": ["smollm2"]},
+        "live": {"type": "openai", "endpoint": live, "serves": ["smollm2"]},
+    }
+    telemetry = {"enabled": True, "endpoint": phoenix.endpoint, "metrics": False}
+    proxy = await make_proxy(live, backend_type="openai", backends=backends, telemetry=telemetry)
+    chunks = await ollama.AsyncClient(host=proxy.url).chat(model="smollm2", messages=USER, stream=True)
+    assert [c async for c in chunks][-1].done
+    [row] = await proxy.wait_rows(1)
+    assert row["backend_name"] == "live"
+    spans = await phoenix.spans(row["trace_id"], 3)
+    [exchange] = [s for s in spans if s["name"] == "chat smollm2"]
+    tries = [s for s in spans if s["name"] == "openai smollm2"]
+    assert [t["attributes"]["llm_proxy.backend"] for t in tries] == ["dead", "live"]
+    assert all(t["parent_id"] == exchange["context"]["span_id"] for t in tries)
+    failed, answered = tries
+    assert failed["status_code"] == "ERROR" and "unreachable" in failed["status_message"]
+    assert answered["status_code"] == "UNSET" and answered["attributes"]["http.response.status_code"] == 200
+    assert exchange["status_code"] == "OK"
+    [sent] = double.traceparents
+    assert sent is not None and sent.split("-")[2] == answered["context"]["span_id"]
+
+
 async def test_streamed_generate_has_its_operation_name_and_a_first_token_event(
     phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:

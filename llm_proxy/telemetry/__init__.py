@@ -10,15 +10,15 @@ The hooks, and who calls them::
                          for the request's task; Trace.end(exchange) once the
                          writer has stored the row (Exchange.on_stored), so the
                          span carries the row's id and turn
-    api/pipeline.py      note_request(api, endpoint, body) once the body is parsed;
-                         attempt(backend, model, exchange) around the backend call
-    backends/transport   outgoing() → the headers (traceparent) of the current
-                         attempt, added to every backend request
+    api/pipeline.py      note_request(api, endpoint, body) once the body is parsed
+    backends/router.py   begin_try(name, type, model, endpoint) per backend tried,
+                         sending(try) around its request, end_try(try, status,
+                         error) when it is over (a stream's when it closes)
+    backends/transport   outgoing() → the headers (traceparent) of the try in
+                         progress, added to every backend request
 
-:func:`attempt` is the one per backend tried: a router that tries several
-backends opens one per try, and each try's requests carry that try's
-``traceparent``. It is a plain context manager over ContextVars, so it works
-from any layer without passing a trace around.
+The hooks find the request's trace in a ContextVar, so no layer passes a trace
+around, and each is a no-op without telemetry.
 
 This package sits beside ``audit`` and ``config``: anything may use it, and it
 uses nothing above them.
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from ..audit.exchange import Exchange
 from ..config import TelemetryConfig
-from ..errors import ConfigError, ProxyError
+from ..errors import ConfigError
 
 
 class Attempt(Protocol):
@@ -58,8 +58,8 @@ class Trace(Protocol):
     def request(self, api: str, endpoint: str, body: Mapping[str, Any] | None) -> None:
         """The parsed request: its settings (and, with capture_content, its messages)."""
 
-    def attempt(self, backend: str, model: str | None, endpoint: str | None = None) -> Attempt:
-        """Start one try of ``backend`` (its type or name) for ``model``, at ``endpoint`` when known."""
+    def attempt(self, name: str, kind: str, model: str | None, endpoint: str | None = None) -> Attempt:
+        """Start one try of backend ``name`` (of type ``kind``) for ``model``, at ``endpoint`` if known."""
 
     def end(self, exchange: Exchange) -> None:
         """Close the span with everything the finished exchange says; records the metrics."""
@@ -128,44 +128,44 @@ def note_request(api: str, endpoint: str, body: Mapping[str, Any] | None) -> Non
             log.exception("telemetry: the request's attributes could not be read")
 
 
-@contextmanager
-def attempt(
-    backend: str, model: str | None, exchange: Exchange | None = None, endpoint: str | None = None
-) -> Iterator[None]:
-    """One backend try: a child span, whose ``traceparent`` the backend requests inside it carry.
+def begin_try(name: str, kind: str, model: str | None, endpoint: str | None = None) -> Attempt | None:
+    """Start one backend try's span under the current request's; None without telemetry.
 
-    Its status is the ProxyError it ended with, else ``exchange``'s status and
-    error as they stand at the end (a stream's are known only once relayed).
+    ``name`` is the named backend, ``kind`` its type, ``endpoint`` its URL when
+    it has one. The router calls this once per backend it tries, and
+    :func:`end_try` when the try is over (a stream's, when it closes).
     """
     trace = _CURRENT.get()
     if trace is None:
-        yield
-        return
+        return None
     try:
-        one = trace.attempt(backend, model, endpoint)
+        return trace.attempt(name, kind, model, endpoint)
     except Exception:  # telemetry never fails a request: the try goes on untraced
         log.exception("telemetry: the backend try's span could not be started")
+        return None
+
+
+@contextmanager
+def sending(one: Attempt | None) -> Iterator[None]:
+    """Backend requests sent inside carry ``one``'s ``traceparent`` (:func:`outgoing`)."""
+    if one is None:
         yield
         return
     token = _ATTEMPT.set(one)
-    status: int | None = None
-    error: str | None = None
     try:
         yield
-    except ProxyError as exc:
-        status, error = exc.status, exc.message
-        raise
-    except BaseException as exc:
-        status, error = 500, f"{type(exc).__name__}: {exc}"
-        raise
     finally:
         _ATTEMPT.reset(token)
-        if status is None and exchange is not None:
-            status, error = exchange.status_code, exchange.error
-        try:
-            one.end(status, error)
-        except Exception:
-            log.exception("telemetry: the backend try's span could not be ended")
+
+
+def end_try(one: Attempt | None, status: int | None, error: str | None) -> None:
+    """Close a backend try's span with the status it ended with (and its error)."""
+    if one is None:
+        return
+    try:
+        one.end(status, error)
+    except Exception:
+        log.exception("telemetry: the backend try's span could not be ended")
 
 
 def outgoing() -> Mapping[str, str] | None:

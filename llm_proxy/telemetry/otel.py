@@ -224,8 +224,8 @@ class ExchangeTrace:
         if self.telemetry.config.capture_content:
             self.attributes.update(genai.input_messages(api_name, endpoint, body))
 
-    def attempt(self, backend: str, model: str | None, endpoint: str | None = None) -> BackendAttempt:
-        return BackendAttempt(self, backend, model, endpoint)
+    def attempt(self, name: str, kind: str, model: str | None, endpoint: str | None = None) -> BackendAttempt:
+        return BackendAttempt(self, name, kind, model, endpoint)
 
     def end(self, exchange: Exchange) -> None:
         """Close the span (at the exchange's own end time) once its row is stored; records the metrics."""
@@ -281,25 +281,28 @@ class ExchangeTrace:
 class BackendAttempt:
     """One backend try: a CLIENT span under the exchange's, whose context the backend request carries."""
 
-    def __init__(self, trace: ExchangeTrace, backend: str, model: str | None, endpoint: str | None) -> None:
+    def __init__(
+        self, trace: ExchangeTrace, name: str, kind: str, model: str | None, endpoint: str | None
+    ) -> None:
         telemetry = trace.telemetry
-        attributes: dict[str, Any] = {
-            "gen_ai.provider.name": genai.provider(backend),
-            "llm_proxy.backend": backend,
-        }
+        attributes: dict[str, Any] = {"gen_ai.provider.name": genai.provider(kind), "llm_proxy.backend": name}
         if model:
             attributes["gen_ai.request.model"] = model
         if endpoint:
             attributes.update(server_address(endpoint))
-        name = f"{backend} {model}" if model else backend
         self.span = telemetry.tracer.start_span(
-            name, context=trace.context, kind=SpanKind.CLIENT, attributes=attributes
-        )
+            f"{kind} {model}" if model else kind, context=trace.context, kind=SpanKind.CLIENT,
+            attributes=attributes,
+        )  # fmt: skip
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=api.set_span_in_context(self.span))
         self.headers: Mapping[str, str] = carrier
+        self._ended = False
 
     def end(self, status: int | None, error: str | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
         span = self.span
         if status is not None:
             span.set_attribute("http.response.status_code", status)
