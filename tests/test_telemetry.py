@@ -141,6 +141,26 @@ async def test_each_backend_tried_is_a_child_span_and_only_the_one_that_answered
     assert sent is not None and sent.split("-")[2] == answered["context"]["span_id"]
 
 
+async def test_an_answer_from_the_cache_is_a_span_without_a_backend_try(
+    phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    telemetry = {"enabled": True, "endpoint": phoenix.endpoint, "metrics": False}
+    proxy = await make_proxy(
+        llama_double[1], backend_type="openai", telemetry=telemetry, cache={"enabled": True}
+    )
+    client = ollama.AsyncClient(host=proxy.url)
+    for _ in range(2):  # temperature 0: the second is answered from the cache
+        await client.chat(model="smollm2", messages=USER, stream=False, options={"temperature": 0})
+    first, second = await proxy.wait_rows(2)
+    assert (first["cache_hit"], second["cache_hit"]) == (0, 1)
+    [miss_exchange] = [s for s in await phoenix.spans(first["trace_id"], 2) if s["name"] == "chat smollm2"]
+    assert miss_exchange["attributes"]["llm_proxy.cache_hit"] is False
+    await asyncio.sleep(1)  # a try span, were there one, would have arrived with it
+    [hit] = await phoenix.spans(second["trace_id"], 1)
+    assert hit["name"] == "chat smollm2" and hit["attributes"]["llm_proxy.cache_hit"] is True
+    assert len(llama_double[0].traceparents) == 1
+
+
 async def test_streamed_generate_has_its_operation_name_and_a_first_token_event(
     phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:

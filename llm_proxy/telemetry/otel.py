@@ -336,6 +336,7 @@ def _exchange_attributes(exchange: Exchange, op: str | None) -> dict[str, Any]:
         "client.address": exchange.client_addr,
         "user_agent.original": exchange.user_agent,
         "llm_proxy.ttft_ms": exchange.ttft_ms,
+        "llm_proxy.cache_hit": exchange.cache_hit,  # answered from the answer cache: no backend try
     }
     out.update({k: v for k, v in optional.items() if v is not None})
     if exchange.status_code is not None and exchange.status_code >= 400:
