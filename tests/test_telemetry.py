@@ -326,6 +326,20 @@ async def test_logs_show_prints_the_trace_and_its_link(
     assert orjson.loads(capsys.readouterr().out)["trace_id"] == row["trace_id"]
 
 
+async def test_the_web_ui_links_the_exchange_to_its_trace(
+    phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    url = "https://tempo.example/trace/{trace_id}"
+    proxy = await traced(make_proxy, llama_double[1], phoenix.endpoint, trace_url=url)
+    await ollama.AsyncClient(host=proxy.url).chat(model="smollm2", messages=USER, stream=False)
+    [row] = await proxy.wait_rows(1)
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/ui/api/exchanges/{row['id']}") as resp:
+        assert resp.status == 200
+        shown = await resp.json()
+    assert shown["exchange"]["trace_id"] == row["trace_id"]
+    assert shown["trace_url"] == f"https://tempo.example/trace/{row['trace_id']}"
+
+
 async def test_a_receiver_that_stops_during_load_costs_a_counter_not_requests(
     make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str], tmp_path: Path
 ) -> None:

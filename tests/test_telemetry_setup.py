@@ -76,7 +76,14 @@ def test_grpc_without_its_exporter_says_how_to_install_it() -> None:
         ({"sampling": 1.5}, "'telemetry.sampling' must be between 0 and 1, got 1.5"),
         ({"endpoint": "collector:4318"}, "'telemetry.endpoint' must be an http:// or https:// URL"),
         ({"protocol": "http/json"}, "'telemetry.protocol' must be one of 'http/protobuf', 'grpc'"),
-        ({"trace_url": "https://tempo.example/trace"}, "'telemetry.trace_url' must contain {trace_id}"),
+        (
+            {"trace_url": "https://tempo.example/trace"},
+            "'telemetry.trace_url' must be an http:// or https://",
+        ),
+        (
+            {"trace_url": "javascript:alert('{trace_id}')"},
+            "'telemetry.trace_url' must be an http:// or https://",
+        ),
         ({"headers": {"authorization": 5}}, "'telemetry.headers.authorization' must map a name to a string"),
         ({"max_queue": 0}, "'telemetry.max_queue' must be at least 1, got 0"),
         ({"timeout": 0}, "'telemetry.timeout' must be a positive number of seconds"),

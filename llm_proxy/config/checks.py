@@ -53,8 +53,13 @@ def _check_telemetry(t: TelemetryConfig) -> None:
         raise ConfigError(f"'telemetry.max_queue' must be at least 1, got {t.max_queue}")
     if t.timeout <= 0:
         raise ConfigError(f"'telemetry.timeout' must be a positive number of seconds, got {t.timeout:g}")
-    if t.trace_url and "{trace_id}" not in t.trace_url:
-        raise ConfigError(f"'telemetry.trace_url' must contain {{trace_id}}, got {t.trace_url!r}")
+    if t.trace_url and (
+        "{trace_id}" not in t.trace_url or not t.trace_url.startswith(("http://", "https://"))
+    ):
+        raise ConfigError(
+            "'telemetry.trace_url' must be an http:// or https:// URL with {trace_id} in it, "
+            f"got {t.trace_url!r}"
+        )
 
 
 def check_backend(key: str, backend: BackendConfig) -> None:
