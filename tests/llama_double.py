@@ -82,6 +82,8 @@ class LlamaServerDouble:
     streams_finished: int = 0
     # SSE bodies the next chat requests stream, first one first (before ``scenario``).
     queued: list[bytes] = field(default_factory=list)
+    # The W3C traceparent header of each request received (None when it had none).
+    traceparents: list[str | None] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=128 * 1024 * 1024)  # no 1 MB cap, like the real server
@@ -110,6 +112,7 @@ class LlamaServerDouble:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self.requests.append((request.path, body))
+        self.traceparents.append(request.headers.get("traceparent"))
         if loading := self._loading():
             return loading
         if self.queued:
@@ -146,6 +149,7 @@ class LlamaServerDouble:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.path, orjson.loads(await request.read())))
+        self.traceparents.append(request.headers.get("traceparent"))
         return await self._stream(request, fixture("completions-stream"))
 
     async def embeddings(self, request: web.Request) -> web.Response:

@@ -51,6 +51,7 @@ from ..server import state as keys
 from ..server.console import Console
 from ..server.quota import LISTINGS, QUOTAS, listing
 from ..server.recording import CLIENT_GONE, why_cut_off
+from ..telemetry import note_request
 from ..translate import Assembler
 from . import body as body_mod
 
@@ -142,6 +143,7 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
     exchange.stream, exchange.prompt = parsed.stream, parsed.prompt
     if parsed.sent is not None:
         exchange.backend_request = parsed.sent
+    note_request(exchange.api, endpoint, parsed.body)
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
     keep = config.database.max_body_bytes  # bytes (or characters) of each copy the record keeps

@@ -17,7 +17,9 @@ value SQLite cannot take used to stop the writer, and with it the whole trail
 from __future__ import annotations
 
 import codecs
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +33,7 @@ COLUMNS = (
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
     "ttfb_ms", "ttft_ms", "api", "key_name", "truncated", "backend_name", "attempts",
-    "cache_hit", "cache_saved_ms", "cache_saved_tokens", "replay_of",
+    "cache_hit", "cache_saved_ms", "cache_saved_tokens", "replay_of", "trace_id",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
 # copy kept its start, the full size was never known (migrations/0006).
@@ -85,6 +87,13 @@ class Exchange:
     cache_saved_tokens: int | None = None
     # The id of the row this request replays (``llm-proxy replay``'s X-Replay-Of header).
     replay_of: int | None = None
+    # The OpenTelemetry trace of this exchange (32 hex digits), when it was traced.
+    trace_id: str | None = None
+    # Set by the writer once the row is stored (None if it never was).
+    row_id: int | None = None
+    turn_id: int | None = None
+    # Called once by the writer when the row is stored, or given up (telemetry ends its span here).
+    on_stored: Callable[[Exchange], None] | None = field(default=None, repr=False)
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -105,6 +114,15 @@ class Exchange:
         if self.latency_ms is None:
             self.latency_ms = self.elapsed_ms()
 
+    def stored(self) -> None:
+        """The writer is done with this record (its ``row_id`` set if it landed): tell ``on_stored``."""
+        callback, self.on_stored = self.on_stored, None
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:  # the writer must never stop for a listener's fault
+                logging.getLogger("llm_proxy.audit").exception("after storing request %s", self.request_id)
+
     def row(self) -> tuple[Any, ...]:
         """The values for one INSERT, in :data:`COLUMNS` order, each one SQLite can store."""
         notes: list[str] = []
@@ -117,7 +135,7 @@ class Exchange:
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
             self.key_name, ANSWER_CUT if self.truncated is True else None, self.backend_name,
             _json(self.attempts), self.cache_hit, self.cache_saved_ms, self.cache_saved_tokens,
-            self.replay_of,
+            self.replay_of, self.trace_id,
         ]  # fmt: skip
         return storable(values, notes)
 
@@ -140,6 +158,7 @@ class Exchange:
             "request_id": _plain(self.request_id),
             "client_addr": _plain(self.client_addr),
             "key_name": _plain(self.key_name),
+            "trace_id": _plain(self.trace_id),
             "status_code": _small_int(self.status_code, _INT_MIN),
             "latency_ms": _small_int(self.latency_ms, 0),
             "stream": self.stream if type(self.stream) is bool else None,

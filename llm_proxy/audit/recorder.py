@@ -60,6 +60,7 @@ class Recorder:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._warned = False
+        self._ids: list[tuple[int, int | None]] = []  # what the last insert gave its rows: (id, turn_id)
 
     @property
     def depth(self) -> int:
@@ -117,8 +118,9 @@ class Recorder:
                 continue
             batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
             await self._write(batch)
-            for _ in batch:
+            for exchange in batch:
                 self._queue.popleft()
+                exchange.stored()
             if len(self._queue) < self.limit:
                 self._room.set()
                 if self._warned and not self._queue:
@@ -143,7 +145,11 @@ class Recorder:
         if not pairs:
             return
         refused = await self._insert([row for _, row in pairs])
-        if refused is True or refused is False:
+        if refused is True:
+            for (exchange, _), (row_id, turn_id) in zip(pairs, self._ids, strict=False):
+                exchange.row_id, exchange.turn_id = row_id, turn_id
+            return
+        if refused is False:
             return
         if len(pairs) > 1:
             half = len(pairs) // 2
@@ -160,6 +166,8 @@ class Recorder:
         refused = await self._insert([reduced])
         if refused is True:
             self.reduced += 1
+            if self._ids:
+                exchange.row_id = self._ids[0][0]
         elif refused is not False:  # never expected: a reduced row holds only checked metadata
             self.lost += 1
             shown = dict(zip(COLUMNS, reduced, strict=True))
@@ -174,7 +182,7 @@ class Recorder:
         attempt = 0
         while True:
             try:
-                await self.store.insert(rows)
+                self._ids = await self.store.insert(rows) or []
             except Exception as exc:  # sqlite3 errors of every kind and the values' own
                 self.failures += 1
                 await self.store.rollback()

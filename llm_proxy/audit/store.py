@@ -125,8 +125,11 @@ class Store:
         await db.open(_settings)
         self._db, self._file = db, _identity(self.path)
 
-    async def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert rows (in :data:`COLUMNS` order) in one transaction; all or none land."""
+    async def insert(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[int, int | None]]:
+        """Insert rows (in :data:`COLUMNS` order) in one transaction; all or none land.
+
+        Returns each row's id and turn id, in order (telemetry puts them on the span).
+        """
         async with self.lock:
             try:
                 db = await self._follow()
@@ -160,6 +163,7 @@ class Store:
                     self.failing = str(exc) or type(exc).__name__
                 raise
             self.failing = None
+            return [(v[0], v[-1]) for v in values]  # (id, turn_id): turn_id is STORED's last
 
     async def follow(self) -> None:
         """Reopen the file at the path if it is not the one open (the idle writer's check)."""

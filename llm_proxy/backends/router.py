@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from .. import telemetry
 from ..config import Config, NamedBackend
 from ..errors import BackendError, Busy, ModelNotFound, ProxyError
 from ..translate.catalog import LIST_KEYS, listed_names, merge_lists
@@ -209,12 +210,16 @@ class Router:
         """One try of one backend: its gate, the request, the record of how it went.
 
         The one place a request meets one backend (a tracing span per try wraps
-        this). The gate's slot is held until the reply is closed.
+        this: ``telemetry.begin_try``, ended when the try is, a stream's when it
+        closes). The gate's slot is held until the reply is closed.
         """
         record = Attempt(member.name, model=call.model if route.fallback else None)
         route.attempts.append(record)
         # The last backend tried is the one named, whether it answered or its error is the client's.
         route.backend, route.type = member.name, member.backend.type
+        settings = member.settings
+        where = None if settings.type == "llamacpp" else settings.endpoint  # llamacpp: a port per model
+        span = telemetry.begin_try(member.name, settings.type, call.backend_model, where)
         started = time.perf_counter()
         reply: Reply | None = None
         held = False
@@ -222,11 +227,16 @@ class Router:
             if call.gated:
                 await member.gate.acquire(member.key)
                 held = True
-            reply = await (member.backend.openai(call) if v1 else member.backend.call(call))
+            with telemetry.sending(span):  # its requests carry this try's traceparent
+                reply = await (member.backend.openai(call) if v1 else member.backend.call(call))
         except ProxyError as exc:
             record.status, record.error = exc.status, exc.message
+            telemetry.end_try(span, exc.status, exc.message)
             if exc.status in RETRY and not isinstance(exc, Busy):
                 self._failed(member, exc.message)
+            raise
+        except BaseException as exc:
+            telemetry.end_try(span, None, type(exc).__name__)
             raise
         finally:
             record.ms = int((time.perf_counter() - started) * 1000)
@@ -246,6 +256,16 @@ class Router:
                 log.info("backend %r answers again: breaker closed", member.name)
         if isinstance(reply, Stream):
             reply.on_close(lambda failed: self._failed(member, "the stream broke off") if failed else None)
+            status, error = reply.status, record.error
+            reply.on_close(
+                lambda failed: (
+                    telemetry.end_try(span, 502, "the stream broke off")
+                    if failed
+                    else telemetry.end_try(span, status, error)
+                )
+            )
+        else:
+            telemetry.end_try(span, reply.status, record.error)
         return reply
 
     def _failed(self, member: Member, error: str | None) -> None:

@@ -39,6 +39,7 @@ from yarl import URL
 from .. import __version__
 from ..config import BackendConfig
 from ..errors import BackendError, BackendTimeout, BackendUnavailable
+from ..telemetry import outgoing
 from ..translate import TooLong
 from .base import Chunks, Whole
 
@@ -145,6 +146,8 @@ async def send(
         extra["timeout"] = aiohttp.ClientTimeout(total=within)
     if isinstance(target, str):
         target = URL(target, encoded=True)
+    if (trace := outgoing()) is not None:  # telemetry: the backend continues this request's trace
+        headers = {**headers, **trace} if headers else trace
     try:
         for tries_left in range(STALE_RETRIES, -1, -1):
             attempt = _Attempt()

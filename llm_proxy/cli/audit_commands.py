@@ -273,6 +273,10 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         print(f"backend:    {r.get('backend_name') or '-'}{_attempts(r.get('attempts'))}")
     client = f"{r['client_addr'] or '-'}  {r['user_agent'] or '-'}"
     print(f"client:     {client}  request id {r['request_id'] or '-'}")
+    if r.get("trace_id"):
+        # replace, not format(): trace viewers' URLs (Grafana's) carry braces of their own.
+        link = config.telemetry.trace_url.replace("{trace_id}", r["trace_id"])
+        print(f"trace:      {r['trace_id']}" + (f"  {link}" if link else ""))
     if r.get("turn_id") is not None:
         print(f"turn:       {r['turn_id']}  (llm-proxy logs --turn {r['turn_id']})")
     print(f"timings:    latency {_ms(r['latency_ms'])}, first byte {_ms(r['ttfb_ms'])}, "

@@ -42,6 +42,7 @@ from .sections import (
     UiConfig,
     aliases,
 )
+from .telemetry import TelemetryConfig
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -63,6 +64,7 @@ __all__ = [
     "ServerConfig",
     "StoreBodies",
     "Strategy",
+    "TelemetryConfig",
     "UiConfig",
     "aliases",
     "find_config_file",

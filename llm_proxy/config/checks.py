@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError
 from .backends import check_routing
 from .sections import REDACT_DETECTORS, BackendConfig, Config, RedactConfig
+from .telemetry import TelemetryConfig
 
 
 def check(config: Config) -> None:
@@ -39,6 +40,28 @@ def check(config: Config) -> None:
     _check_limits(config)
     _check_cache_and_quotas(config)
     _check_ui(config)
+    _check_telemetry(config.telemetry)
+
+
+def _check_telemetry(t: TelemetryConfig) -> None:
+    """Ranges of the telemetry settings (checked whether or not it is enabled)."""
+    if t.endpoint:
+        _check_endpoint("telemetry", t.endpoint)
+    if not 0 <= t.sampling <= 1:
+        raise ConfigError(f"'telemetry.sampling' must be between 0 and 1, got {t.sampling:g}")
+    if t.max_attribute_kb < 1:
+        raise ConfigError(f"'telemetry.max_attribute_kb' must be at least 1, got {t.max_attribute_kb}")
+    if t.max_queue < 1:
+        raise ConfigError(f"'telemetry.max_queue' must be at least 1, got {t.max_queue}")
+    if t.timeout <= 0:
+        raise ConfigError(f"'telemetry.timeout' must be a positive number of seconds, got {t.timeout:g}")
+    if t.trace_url and (
+        "{trace_id}" not in t.trace_url or not t.trace_url.startswith(("http://", "https://"))
+    ):
+        raise ConfigError(
+            "'telemetry.trace_url' must be an http:// or https:// URL with {trace_id} in it, "
+            f"got {t.trace_url!r}"
+        )
 
 
 def check_backend(key: str, backend: BackendConfig) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from ..errors import ConfigError
 from .sections import ApiKey, LlamaModel
 
-SECRETS = frozenset({"backend.api_key", "auth.keys"})
+SECRETS = frozenset({"backend.api_key", "auth.keys", "telemetry.headers"})
 
 
 def section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
@@ -108,7 +108,8 @@ def _coerce_mapping(key: str, item: Any, value: Any, describe: Callable[[Any], s
             raise ConfigError(f"'{key}' must be a mapping of names, got {describe(value)}")
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
-                raise ConfigError(f"'{key}.{k}' must map a model name to a model name, got {kind_of(v)}")
+                what = "a model name to a model name" if key.startswith("models.") else "a name to a string"
+                raise ConfigError(f"'{key}.{k}' must map {what}, got {describe(v)}")
         return types.MappingProxyType(dict(value))
     if item is LlamaModel:
         if not isinstance(value, Mapping):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .cache import CacheConfig
+from .telemetry import TelemetryConfig
 
 # The enumerated settings: their values are checked against these when loaded.
 BackendType = Literal["ollama", "openai", "llamacpp"]
@@ -300,6 +301,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     # The file it came from, or None for built-in defaults.
     source: str | None = None
 
@@ -321,4 +323,5 @@ SECTIONS: dict[str, type] = {
     "routing": RoutingConfig,
     "cache": CacheConfig,
     "ui": UiConfig,
+    "telemetry": TelemetryConfig,
 }

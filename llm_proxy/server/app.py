@@ -13,11 +13,13 @@ from .. import backends, ui
 from ..api import events, health, ollama
 from ..api import openai as openai_api
 from ..audit import redact
+from ..audit.exchange import Exchange
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
 from ..audit.store import Store
 from ..cache.answers import AnswerCache
 from ..config import Config
+from ..telemetry import load as load_telemetry
 from . import access, auth, connections, metrics, middlewares, notify, quota, ratelimit, reload, state
 from .console import Console
 from .recording import audit_trail
@@ -57,7 +59,9 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     if config.server.enable_cors:
         app.on_response_prepare.append(middlewares.add_cors_headers)
     # Opened in this order, closed in reverse: the backend closes first, then the
-    # recorder writes what is left, then the database closes.
+    # recorder writes what is left, then the database closes, then the last spans go.
+    if config.telemetry.enabled:
+        app.cleanup_ctx.append(_telemetry)
     app.cleanup_ctx.append(_audit)
     app.cleanup_ctx.append(_backend)
     notify.setup(app, notifier or notify.Notifier(None))
@@ -75,6 +79,25 @@ async def _stopping(app: web.Application) -> None:
     app[state.LIFECYCLE].stopping = True
     timeout = app[state.CONFIG].server.shutdown_timeout
     log.info("shutting down: waiting up to %gs for requests in flight", timeout)
+
+
+async def _telemetry(app: web.Application) -> AsyncIterator[None]:
+    live, labels = app[state.LIVE], app[metrics.METRICS].models
+
+    def model_label(exchange: Exchange) -> str:
+        # The Prometheus metrics' rule: a model the backend does not serve counts as "other".
+        status = exchange.status_code or 500
+        return labels.label(live.config, exchange.model or "", status, exchange.error)
+
+    telemetry = load_telemetry(app[state.CONFIG].telemetry, model_label)
+    if telemetry is None:
+        yield
+        return
+    app[state.TELEMETRY] = telemetry
+    try:
+        yield
+    finally:
+        await telemetry.close()
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:

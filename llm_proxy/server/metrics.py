@@ -320,6 +320,26 @@ class QuotaCollector(Collector):
         yield from (requests, tokens, requests_limit, tokens_limit, refused)
 
 
+class TelemetryCollector(Collector):
+    """OpenTelemetry export (telemetry.enabled): spans delivered and dropped, read at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        telemetry = self.app.get(state.TELEMETRY)
+        if telemetry is None:
+            return
+        yield CounterMetricFamily("llm_proxy_telemetry_spans_exported", "Spans the OTLP collector accepted.",
+                                  value=telemetry.exported)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_telemetry_spans_dropped", "Spans that never reached the "
+                                  "collector: its queue was full, or the export failed or timed out.",
+                                  value=telemetry.dropped)  # fmt: skip
+
+
 async def scrape(request: web.Request) -> web.Response:
     """``GET /metrics``."""
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
@@ -338,6 +358,8 @@ def setup(app: web.Application) -> None:
     metrics.registry.register(BackendCollector(app))
     metrics.registry.register(CacheCollector(app))
     metrics.registry.register(QuotaCollector(app))
+    if app[state.CONFIG].telemetry.enabled:
+        metrics.registry.register(TelemetryCollector(app))
     app[METRICS] = metrics
     if app[state.CONFIG].server.metrics:
         app.router.add_get("/metrics", scrape)

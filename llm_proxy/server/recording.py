@@ -10,14 +10,18 @@ they find under ``request[state.EXCHANGE]``; the row is submitted from
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..audit.exchange import Exchange
 from ..errors import ClientGone, ProxyError
+from ..telemetry import Telemetry, Trace, current
 from . import state
 from .middlewares import header_text
+
+log = logging.getLogger("llm_proxy.telemetry")
 
 CLIENT_GONE = ClientGone.status  # 499, nginx's and Ollama's "the client closed the request"
 
@@ -45,8 +49,11 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         replay_of=replay_of(request),
     )
     request[state.EXCHANGE] = exchange
+    telemetry = app.get(state.TELEMETRY)
+    trace = begin(telemetry, request, exchange) if telemetry is not None else None
     try:
-        response = await handler(request)
+        with current(trace):
+            response = await handler(request)
     except ProxyError as exc:
         exchange.status_code, exchange.error = exc.status, exc.message
         request[state.FAILURE] = exc  # for the metrics, by kind
@@ -71,6 +78,8 @@ async def audit_trail(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     finally:
         exchange.finish()
+        if trace is not None:  # the span ends once the row is stored: it carries the row's id
+            exchange.on_stored = trace.end
         recorder.submit(exchange)
         for hook in app[state.ON_RECORD]:
             hook(exchange)
@@ -86,6 +95,15 @@ def replay_of(request: web.Request) -> int | None:
     if value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value) or None
     return None
+
+
+def begin(telemetry: Telemetry, request: web.Request, exchange: Exchange) -> Trace | None:
+    """The exchange's span; None (untraced) should the SDK fail: telemetry never fails a request."""
+    try:
+        return telemetry.begin(request.headers, exchange)
+    except Exception:
+        log.exception("telemetry: the span of request %s could not be started", exchange.request_id)
+        return None
 
 
 async def send_whole(request: web.Request, response: web.StreamResponse, exchange: Exchange) -> None:

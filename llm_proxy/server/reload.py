@@ -37,7 +37,7 @@ RELOADABLE_SERVER = ("log_messages", "log_raw_requests", "log_raw_responses", "l
 def merge(running: Config, loaded: Config) -> tuple[Config, list[str]]:
     """``running`` with ``loaded``'s reloadable parts, and the keys a reload cannot change."""
     ignored = []
-    for section in ("server", "backend", "database"):
+    for section in ("server", "backend", "database", "telemetry"):
         old, new = getattr(running, section), getattr(loaded, section)
         for f in dataclasses.fields(old):
             if section == "server" and f.name in RELOADABLE_SERVER:

@@ -24,6 +24,7 @@ from ..backends.router import Router
 from ..cache.answers import AnswerCache
 from ..config import Config
 from ..errors import ProxyError
+from ..telemetry import Telemetry
 from .console import Console
 
 
@@ -57,6 +58,8 @@ CACHE = web.AppKey("cache", AnswerCache)
 LIVE = web.AppKey("live", LiveConfig)
 # Called with each finished exchange as it is handed to the writer (the web UI's live list).
 ON_RECORD: web.AppKey[list[Callable[[Exchange], None]]] = web.AppKey("on_record")
+# OpenTelemetry export, present only when telemetry.enabled (llm_proxy/telemetry/).
+TELEMETRY = web.AppKey("telemetry", Telemetry)
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)

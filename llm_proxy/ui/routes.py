@@ -185,7 +185,11 @@ async def exchanges(request: web.Request) -> web.Response:
 async def one_exchange(request: web.Request) -> web.Response:
     request.app[SESSIONS].reader(request)
     row_id = _id(request)
-    return _json(await request.app[DATABASE].run(lambda r: conversation.exchange(r, row_id)))
+    found = await request.app[DATABASE].run(lambda r: conversation.exchange(r, row_id))
+    # The trace viewer's link (telemetry.trace_url), replace() rather than format(): such URLs carry braces.
+    trace_id, template = found["exchange"].get("trace_id"), request.app[state.CONFIG].telemetry.trace_url
+    found["trace_url"] = template.replace("{trace_id}", trace_id) if trace_id and template else None
+    return _json(found)
 
 
 async def one_turn(request: web.Request) -> web.Response:

@@ -38,6 +38,13 @@ function fact(name, value) {
   return el("div", {}, el("dt", {}, name), el("dd", {}, String(value)));
 }
 
+function trace(id, url) {
+  // The OpenTelemetry trace (telemetry:), a link to the trace viewer when telemetry.trace_url is set.
+  if (!id) return null;
+  const shown = url ? el("a", { href: url, rel: "noopener noreferrer", target: "_blank" }, id) : id;
+  return el("div", {}, el("dt", {}, "trace"), el("dd", {}, shown));
+}
+
 function raw(title, text, extra = []) {
   if (!text) return null;
   const shown = pretty(text);
@@ -80,7 +87,8 @@ export async function showExchange(main, id) {
       fact("backend (model's own time)", t.backend_model_ms === undefined ? null : ms(t.backend_model_ms)),
       fact("proxy, network and queue", t.proxy_and_network_ms === undefined ? null : ms(t.proxy_and_network_ms)),
       fact("key", x.key_name), fact("client", x.client_addr), fact("user agent", x.user_agent),
-      fact("request id", x.request_id), fact("turn", x.turn_id), fact("cut short", x.truncated)),
+      fact("request id", x.request_id), fact("turn", x.turn_id), fact("cut short", x.truncated),
+      trace(x.trace_id, data.trace_url)),
     raw("Client request", x.request_body,
       x.request_body ? [el("button", { type: "button", onclick: () => copy(curl(x)) }, "Copy as curl")] : []),
     raw("Backend request (translated)", x.backend_request),
