@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,8 @@ from llm_proxy.server.app import create_app
 
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
+from .postgres import PostgresServer, running
+from .trail import Trail
 
 T = TypeVar("T")
 
@@ -151,5 +153,59 @@ async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
     recorder = Recorder(store, limit=100)
     recorder.start()
     yield recorder, db
+    await recorder.close()
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on 127.0.0.1 for the whole session (tests/postgres.py)."""
+    with running() as server:
+        yield server
+
+
+MIGRATED = "llmproxy_migrated"  # a database the store migrated once: what each test's copy starts as
+
+
+@pytest.fixture(scope="session")
+def migrated(postgres: PostgresServer) -> str:
+    """The name of a template database holding the migrated schema (copying it beats migrating)."""
+    url = postgres.database()
+    asyncio.run(_migrate(url))
+    name = url.rpartition("/")[2]
+    postgres.psql(f"ALTER DATABASE {name} RENAME TO {MIGRATED}")
+    return MIGRATED
+
+
+async def _migrate(url: str) -> None:
+    import asyncpg
+
+    from llm_proxy.audit.pg_migrate import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def trail(request: pytest.FixtureRequest, tmp_path: Path) -> Trail:
+    """An empty audit trail in each store: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        template = request.getfixturevalue("migrated")
+        return Trail("postgresql", server.database(template), tmp_path / "spool.db", server)
+    return Trail("sqlite", str(tmp_path / "audit.db"), tmp_path / "spool.db")
+
+
+@pytest.fixture
+async def trail_writer(trail: Trail) -> AsyncIterator[tuple[Recorder, Trail]]:
+    """A recorder writing into ``trail`` (each store in turn)."""
+    store = trail.store()
+    await store.open()
+    recorder = Recorder(store, limit=100)
+    recorder.start()
+    yield recorder, trail
     await recorder.close()
     await store.close()

@@ -27,7 +27,10 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """``GET /health/ready``: 200 when the backend answers and the database takes writes."""
+    """``GET /health/ready``: 200 when the backend answers and every row is kept (503 otherwise).
+
+    While PostgreSQL is down and rows wait in the spool, 200 with ``"status": "degraded"``.
+    """
     app = request.app
     backend, database = await asyncio.gather(app[keys.BACKEND].health(), app[keys.RECORDER].store.writable())
     checks = {"backend": backend, "database": database}
@@ -35,6 +38,12 @@ async def ready(request: web.Request) -> web.Response:
         checks["proxy"] = "shutting down"
     problems = {name: why for name, why in checks.items() if why is not None}
     if not problems:
+        # PostgreSQL down, rows kept in the spool: the proxy serves and loses
+        # nothing, so it stays in a load balancer's rotation, and says so.
+        note = app[keys.RECORDER].store.degraded()
+        if note is not None:
+            body = {"status": "degraded", "checks": {**{name: "ok" for name in checks}, "database": note}}
+            return web.json_response(body)
         return web.json_response({"status": "ready", "checks": {name: "ok" for name in checks}})
     body = {"status": "unavailable", "checks": {name: why or "ok" for name, why in checks.items()}}
     return web.json_response(body, status=503)

@@ -24,24 +24,18 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import orjson
-
 from ..config import DatabaseConfig
-from .compact import pack
 from .connection import Connection
 from .exchange import COLUMNS
 from .migrate import migrate
-from .turns import TurnTracker, chat_messages, message_keys
+from .rows import STORED, TEXT_COLUMNS, prepare
+from .turns import TurnTracker
+
+__all__ = ["TEXT_COLUMNS", "Store", "Unavailable", "transient"]
 
 log = logging.getLogger("llm_proxy.audit")
 T = TypeVar("T")
 
-# What ``database.store_bodies: metadata`` leaves out of a row, and what
-# ``database.max_body_kb`` caps the stored copy of.
-TEXT_COLUMNS = ("prompt", "response", "request_body", "backend_request", "response_body", "thinking")
-# Body columns stored compactly, and the column holding each one's recipe.
-COMPACTED = (("request_body", "request_parts"), ("backend_request", "backend_request_parts"))
-STORED = (*COLUMNS, "request_parts", "backend_request_parts", "turn_id")
 _INSERT_HEAD = f"INSERT INTO logs (id, {', '.join(STORED)}) VALUES "
 _ROW_MARKS = f"(?, {', '.join('?' * len(STORED))})"
 # The largest id ever used in logs (AUTOINCREMENT never reuses one).
@@ -90,6 +84,8 @@ def transient(exc: BaseException) -> bool:
 class Store:
     """One connection, on a thread of its own, that writes ``logs`` rows in batches."""
 
+    dialect = "sqlite"
+
     def __init__(
         self, path: str, store_bodies: str = "full", max_body_kb: int = DatabaseConfig.max_body_kb
     ) -> None:
@@ -136,8 +132,8 @@ class Store:
                 first = self._next_id
                 blobs: dict[str, str] = {}
                 values = [
-                    self._prepare(dict(zip(COLUMNS, row, strict=True)), first + i, blobs)
-                    for i, row in enumerate(rows)
+                    prepare(values, first + i, blobs, self.turns, self.store_bodies, self.max_body)
+                    for i, values in enumerate(dict(zip(COLUMNS, row, strict=True)) for row in rows)
                 ]
                 await db.run(functools.partial(_write_batch, blobs=list(blobs.items()), rows=values))
                 if _surely_not(self.path, self._file):
@@ -152,6 +148,14 @@ class Store:
                     self.failing = str(exc) or type(exc).__name__
                 raise
             self.failing = None
+
+    def transient(self, exc: BaseException) -> bool:
+        """The recorder's question: retry (the database's trouble) or split (the rows')?"""
+        return transient(exc)
+
+    def degraded(self) -> str | None:
+        """Nothing to add to /health/ready beyond :meth:`writable` (there is no spool)."""
+        return None
 
     async def follow(self) -> None:
         """Reopen the file at the path if it is not the one open (the idle writer's check)."""
@@ -202,28 +206,6 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             await db.run(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         await db.close()
-
-    def _prepare(self, values: dict[str, Any], row_id: int, blobs: dict[str, str]) -> tuple[Any, ...]:
-        """One row's stored values: its turn, metadata-only stripping, compacted bodies."""
-        messages = chat_messages(values["request_body"]) if values["endpoint"] == "/api/chat" else None
-        turn_id = None
-        if messages:
-            client = (values["client_addr"], values["user_agent"], values["model"])
-            keys = message_keys(messages)
-            turn_id = self.turns.continues(client, messages, keys) or row_id
-            self.turns.record(client, keys, turn_id)
-        values["turn_id"] = turn_id
-        values["request_parts"] = values["backend_request_parts"] = None
-        if self.store_bodies == "metadata":
-            _strip_text(values)
-        elif self.max_body:
-            _cap(values, self.max_body)
-        for column, parts in COMPACTED:
-            packed = pack(values[column])
-            if packed is not None:
-                values[column], values[parts] = None, packed.recipe
-                blobs.update(packed.blobs)
-        return (row_id, *(values[c] for c in STORED))
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` on the writer's connection, in its own turn (between the writer's batches)."""
@@ -372,43 +354,3 @@ def _insert(conn: sqlite3.Connection, head: str, marks: str, rows: Sequence[tupl
 @functools.lru_cache(maxsize=16)
 def _statement(head: str, marks: str, size: int) -> str:
     return head + ", ".join([marks] * size)
-
-
-def _cap(values: dict[str, Any], limit: int) -> None:
-    """Cut each text of :data:`TEXT_COLUMNS` to ``limit`` bytes; ``truncated`` records full sizes."""
-    sizes = {}
-    for column in TEXT_COLUMNS:
-        text = values[column]
-        # A character is at most 4 bytes of UTF-8: most texts need no measuring at all.
-        if text is None or len(text) * 4 <= limit:
-            continue
-        if text.isascii():
-            size = len(text)
-            if size > limit:
-                values[column] = text[:limit]
-        else:
-            data = text.encode("utf-8")
-            size = len(data)
-            if size > limit:  # a character cut in two is left out
-                values[column] = data[:limit].decode("utf-8", errors="ignore")
-        if size > limit:
-            sizes[column] = size
-    if sizes:
-        if values["truncated"] is not None:  # the answer, cut as it was relayed
-            sizes = {**orjson.loads(values["truncated"]), **sizes}
-        values["truncated"] = orjson.dumps(sizes).decode()
-
-
-def _strip_text(values: dict[str, Any]) -> None:
-    """Metadata mode: no prompt, answer or body text; tool calls keep only their names."""
-    for column in TEXT_COLUMNS:
-        values[column] = None
-    values["truncated"] = None  # no copy, so none was cut
-    if values["tool_calls"]:
-        calls = orjson.loads(values["tool_calls"])
-        names = [
-            {"function": {"name": (c.get("function") or {}).get("name")}}
-            for c in calls
-            if isinstance(c, dict)
-        ]
-        values["tool_calls"] = orjson.dumps(names).decode()

@@ -94,9 +94,15 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    """The SQLite audit trail."""
+    """The audit trail: a SQLite file (``path``, the default) or a PostgreSQL database (``url``)."""
 
     path: str = "./llm_proxy.db"
+    # postgresql://user:password@host:5432/dbname: the trail goes there instead of
+    # `path` ($LLM_PROXY_DATABASE_URL sets it too). Needs llm-proxy[postgresql].
+    url: str = ""
+    # Where rows wait while PostgreSQL is down (an SQLite file); "" = llm_proxy-spool.db
+    # next to the config file (or in the working folder without one).
+    spool: str = ""
     # Exchanges waiting for the writer; when full, handlers wait (backpressure)
     # instead of dropping rows.
     queue_size: int = 10000

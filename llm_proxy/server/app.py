@@ -11,9 +11,9 @@ from aiohttp.typedefs import Middleware
 from .. import backends
 from ..api import health, ollama
 from ..api import openai as openai_api
+from ..audit import stores
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
-from ..audit.store import Store
 from ..backends.gate import Gate
 from ..config import Config
 from . import access, auth, connections, metrics, middlewares, notify, ratelimit, reload, state
@@ -68,10 +68,10 @@ async def _stopping(app: web.Application) -> None:
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     config = app[state.CONFIG]
-    store = Store(config.database.path, config.database.store_bodies, config.database.max_body_kb)
+    store = stores.create(config)
     applied = await store.open()
     for name in applied:
-        log.info("applied migration %s to %s", name, config.database.path)
+        log.info("applied migration %s to %s", name, store.path)
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
     app[state.RECORDER] = recorder
