@@ -256,3 +256,34 @@ def test_a_bad_url_is_a_config_error_without_the_password() -> None:
     done = run_cli("logs", env={"LLM_PROXY_DATABASE_URL": f"mysql://root:{PASSWORD}@db/x"})
     assert done.returncode == 2
     assert "database.url' must be a postgresql:// URL" in done.stderr and PASSWORD not in done.stderr
+
+
+async def test_prune_and_migrate_commands_on_postgresql(
+    postgres: PostgresServer, migrated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llm_proxy.cli.main import main
+
+    trail = pg_trail(postgres, migrated, tmp_path)
+    store = PostgresStore(trail.target, str(trail.spool))
+    await store.open()
+    old = [chat(n, say(f"old {n}")) for n in range(250)]  # more than one delete batch
+    for e in old:
+        e.started -= 40 * 86400
+    await store.insert([e.row() for e in old] + [chat(n, say(f"new {n}")).row() for n in range(3)])
+    await store.close()
+    assert main(["prune", "--db", trail.target, "--older-than", "30d", "--dry-run"]) == 0
+    assert "would delete 250 exchanges" in capsys.readouterr().out
+    assert main(["prune", "--db", trail.target, "--older-than", "30d"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("deleted 250 exchanges; postgresql://llmproxy:***@") and PASSWORD not in out
+    assert [r["prompt"] for r in trail.rows()] == ["prompt 0", "prompt 1", "prompt 2"]
+    assert main(["prune", "--db", trail.target, "--max-size-mb", "10"]) == 1
+    assert "--max-size-mb applies to a SQLite file only" in capsys.readouterr().err
+    assert main(["migrate", "--db", trail.target]) == 0
+    assert capsys.readouterr().out.strip().endswith("is up to date")
+    fresh = postgres.database()
+    assert main(["migrate", "--db", fresh]) == 0
+    assert "applied 0001_logs.sql" in capsys.readouterr().out
+    assert main(["logs", "--db", postgres.url("nothing_here")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot connect to postgresql://llmproxy:***@127.0.0.1" in err and PASSWORD not in err

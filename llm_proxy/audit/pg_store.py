@@ -93,7 +93,7 @@ _INSERT_BLOBS = (
 )
 _FORGET_KEYS = f"DELETE FROM _spooled WHERE sent_at < now() - '{KEEP_SPOOLED_KEYS}'::interval"
 _FORGET_CLIENTS = f"DELETE FROM turn_clients WHERE seen < now() - '{KEEP_TURN_CLIENTS}'::interval"
-_DELETE_OLDER = (
+DELETE_OLDER = (
     "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE timestamp < $1 ORDER BY timestamp LIMIT $2)"
 )
 
@@ -495,7 +495,7 @@ class PostgresStore:
             async with self.lock:
                 if self._conn is None:
                     raise Unavailable(f"not connected to {self.path}")
-                n = _affected(await self._conn.execute(_DELETE_OLDER, when, batch))
+                n = _affected(await self._conn.execute(DELETE_OLDER, when, batch))
             deleted += n
             if not n:
                 return deleted

@@ -1,7 +1,8 @@
 """The audit-trail commands: ``llm-proxy logs [show|export]``, ``stats`` and ``prune``.
 
 ``logs``, ``logs show``, ``logs export`` and ``stats`` only read: they open the
-database read-only and never create or migrate it. ``prune`` writes.
+database read-only and never create or migrate it. ``prune`` writes. Each takes
+a SQLite file or a PostgreSQL URL (``--db postgresql://…``, ``database.url``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import IO, Any
 
 import orjson
 
-from ..audit import query
+from ..audit import pg_query, query, reading
+from ..audit.dburl import is_postgres, masked
 from ..audit.migrate import migrate
 from ..audit.retention import prune
 from ..audit.when import parse_age, parse_when, stamp
@@ -126,7 +128,10 @@ def _inherit(parent: argparse.ArgumentParser, children: Iterable[argparse.Argume
 
 def _common(parser: argparse.ArgumentParser, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
     add_config(parser)
-    parser.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
+    parser.add_argument(
+        "--db", metavar="PATH|URL",
+        help="database file or postgresql:// URL (overrides database.path and database.url)",
+    )  # fmt: skip
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -153,14 +158,14 @@ def _filters_from(args: argparse.Namespace) -> query.Filters:
 
 
 def _path(args: argparse.Namespace, config: Config) -> str:
-    return str(args.db or config.database.path)
+    return str(args.db or config.database.url or config.database.path)
 
 
 # -- logs ------------------------------------------------------------------------
 
 
 def _logs(args: argparse.Namespace, config: Config) -> int:
-    reader = query.connect(_path(args, config))
+    reader = reading.connect(_path(args, config))
     try:
         f = _filters_from(args)
         rows = reader.rows(f, limit=args.count or None, oldest_first=f.turn is not None)
@@ -212,7 +217,7 @@ def _print_full(rows: Iterable[dict[str, Any]]) -> None:
 
 
 def _show(args: argparse.Namespace, config: Config) -> int:
-    reader = query.connect(_path(args, config))
+    reader = reading.connect(_path(args, config))
     try:
         row = reader.get(args.id)
     finally:
@@ -268,7 +273,7 @@ def _show(args: argparse.Namespace, config: Config) -> int:
 
 
 def _export(args: argparse.Namespace, config: Config) -> int:
-    reader = query.connect(_path(args, config))
+    reader = reading.connect(_path(args, config))
     try:
         rows = reader.rows(_filters_from(args), limit=args.count or None, oldest_first=True)
         if args.output:
@@ -301,7 +306,7 @@ def _write_export(rows: Iterable[dict[str, Any]], columns: list[str], fmt: str, 
 
 
 def _stats(args: argparse.Namespace, config: Config) -> int:
-    reader = query.connect(_path(args, config))
+    reader = reading.connect(_path(args, config))
     try:
         f = _filters_from(args)
         result = reader.stats(f)
@@ -345,6 +350,8 @@ def _prune(args: argparse.Namespace, config: Config) -> int:
     path = _path(args, config)
     if not args.older_than and not args.max_size_mb:
         raise AuditError("say what to delete: --older-than AGE (e.g. 30d) and/or --max-size-mb MB")
+    if is_postgres(path):
+        return _prune_postgres(args, path)
     if not os.path.exists(path):
         raise AuditError(f"no database at {path} (nothing to prune; use --db PATH or --config)")
     try:
@@ -363,6 +370,24 @@ def _prune(args: argparse.Namespace, config: Config) -> int:
         print(
             f"deleted {result.deleted} exchanges; {path}: "
             f"{_mb(result.bytes_before)} → {_mb(result.bytes_after)}"
+        )
+    return 0
+
+
+def _prune_postgres(args: argparse.Namespace, url: str) -> int:
+    if args.max_size_mb:
+        raise AuditError("--max-size-mb applies to a SQLite file only; with PostgreSQL use --older-than")
+    try:
+        before = stamp(datetime.now(UTC) - parse_age(args.older_than))
+    except ValueError as exc:
+        raise AuditError(f"--older-than: {exc}") from None
+    result = pg_query.prune(url, before, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"would delete {result.deleted} exchanges older than {before}")
+    else:
+        print(
+            f"deleted {result.deleted} exchanges; {masked(url)}: "
+            f"{_mb(result.bytes_before)} → {_mb(result.bytes_after)} (the space is reused, not returned)"
         )
     return 0
 
