@@ -88,6 +88,9 @@ class Loop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stop(self) -> None:
+        """End the thread (again: nothing)."""
+        if self.loop.is_closed():
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
@@ -101,7 +104,8 @@ def _as_sqlite(value: Any) -> Any:
     return value
 
 
-def _connect(url: str, runner: Loop) -> Any:
+def connect(url: str, runner: Loop) -> Any:
+    """An asyncpg connection made on ``runner``'s loop; AuditError naming the masked URL if not."""
     pg = asyncpg()
     remember_secret(url)
     try:
@@ -125,7 +129,7 @@ class PgReader(Reader):
     def open(cls, url: str) -> PgReader:
         """Connect and start the read-only transaction; AuditError naming the (masked) URL if not."""
         runner = Loop()
-        conn = _connect(url, runner)
+        conn = connect(url, runner)
         try:
             runner.run(conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
             names = {r[0] for r in runner.run(conn.fetch(_NAMES))}
@@ -164,7 +168,7 @@ class PgReader(Reader):
 def migrate(url: str) -> list[str]:
     """Apply pending migrations to the PostgreSQL database at ``url`` (``llm-proxy migrate --db``)."""
     runner = Loop()
-    conn = _connect(url, runner)
+    conn = connect(url, runner)
     try:
         return runner.run(pg_migrate.migrate(conn))
     except Exception as exc:
@@ -177,7 +181,7 @@ def migrate(url: str) -> list[str]:
 def prune(url: str, before: str | None, dry_run: bool = False) -> Pruned:
     """Delete rows older than ``before`` in batches, then VACUUM (the space is reused, not returned)."""
     runner = Loop()
-    conn = _connect(url, runner)
+    conn = connect(url, runner)
     try:
         return runner.run(_prune(conn, before, dry_run))
     except AuditError:

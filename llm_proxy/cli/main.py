@@ -15,6 +15,7 @@ from ..audit.migrate import migrate
 from ..config import Config
 from ..errors import AuditError, ConfigError
 from . import PROG, audit_commands, demo
+from .copy_trail import copy_trail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--db", metavar="PATH|URL",
         help="database file or postgresql:// URL (overrides database.path and database.url)",
     )  # fmt: skip
+    mig.add_argument(
+        "--to", metavar="URL",
+        help="copy the SQLite trail (--db or database.path) into this postgresql:// database, resumably",
+    )  # fmt: skip
     audit_commands.register(commands, _add_config)
     demo.add_parser(commands)
     return parser
@@ -71,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.run(args)
         config = config_mod.load(config_mod.find_config_file(args.config))
         if args.command == "migrate":
+            if args.to:
+                return copy_trail(args.db or config.database.path, args.to)
             return _migrate(config, args.db)
         if args.command in audit_commands.COMMANDS:
             return int(args.run(args, config))
