@@ -287,3 +287,23 @@ async def test_prune_and_migrate_commands_on_postgresql(
     assert main(["logs", "--db", postgres.url("nothing_here")]) == 1
     err = capsys.readouterr().err
     assert "cannot connect to postgresql://llmproxy:***@127.0.0.1" in err and PASSWORD not in err
+
+
+async def test_the_running_proxys_retention_deletes_old_rows_in_postgresql(
+    postgres: PostgresServer, migrated: str, tmp_path: Path
+) -> None:
+    from llm_proxy.audit.retention import Retention
+    from llm_proxy.config import DatabaseConfig
+
+    trail = pg_trail(postgres, migrated, tmp_path)
+    store = PostgresStore(trail.target, str(trail.spool))
+    await store.open()
+    try:
+        old = [chat(n, say(f"old {n}")) for n in range(450)]
+        for e in old:
+            e.started -= 10 * 86400
+        await store.insert([e.row() for e in old] + [chat(9, say("new")).row()])
+        assert await Retention(store, DatabaseConfig(retention_days=7)).once() == 450
+    finally:
+        await store.close()
+    assert [r["prompt"] for r in trail.rows()] == ["prompt 9"]

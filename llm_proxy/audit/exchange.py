@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-# Column order of the INSERT; the names are the `logs` columns (migrations/0001_logs.sql).
+# Column order of the INSERT; the names are the `logs` columns (migrations/sqlite/0001_logs.sql).
+# A new column: CONTRIBUTING.md, "a column of the audit trail".
 COLUMNS = (
     "timestamp", "endpoint", "method", "model", "prompt", "response", "status_code",
     "latency_ms", "stream", "backend_type", "error", "request_id", "client_addr",
@@ -33,7 +34,7 @@ COLUMNS = (
     "ttfb_ms", "ttft_ms", "api", "key_name", "truncated",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
-# copy kept its start, the full size was never known (migrations/0006).
+# copy kept its start, the full size was never known (migrations/sqlite/0006).
 ANSWER_CUT = '{"answer":null}'
 
 
