@@ -307,3 +307,42 @@ async def test_the_running_proxys_retention_deletes_old_rows_in_postgresql(
     finally:
         await store.close()
     assert [r["prompt"] for r in trail.rows()] == ["prompt 9"]
+
+
+async def test_proxies_starting_together_migrate_a_new_database_once(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    from llm_proxy.audit import pg_migrate
+
+    url = postgres.database()
+    conns = [await asyncpg.connect(url) for _ in range(4)]
+    try:
+        applied = await asyncio.gather(*(pg_migrate.migrate(c) for c in conns))
+        [names] = [found for found in applied if found]  # one of them applied everything
+        assert names == [p.name for p in available(migrations_dir("postgresql"))]
+        assert applied.count([]) == 3
+        recorded = await conns[0].fetch("SELECT name FROM _migrations ORDER BY name")
+        assert [r[0] for r in recorded] == names
+    finally:
+        for c in conns:
+            await c.close()
+
+
+def test_the_spool_defaults_to_the_folder_of_database_path(tmp_path: Path) -> None:
+    from llm_proxy.audit.stores import spool_path
+    from llm_proxy.config import from_dict
+
+    config = from_dict({"database": {"path": "/var/lib/llm-proxy/llm_proxy.db", "url": "postgresql://h/db"}})
+    assert spool_path(config) == "/var/lib/llm-proxy/llm_proxy-spool.db"
+    chosen = from_dict({"database": {"url": "postgresql://h/db", "spool": str(tmp_path / "s.db")}})
+    assert spool_path(chosen) == str(tmp_path / "s.db")
+
+
+async def test_a_spool_that_cannot_be_opened_is_one_clear_error(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    from llm_proxy.errors import AuditError
+
+    store = PostgresStore(postgres.database(), str(tmp_path / "missing" / "spool.db"))
+    with pytest.raises(AuditError, match=r"cannot open the spool .*missing/spool.db \(database.spool\)"):
+        await store.open()

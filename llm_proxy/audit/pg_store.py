@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -232,7 +233,13 @@ class PostgresStore:
         spool until it does. One that refuses us (a wrong password, no such
         database) is: AuditError, with the URL's password masked.
         """
-        waiting = await self.spool.open()
+        try:
+            waiting = await self.spool.open()
+        except (sqlite3.Error, OSError) as exc:
+            raise AuditError(
+                f"cannot open the spool {self.spool.path} (database.spool), where rows wait while "
+                f"PostgreSQL is down: {exc}"
+            ) from None
         applied: list[str] = []
         try:
             applied = await self._connect()

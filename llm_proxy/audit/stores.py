@@ -53,11 +53,15 @@ class AuditStore(Protocol):
 
 
 def spool_path(config: Config) -> str:
-    """``database.spool``, else ``llm_proxy-spool.db`` next to the config file (or here)."""
+    """``database.spool``, else ``llm_proxy-spool.db`` in the folder of ``database.path``.
+
+    That folder is where the proxy may write (the service's state directory,
+    /var/lib/llm-proxy); the config file's folder often is not (/etc is
+    read-only under the unit's ProtectSystem=strict).
+    """
     if config.database.spool:
         return config.database.spool
-    folder = os.path.dirname(os.path.abspath(config.source)) if config.source else os.getcwd()
-    return os.path.join(folder, SPOOL_FILE)
+    return os.path.join(os.path.dirname(os.path.abspath(config.database.path)), SPOOL_FILE)
 
 
 def create(config: Config) -> Store | PostgresStore:

@@ -101,7 +101,7 @@ class DatabaseConfig:
     # `path` ($LLM_PROXY_DATABASE_URL sets it too). Needs llm-proxy[postgresql].
     url: str = ""
     # Where rows wait while PostgreSQL is down (an SQLite file); "" = llm_proxy-spool.db
-    # next to the config file (or in the working folder without one).
+    # in the folder of `path` (where the proxy may write; /etc often is read-only).
     spool: str = ""
     # Exchanges waiting for the writer; when full, handlers wait (backpressure)
     # instead of dropping rows.
