@@ -53,6 +53,15 @@ async def ready(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, A
         return resp.status, await resp.json()
 
 
+async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    """One value from the proxy's /metrics."""
+    async with http.get(f"{url}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
 async def count(trail: Trail) -> int:
     found = await asyncio.to_thread(trail.query, "SELECT count(*) AS n FROM logs")
     return int(found[0]["n"]) if found else 0
@@ -119,6 +128,7 @@ async def test_three_proxies_one_trail_and_a_20_s_outage(
             note = body["checks"]["database"]
             assert note.startswith("spooling: PostgreSQL postgresql://llmproxy:***@127.0.0.1"), note
             assert PASSWORD not in note and "llm_proxy-spool.db" in note
+            assert await metric(http, served[0].url, "llm_proxy_audit_spooled_rows") > 0
             await asyncio.sleep(OUTAGE - 1.0)
             results = await asyncio.gather(*loads)
             assert {s for r in results for s in r} == {200}
@@ -133,6 +143,8 @@ async def test_three_proxies_one_trail_and_a_20_s_outage(
         for p in served:
             status, body = await ready(http, p.url)
             assert (status, body["status"]) == (200, "ready"), body
+            assert await metric(http, p.url, "llm_proxy_audit_spooled_rows") == 0
+            assert await metric(http, p.url, "llm_proxy_audit_rows_sent_from_spool_total") > 0
         for p in served:
             assert await p.stop() == 0
             assert not any(PASSWORD in line for line in p.stderr)
