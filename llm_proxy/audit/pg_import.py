@@ -30,6 +30,7 @@ from .compact import blob_names
 from .dburl import masked
 from .pg_query import Loop, connect
 from .pg_store import describe
+from .pg_values import COLUMN_TYPES, INSERT_BLOBS
 
 BATCH = 500  # rows per transaction
 Progress = Callable[[int, int], None]  # (rows copied so far, rows to copy in all)
@@ -132,7 +133,7 @@ def _copy(
 
 async def _begin(conn: Any, key: str, columns: list[str], low: int, high: int) -> _Plan:
     await pg_migrate.migrate(conn)
-    types = {r[0]: r[1] for r in await conn.fetch(_PG_COLUMNS)}
+    types = {r[0]: r[1] for r in await conn.fetch(COLUMN_TYPES)}
     unknown = [c for c in columns if c not in types]
     if unknown:
         raise AuditError(f"the PostgreSQL logs table has no columns {', '.join(unknown)}: is it older?")
@@ -150,7 +151,7 @@ async def _send(conn: Any, plan: _Plan, values: list[list[Any]], blobs: dict[str
     """One batch, its blobs and the record of how far the copy got, in one transaction."""
     async with conn.transaction():
         if blobs:
-            await conn.execute(_INSERT_BLOBS, sorted(blobs), [blobs[k] for k in sorted(blobs)])
+            await conn.execute(INSERT_BLOBS, sorted(blobs), [blobs[k] for k in sorted(blobs)])
         await conn.execute(plan.insert, *[list(col) for col in zip(*values, strict=True)])
         await conn.execute(_ADVANCE, plan.key, last_id, len(values))
 
@@ -160,14 +161,6 @@ async def _finish(conn: Any, key: str) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM logs"))
 
 
-_PG_COLUMNS = """
-SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-WHERE attrelid = 'logs'::regclass AND attnum > 0 AND NOT attisdropped
-"""
-_INSERT_BLOBS = (
-    "INSERT INTO blobs (hash, data) SELECT * FROM unnest($1::text[], $2::text[]) AS b (hash, data) "
-    "ORDER BY hash ON CONFLICT DO NOTHING"
-)
 _ADVANCE = "UPDATE _imports SET last_id = $2, rows = rows + $3 WHERE source = $1"
 
 

@@ -42,6 +42,7 @@ from ..errors import AuditError
 from . import pg_migrate
 from .dburl import asyncpg, masked, redact, remember_secret
 from .exchange import COLUMNS
+from .pg_values import COLUMN_TYPES, INSERT_BLOBS, Insert, text
 from .rows import STORED, cap, client_of, prepare, reduced_row
 from .spool import Spool
 from .turns import TurnTracker
@@ -70,10 +71,6 @@ _TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58", "40"})
 _TRANSIENT_CODES = frozenset({"55P03", "55006"})  # lock not available, object in use
 _RETRY_AT_ONCE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 
-_COLUMN_TYPES = """
-SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-WHERE attrelid = 'logs'::regclass AND attnum > 0 AND NOT attisdropped
-"""
 _IDS = "SELECT nextval($1::regclass) FROM generate_series(1, $2)"
 _CLAIM_KEYS = "INSERT INTO _spooled (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING key"
 _LOCK_CLIENTS = (
@@ -86,11 +83,6 @@ _SAVE_TURNS = (
     "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) "
     "ON CONFLICT (client) DO UPDATE "
     "SET turn_id = excluded.turn_id, messages = excluded.messages, seen = now()"
-)
-# Sorted: two writers taking the same blobs take them in the same order, never in a circle.
-_INSERT_BLOBS = (
-    "INSERT INTO blobs (hash, data) SELECT * FROM unnest($1::text[], $2::text[]) AS b (hash, data) "
-    "ORDER BY hash ON CONFLICT DO NOTHING"
 )
 _FORGET_KEYS = f"DELETE FROM _spooled WHERE sent_at < now() - '{KEEP_SPOOLED_KEYS}'::interval"
 _FORGET_CLIENTS = f"DELETE FROM turn_clients WHERE seen < now() - '{KEEP_TURN_CLIENTS}'::interval"
@@ -120,67 +112,6 @@ def describe(exc: BaseException) -> str:
 
 class Unavailable(ConnectionError):
     """No connection to the server now (it is being reopened)."""
-
-
-class _Insert:
-    """The INSERT for a batch: one array parameter per column, unnest()ed into rows, types from the table."""
-
-    def __init__(self, types: dict[str, str]) -> None:
-        columns = ("id", *STORED)
-        missing = [c for c in columns if c not in types]
-        if missing:
-            raise AuditError(f"the PostgreSQL logs table lacks columns {', '.join(missing)}")
-        arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(columns, 1))
-        names = ", ".join(f'"{c}"' for c in columns)
-        self.sql = f"INSERT INTO logs ({names}) SELECT * FROM unnest({arrays})"
-        self.convert = [_converter(types[c]) for c in columns]
-
-    def arrays(self, rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-        columns = zip(*rows, strict=True)
-        return [[convert(v) for v in column] for convert, column in zip(self.convert, columns, strict=True)]
-
-
-def _converter(sql_type: str) -> Any:
-    """A function that checks one value for a column of ``sql_type`` and makes it what asyncpg sends.
-
-    Strict: a list where a scalar belongs would make the column's array
-    parameter two-dimensional, and unnest() would then flatten it into the
-    wrong rows. TypeError is the row's trouble: the writer splits the batch.
-    """
-    if sql_type.startswith("timestamp"):
-        return _when
-    if sql_type in ("text", "character varying"):
-        return _text
-    if sql_type == "boolean":
-        return _scalar(bool)
-    if sql_type in ("bigint", "integer", "smallint"):
-        return _scalar(int)
-    if sql_type in ("double precision", "real"):
-        return _scalar(float, int)
-    return _scalar(str, int, float, bool)
-
-
-def _scalar(*kinds: type) -> Any:
-    def check(value: Any) -> Any:
-        if value is None or isinstance(value, kinds):
-            return value
-        raise TypeError(f"{type(value).__name__} where {kinds[0].__name__} belongs")
-
-    return check
-
-
-def _when(value: Any) -> Any:
-    if type(value) is not str:
-        raise TypeError(f"{type(value).__name__} where a timestamp belongs")
-    return datetime.fromisoformat(value)
-
-
-def _text(value: Any) -> Any:
-    if type(value) is str:
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if value is None:
-        return None
-    raise TypeError(f"{type(value).__name__} where text belongs")
 
 
 def _digest(client: tuple[Any, ...]) -> str:
@@ -219,7 +150,7 @@ class PostgresStore:
         self.sent_from_spool = 0
         self._conn: Any = None
         self._seq = "logs_id_seq"
-        self._insert: _Insert | None = None
+        self._insert: Insert | None = None
         self._wake = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
         self._pinged = 0.0
@@ -260,7 +191,9 @@ class PostgresStore:
         try:
             applied = await pg_migrate.migrate(conn)
             self._seq = await conn.fetchval("SELECT pg_get_serial_sequence('logs', 'id')")
-            self._insert = _Insert({name: kind for name, kind in await conn.fetch(_COLUMN_TYPES)})
+            self._insert = Insert(
+                {name: kind for name, kind in await conn.fetch(COLUMN_TYPES)}, ("id", *STORED)
+            )
             await conn.execute(_FORGET_KEYS)
             await conn.execute(_FORGET_CLIENTS)
         except BaseException:
@@ -353,7 +286,7 @@ class PostgresStore:
                     [orjson.dumps(list(last[1])).decode() for _, last in saved if last],
                 )  # fmt: skip
             if blobs:
-                await conn.execute(_INSERT_BLOBS, list(blobs), [_text(v) for v in blobs.values()])
+                await conn.execute(INSERT_BLOBS, list(blobs), [text(v) for v in blobs.values()])
             await conn.execute(plan.sql, *plan.arrays(values))
         return len(rows)
 
