@@ -318,9 +318,9 @@ async def test_proxies_starting_together_migrate_a_new_database_once(
     conns = [await asyncpg.connect(url) for _ in range(4)]
     try:
         applied = await asyncio.gather(*(pg_migrate.migrate(c) for c in conns))
-        [names] = [found for found in applied if found]  # one of them applied everything
-        assert names == [p.name for p in available(migrations_dir("postgresql"))]
-        assert applied.count([]) == 3
+        names = [p.name for p in available(migrations_dir("postgresql"))]
+        # Each migration applied by one of them (whichever took its lock first), once.
+        assert sorted(name for found in applied for name in found) == names
         recorded = await conns[0].fetch("SELECT name FROM _migrations ORDER BY name")
         assert [r[0] for r in recorded] == names
     finally:
