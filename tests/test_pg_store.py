@@ -346,3 +346,25 @@ async def test_a_spool_that_cannot_be_opened_is_one_clear_error(
     store = PostgresStore(postgres.database(), str(tmp_path / "missing" / "spool.db"))
     with pytest.raises(AuditError, match=r"cannot open the spool .*missing/spool.db \(database.spool\)"):
         await store.open()
+
+
+async def test_a_proxy_starts_while_the_server_is_down_and_catches_up(
+    postgres: PostgresServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Down at start-up (not a refusal): the proxy serves, spools, migrates once it answers."""
+    trail = Trail("postgresql", postgres.database(), tmp_path / "spool.db", postgres)  # never migrated
+    store = PostgresStore(trail.target, str(trail.spool))
+    postgres.stop()
+    try:
+        assert await store.open() == []
+        await store.insert([chat(n, say(f"q {n}")).row() for n in range(3)])
+        assert store.spool.count == 3
+        assert (store.degraded() or "").startswith("spooling: PostgreSQL")
+    finally:
+        postgres.start()
+    try:
+        await wait_for(lambda: _true(store.spool.count == 0 and store.degraded() is None), within=30)
+    finally:
+        await store.close()
+    assert [r["prompt"] for r in trail.rows()] == ["prompt 0", "prompt 1", "prompt 2"]
+    assert "answers again (applied 0001_logs.sql" in caplog.text

@@ -200,7 +200,8 @@ class PostgresStore:
             conn.terminate()
             raise
         if self.down_since is not None:
-            log.warning("audit trail: PostgreSQL %s answers again", self.path)
+            done = f" (applied {', '.join(applied)})" if applied else ""
+            log.warning("audit trail: PostgreSQL %s answers again%s", self.path, done)
         self._conn, self.failing, self.down_since = conn, None, None
         self._pinged = time.monotonic()
         return applied
