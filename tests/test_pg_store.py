@@ -56,6 +56,8 @@ async def wait_for(check: Any, within: float = 20.0) -> None:
 
 def test_both_dialects_have_the_same_migrations_and_columns(postgres: PostgresServer, tmp_path: Path) -> None:
     """A column added to one dialect is added to the other under the same number (CONTRIBUTING.md)."""
+    stray = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
+    assert not stray, f"move {stray} to migrations/sqlite/ and add each one's twin to migrations/postgresql/"
     names = [p.name for p in available(migrations_dir("sqlite"))]
     assert names == [p.name for p in available(migrations_dir("postgresql"))]
     migrate(str(tmp_path / "audit.db"))
