@@ -27,6 +27,7 @@ its full size in ``truncated``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -55,6 +56,7 @@ RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds between reconnection attempt
 PING_EVERY = 5.0  # seconds between the idle writer's checks that the server still answers
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
+DRAIN_AT_CLOSE = 5.0  # seconds a stopping proxy goes on sending its spool to a server that answers
 KEEP_SPOOLED_KEYS = "30 days"  # how long a sent row's spool key guards against sending it twice
 KEEP_TURN_CLIENTS = "1 day"  # a client silent this long starts a new turn anyway
 # Text columns in a btree index: PostgreSQL refuses an index entry over 2704
@@ -84,6 +86,7 @@ _SAVE_TURNS = (
     "ON CONFLICT (client) DO UPDATE "
     "SET turn_id = excluded.turn_id, messages = excluded.messages, seen = now()"
 )
+_LOCK_BLOBS = "SELECT 1 FROM blobs WHERE hash = ANY($1::text[]) ORDER BY hash FOR UPDATE"
 _FORGET_KEYS = f"DELETE FROM _spooled WHERE sent_at < now() - '{KEEP_SPOOLED_KEYS}'::interval"
 _FORGET_CLIENTS = f"DELETE FROM turn_clients WHERE seen < now() - '{KEEP_TURN_CLIENTS}'::interval"
 DELETE_OLDER = (
@@ -152,6 +155,7 @@ class PostgresStore:
         self._seq = "logs_id_seq"
         self._insert: Insert | None = None
         self._wake = asyncio.Event()
+        self._drained = asyncio.Event()  # set while the spool is empty
         self._drainer: asyncio.Task[None] | None = None
         self._pinged = 0.0
 
@@ -171,6 +175,8 @@ class PostgresStore:
                 f"cannot open the spool {self.spool.path} (database.spool), where rows wait while "
                 f"PostgreSQL is down: {exc}"
             ) from None
+        if not waiting:
+            self._drained.set()
         applied: list[str] = []
         try:
             applied = await self._connect()
@@ -207,7 +213,11 @@ class PostgresStore:
         return applied
 
     async def close(self) -> None:
-        """Stop sending the spool (what is left stays there), close the connection and the spool."""
+        """Send what the spool holds for a few seconds if the server answers; then stop sending
+        (what is left stays there for the next start), close the connection and the spool."""
+        if self._drainer is not None and self._conn is not None and self.spool.count:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), DRAIN_AT_CLOSE)
         if self._drainer is not None:
             self._drainer.cancel()
             await asyncio.gather(self._drainer, return_exceptions=True)
@@ -288,6 +298,10 @@ class PostgresStore:
                 )  # fmt: skip
             if blobs:
                 await conn.execute(INSERT_BLOBS, list(blobs), [text(v) for v in blobs.values()])
+                # The rows' trigger counts references in the blobs it names; taken here in
+                # hash order, two writers naming the same blobs (Home Assistant's system
+                # prompt, on every proxy) wait for each other instead of deadlocking.
+                await conn.execute(_LOCK_BLOBS, list(blobs))
             await conn.execute(plan.sql, *plan.arrays(values))
         return len(rows)
 
@@ -316,6 +330,7 @@ class PostgresStore:
             self.spool_failing = f"the spool {self.spool.path} cannot be written: {describe(exc)}"
             raise OSError(self.spool_failing) from exc  # transient: the writer keeps the rows and retries
         self.spool_failing = None
+        self._drained.clear()
         self._wake.set()
 
     def _went_down(self, exc: BaseException) -> None:
@@ -363,6 +378,7 @@ class PostgresStore:
             batch = await self.spool.oldest(SPOOL_BATCH)
             if not batch:
                 self.spool.count = 0
+                self._drained.set()
                 return
             try:
                 sent = await self._write_retrying([row for _, _, row in batch], [key for _, key, _ in batch])
@@ -373,6 +389,7 @@ class PostgresStore:
             await self.spool.remove([seq for seq, _, _ in batch])
             self.sent_from_spool += sent
             if not self.spool.count:
+                self._drained.set()
                 log.warning("audit spool sent: every spooled row is in %s", self.path)
 
     async def _send_one_by_one(self, batch: list[tuple[int, str, tuple[Any, ...]]]) -> int:
