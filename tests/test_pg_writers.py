@@ -174,3 +174,29 @@ async def test_sigterm_during_an_outage_keeps_the_rows_for_the_next_start(
             assert any("200 audit rows wait in the spool" in line for line in again.stderr)
             assert await again.stop() == 0
     assert_every_request_once(trail, {f"q {n}" for n in range(300)})
+
+
+async def test_the_rounds_of_one_turn_share_it_across_proxies(
+    postgres: PostgresServer, migrated: str, tmp_path: Path, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    """Behind a load balancer each round of a spoken request may reach another proxy."""
+    trail = Trail("postgresql", postgres.database(migrated), tmp_path / "unused-spool.db", postgres)
+    system = {"role": "system", "content": "You control the house."}
+    asked = {"role": "user", "content": "Turn on the kitchen light"}
+    called = {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "HassTurnOn",
+                                                                             "arguments": {}}}]}  # fmt: skip
+    result = {"role": "tool", "content": '{"success": true}'}
+    rounds = [
+        [system, asked],
+        [system, asked, called, result],
+        [system, {"role": "user", "content": "Thanks"}],
+    ]
+    headers = {"User-Agent": "HomeAssistant/2026.11"}
+    async with proxies(tmp_path, llama_double[1], trail.target, 2) as [a, b], aiohttp.ClientSession() as http:
+        for proxy, messages in zip((a, b, a), rounds, strict=True):
+            body = {"model": "smollm2", "stream": False, "messages": messages}
+            async with http.post(f"{proxy.url}/api/chat", json=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+        assert await until_rows(trail, 3, within=20) == 3
+    rows = trail.query("SELECT id, turn_id FROM logs ORDER BY id")
+    assert [r["turn_id"] for r in rows] == [rows[0]["id"], rows[0]["id"], rows[2]["id"]]
