@@ -370,3 +370,24 @@ async def test_a_proxy_starts_while_the_server_is_down_and_catches_up(
         await store.close()
     assert [r["prompt"] for r in trail.rows()] == ["prompt 0", "prompt 1", "prompt 2"]
     assert "answers again (applied 0001_logs.sql" in caplog.text
+
+
+async def test_rows_someone_inserted_with_their_own_ids_do_not_stop_the_writer(
+    postgres: PostgresServer, migrated: str, tmp_path: Path
+) -> None:
+    trail = pg_trail(postgres, migrated, tmp_path)
+    store = PostgresStore(trail.target, str(trail.spool))
+    await store.open()
+    try:
+        await store.insert([chat(0, say("first")).row()])
+        postgres.psql(  # a user's own rows, ids chosen by hand, ahead of the sequence
+            "INSERT INTO logs (id, timestamp, endpoint, method) "
+            "SELECT g, now(), '/by/hand', 'GET' FROM generate_series(2, 40) AS g",
+            trail.target.rpartition("/")[2],
+        )
+        await store.insert([chat(n, say(f"q {n}")).row() for n in range(1, 11)])
+    finally:
+        await store.close()
+    rows = trail.rows()
+    assert [r["prompt"] for r in rows if r["endpoint"] == "/api/chat"] == [f"prompt {n}" for n in range(11)]
+    assert [r["id"] for r in rows][-10:] == list(range(41, 51))

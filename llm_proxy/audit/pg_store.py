@@ -86,6 +86,9 @@ _SAVE_TURNS = (
     "ON CONFLICT (client) DO UPDATE "
     "SET turn_id = excluded.turn_id, messages = excluded.messages, seen = now()"
 )
+_SEQ_PAST_ROWS = (
+    "SELECT setval($1::regclass, greatest((SELECT max(id) FROM logs), (SELECT last_value FROM {seq})))"
+)
 _LOCK_BLOBS = "SELECT 1 FROM blobs WHERE hash = ANY($1::text[]) ORDER BY hash FOR UPDATE"
 _FORGET_KEYS = f"DELETE FROM _spooled WHERE sent_at < now() - '{KEEP_SPOOLED_KEYS}'::interval"
 _FORGET_CLIENTS = f"DELETE FROM turn_clients WHERE seen < now() - '{KEEP_TURN_CLIENTS}'::interval"
@@ -261,8 +264,15 @@ class PostgresStore:
             try:
                 return await self._write(rows, keys)
             except Exception as exc:
-                if getattr(exc, "sqlstate", None) not in _RETRY_AT_ONCE or attempt == RETRY_IN_PLACE:
+                taken = getattr(exc, "constraint_name", None) == "logs_pkey"
+                if attempt == RETRY_IN_PLACE or not (
+                    taken or getattr(exc, "sqlstate", None) in _RETRY_AT_ONCE
+                ):
                     raise
+                if taken and self._conn is not None:
+                    # Someone inserted rows with ids of their own, ahead of the sequence:
+                    # move it past them (never back), and take ids again.
+                    await self._conn.execute(_SEQ_PAST_ROWS.format(seq=self._seq), self._seq)
                 await asyncio.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
 
