@@ -59,6 +59,7 @@ COMMAND_TIMEOUT = 30.0
 DRAIN_AT_CLOSE = 5.0  # seconds a stopping proxy goes on sending its spool to a server that answers
 KEEP_SPOOLED_KEYS = "30 days"  # how long a sent row's spool key guards against sending it twice
 KEEP_TURN_CLIENTS = "1 day"  # a client silent this long starts a new turn anyway
+FORGET_EVERY = 3600.0  # seconds between deletions of what is kept that long (at connect, then when idle)
 # Text columns in a btree index: PostgreSQL refuses an index entry over 2704
 # bytes, and with it the row. Longer values are cut (``truncated`` says so).
 INDEXED_TEXT = ("endpoint", "model")
@@ -161,6 +162,7 @@ class PostgresStore:
         self._drained = asyncio.Event()  # set while the spool is empty
         self._drainer: asyncio.Task[None] | None = None
         self._pinged = 0.0
+        self._forgot = 0.0  # when old spool keys and silent clients' turns were last deleted
 
     # -- opening and closing -----------------------------------------------------
 
@@ -212,7 +214,7 @@ class PostgresStore:
             done = f" (applied {', '.join(applied)})" if applied else ""
             log.warning("audit trail: PostgreSQL %s answers again%s", self.path, done)
         self._conn, self.failing, self.down_since = conn, None, None
-        self._pinged = time.monotonic()
+        self._pinged = self._forgot = time.monotonic()
         return applied
 
     async def close(self) -> None:
@@ -432,6 +434,10 @@ class PostgresStore:
             self._pinged = time.monotonic()
             try:
                 await self._conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
+                if self._pinged - self._forgot > FORGET_EVERY:  # idle now: tidy the bookkeeping
+                    self._forgot = self._pinged
+                    await self._conn.execute(_FORGET_KEYS)
+                    await self._conn.execute(_FORGET_CLIENTS)
             except Exception as exc:
                 if transient(exc):
                     self._went_down(exc)
