@@ -6,10 +6,11 @@ into Ollama's shape ``{"error": message}`` with ``status``::
     ProxyError                 (500)
     ├── BadRequest             (400) the client's request is malformed
     ├── Unauthorized           (401) no API key, or not one of auth.keys
+    ├── Forbidden              (403) the key may not use this model (its quota's models)
     ├── ModelNotFound          (404) no such model on the backend
     ├── RequestTimeout         (408) the client went silent in the middle of its request
     ├── PayloadTooLarge        (413)
-    ├── TooManyRequests        (429) over the rate limit; says when to retry
+    ├── TooManyRequests        (429) over the rate limit or a key's daily quota; says when to retry
     ├── ClientGone             (499) the client left before its request was read
     ├── Busy                   (503) every backend slot taken and the wait queue full
     ├── BackendError           (backend's status) the backend answered with an error
@@ -37,6 +38,8 @@ class ProxyError(Exception):
     # What the backend had been sent when this happened, for the audit record
     # (backends.base.sending); None when nothing was, or it was the client's body.
     sent: Any = None
+    # Which backends were tried before this error (backends.base.Route), for the record.
+    route: Any = None
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -63,6 +66,12 @@ class Unauthorized(ProxyError):
     def __init__(self) -> None:
         # Always the same words: the client learns nothing about which keys exist.
         super().__init__("unauthorized")
+
+
+class Forbidden(ProxyError):
+    """The request's API key may not do this (use this model)."""
+
+    status = 403
 
 
 class ModelNotFound(ProxyError):

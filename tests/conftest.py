@@ -18,6 +18,8 @@ from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
 from llm_proxy.server.app import create_app
 
+# The real llama-servers, one each per session, for every end-to-end module.
+from .e2e import chat_server, connect, embed_server  # noqa: F401
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
 from .postgres import PostgresServer, running
@@ -113,7 +115,7 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[MakeProxy]:
     servers: list[TestServer] = []
 
     async def start(
-        endpoint: str, backend_type: str = "ollama", trail: Trail | None = None, **sections: dict[str, Any]
+        endpoint: str, backend_type: str = "ollama", trail: Trail | None = None, **sections: Any
     ) -> Proxy:
         db = tmp_path / "llm_proxy.db"
         raw: dict[str, Any] = {
@@ -121,7 +123,9 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[MakeProxy]:
             "database": trail.database() if trail is not None else {"path": str(db)},
         }
         for name, values in sections.items():
-            raw[name] = {**raw.get(name, {}), **values}
+            raw[name] = (
+                values if isinstance(values, list) else {**raw.get(name, {}), **values}
+            )  # backends: a list
         app = create_app(config_mod.from_dict(raw))
         server = ServedAsByTheCli(app, host="127.0.0.1")
         await server.start_server()

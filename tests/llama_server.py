@@ -182,6 +182,23 @@ class LlamaServer:
                 raise
         raise AssertionError("unreachable")  # the loop returns or raises
 
+    def restart(self) -> LlamaServer:
+        """Start a stopped (or killed) server again on the port it had, as a supervisor would."""
+        self.stop()
+        self._launch()
+        try:
+            self._wait_ready()
+        except ServerFailed:
+            self.stop()
+            raise
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the process at once, as the kernel's OOM killer would, and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         """Terminate the process (SIGKILL after a grace period); safe to call twice."""
         process, self.process = self.process, None

@@ -78,7 +78,7 @@ async def serve(
     endpoint: str,
     env: dict[str, str] | None = None,
     open_files: int | None = None,
-    **sections: dict[str, Any],
+    **sections: Any,
 ) -> AsyncIterator[Served]:
     """Start the real process in front of ``endpoint`` with a config file (``sections`` merged
     in), wait until it answers, stop it at the end. ``open_files`` limits its file descriptors
@@ -91,7 +91,7 @@ async def serve(
         "database": {"path": str(db)},
     }
     for name, values in sections.items():
-        config[name] = {**config.get(name, {}), **values}
+        config[name] = values if isinstance(values, list) else {**config.get(name, {}), **values}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = await asyncio.create_subprocess_exec(

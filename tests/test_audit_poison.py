@@ -70,6 +70,16 @@ async def then_keeps_writing(recorder: Recorder, trail: Trail, rows: int) -> Non
     assert [r["prompt"] for r in found[rows:]] == ["good 2"]
 
 
+async def counted(recorder: Recorder, written: int, within: float = 10.0) -> None:
+    """Wait until the recorder has counted ``written`` rows (or the time is up)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        if recorder.written >= written or loop.time() > deadline:
+            return
+        await asyncio.sleep(0.01)
+
+
 LONG = "é" * 300_000  # 600 KB of UTF-8
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 TEXT = (
@@ -216,6 +226,9 @@ async def test_a_row_the_store_refuses_is_stored_reduced_and_the_trail_goes_on(
     assert_reduced(first, "" if trail.postgres else error)
     assert (after["prompt"], after["response"], after["prompt_tokens"]) == ("good 1", "answer 1", 3)
     await then_keeps_writing(recorder, trail, 2)
+    # The rows are in the database a moment before the writer's task, on the event
+    # loop again after the commit, counts them.
+    await counted(recorder, 3)
     assert (recorder.reduced, recorder.lost, recorder.written) == (1, 0, 3)
 
 

@@ -47,9 +47,10 @@ def test_example_documents_every_key_with_its_default() -> None:
     example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     config = config_mod.load(str(ROOT / "config.example.yaml"))
     assert config == dataclasses.replace(config_mod.Config(), source=str(ROOT / "config.example.yaml"))
-    for section in ("server", "backend", "database", "models", "auth"):
+    for section in ("server", "backend", "database", "models", "auth", "routing"):
         fields = {f.name for f in dataclasses.fields(getattr(config, section))}
         assert set(example[section]) == fields, section
+    assert example["backends"] == [] and config.backends == ()
 
 
 def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

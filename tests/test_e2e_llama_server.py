@@ -12,7 +12,7 @@ import contextlib
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,9 @@ from openai.types.chat import ChatCompletionUserMessageParam
 
 from . import llama_server
 from .conftest import MakeProxy, Proxy
-from .llama_server import ALIAS, INSTALL_HINT, LlamaServer, NotInstalled, ServerFailed, template_path
+from .e2e import Connect
+from .llama_server import ALIAS, INSTALL_HINT, LlamaServer, NotInstalled, ServerFailed
 
-# Makes an ollama.AsyncClient talking to a proxy (the `connect` fixture).
-Connect = Callable[[Proxy], ollama.AsyncClient]
 MODEL = ALIAS  # what clients ask for; the proxy lists it as "smollm2:latest"
 USER: ChatCompletionUserMessageParam = {"role": "user", "content": "Say hello."}
 # Small answers keep the file fast on two CPU cores; the counts are what is checked.
@@ -52,51 +51,6 @@ HASS_TURN_ON: dict[str, Any] = {
 KITCHEN = {"role": "user", "content": "Turn on the kitchen light"}
 # Per-model params from the proxy config: a tool call every time, the same one every run.
 TOOL_PARAMS = {"tool_choice": "required", "temperature": 0, "cache_prompt": False, "max_tokens": 256}
-
-
-def _start(
-    tmp_path_factory: pytest.TempPathFactory, name: str, args: Callable[[], Sequence[str]]
-) -> LlamaServer:
-    """Start a server, or fail (never skip) the tests that need it, saying why."""
-    try:
-        return LlamaServer(*args(), log_dir=tmp_path_factory.mktemp(name)).start()
-    except (NotInstalled, ServerFailed) as exc:
-        problem = str(exc)
-    # Outside the except block, so the report shows the reason once, without a chain.
-    pytest.fail(problem, pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    """A llama-server with the Llama 3.2 template (via --jinja), so tool calls work."""
-    server = _start(
-        tmp_path_factory, "llama-chat", lambda: ("--jinja", "--chat-template-file", str(template_path()))
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def embed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    """A llama-server for /v1/embeddings: one started with --embeddings."""
-    server = _start(tmp_path_factory, "llama-embed", lambda: ("--embeddings", "--pooling", "mean"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Make ``ollama.AsyncClient``s for proxies; they are closed after the test."""
-    clients: list[ollama.AsyncClient] = []
-
-    def make(proxy: Proxy) -> ollama.AsyncClient:
-        client = ollama.AsyncClient(host=proxy.url, timeout=60)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 def assert_metrics(final: ollama.ChatResponse | ollama.GenerateResponse) -> None:
@@ -519,13 +473,14 @@ async def test_think_level_reaches_the_real_server(
 async def test_embed_dimensions_and_truncate(
     make_proxy: MakeProxy, embed_server: LlamaServer, connect: Connect
 ) -> None:
-    """``dimensions`` goes out as OpenAI's field, ``truncate`` not at all; the server answers."""
+    """``dimensions`` goes out as OpenAI's field and cuts the answer; ``truncate`` is not sent."""
     proxy = await make_proxy(embed_server.url, backend_type="openai")
     answer = await connect(proxy).embed(model=MODEL, input="The sky is blue.", dimensions=8, truncate=True)
     [vector] = answer.embeddings
-    # This llama-server ignores dimensions and answers the model's full width
-    # (docs/translation.md): the shape is what is checked, not the width.
-    assert len(vector) > 0 and all(isinstance(x, float) for x in vector)
+    # llama-server ignores dimensions and answers the model's full width; the
+    # proxy cuts it to 8 and scales it back to length 1, as Ollama does.
+    assert len(vector) == 8 and all(isinstance(x, float) for x in vector)
+    assert abs(sum(x * x for x in vector) - 1.0) < 1e-6
     [row] = await proxy.wait_rows(1)
     sent = orjson.loads(row["backend_request"])
     assert (sent["dimensions"], "truncate" in sent) == (8, False)

@@ -197,7 +197,7 @@ async def test_gzip_answer_reaches_the_client_decoded(tmp_path: Path) -> None:
     assert orjson.loads(row["response_body"])["models"][0]["name"] == "llama3.2:latest"
 
 
-async def test_a_post_is_never_sent_twice_when_its_kept_alive_connection_drops(tmp_path: Path) -> None:
+async def test_a_pull_is_never_sent_twice_when_its_kept_alive_connection_drops(tmp_path: Path) -> None:
     async def drops_posts(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
         if request.method == "POST":
             return False  # read it, then close without a byte of answer
@@ -210,11 +210,11 @@ async def test_a_post_is_never_sent_twice_when_its_kept_alive_connection_drops(t
     ):
         async with http.get(f"{served.url}/api/version") as resp:
             assert resp.status == 200  # the proxy now holds a kept-alive connection
-        async with http.post(f"{served.url}/api/chat", json=CHAT) as resp:
+        async with http.post(f"{served.url}/api/pull", json={"model": "llama3.2", "stream": False}) as resp:
             assert resp.status == 502
             assert "error" in orjson.loads(await resp.read())
         found = await settle(served, 2)
-    assert backend.seen("POST", "/api/chat") == 1, backend.requests
+    assert backend.seen("POST", "/api/pull") == 1, backend.requests
     assert found[1]["status_code"] == 502 and found[1]["error"]
 
 

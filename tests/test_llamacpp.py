@@ -98,7 +98,7 @@ async def gone(pid: int, within: float = 15.0) -> bool:
 
 def pid_of(proxy: Proxy, name: str) -> int:
     """The pid of the llama-server the proxy runs for ``name``."""
-    backend = proxy.app[state.BACKEND]
+    backend = proxy.app[state.ROUTER].by_name["default"].backend
     assert isinstance(backend, LlamaCppBackend)
     server = backend.pool.server(name)
     assert server is not None and server.process is not None, f"no llama-server for {name}"

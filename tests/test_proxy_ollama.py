@@ -337,7 +337,11 @@ async def test_health_ok(proxy: Proxy, ollama_double: tuple[OllamaDouble, str]) 
         assert await resp.json() == {
             "status": "ok",
             "backend": {"type": "ollama", "endpoint": ollama_double[1], "reachable": True},
-        }
+            "backends": [
+                {"name": "default", "type": "ollama", "endpoint": ollama_double[1], "state": "closed",
+                 "reachable": True},
+            ],
+        }  # fmt: skip
 
 
 async def test_request_id_is_honoured_and_recorded(proxy: Proxy) -> None:

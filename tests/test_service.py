@@ -406,7 +406,11 @@ async def test_ready_and_live_probes(make_proxy: Any, ollama_double: tuple[Ollam
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{proxy.url}/health/ready") as resp:
             assert resp.status == 200
-            assert await resp.json() == {"status": "ready", "checks": {"backend": "ok", "database": "ok"}}
+            assert await resp.json() == {
+                "status": "ready",
+                "checks": {"backend": "ok", "database": "ok"},
+                "backends": {"default": "closed"},
+            }
         async with http.get(f"{proxy.url}/health/live") as resp:
             assert (resp.status, await resp.json()) == (200, {"status": "alive"})
 

@@ -1333,3 +1333,10 @@ def test_answered_tool_calls_carry_the_backend_id_and_index() -> None:
         ("id0", 0, "a"), ("id1", 1, "b"),
     ]  # fmt: skip
     assert ChatResponse(**chunk).message.tool_calls is not None  # the client still parses it
+
+
+def test_embeddings_are_cut_to_dimensions_and_normalised() -> None:
+    answer = {"data": [{"index": 0, "embedding": [3.0, 4.0, 12.0]}, {"index": 1, "embedding": [1.0]}]}
+    out = embed_response(answer, "m", 1, dimensions=2)
+    assert out["embeddings"] == [[0.6, 0.8], [1.0]]  # a shorter vector is left as it is
+    assert embed_response(answer, "m", 1)["embeddings"][0] == [3.0, 4.0, 12.0]

@@ -162,29 +162,70 @@ async def test_keep_alive_reuses_one_connection() -> None:
     assert len(peers) == 1
 
 
-async def test_a_post_is_never_sent_twice(make_proxy: MakeProxy) -> None:
-    """The kept-alive connection closes after the POST went out: 502, and the backend saw it once."""
+async def test_a_chat_meeting_a_closed_kept_alive_connection_goes_again_on_a_new_one(
+    make_proxy: MakeProxy,
+) -> None:
+    """What llama-server does after each stream: the pooled connection is dead when the next chat comes."""
     seen: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         seen.append(await read_request(reader))
-        writer.write(OK)  # the first request on this connection is answered...
+        writer.write(OK)  # the first request on each connection is answered...
         await writer.drain()
         seen.append(await read_request(reader))
-        # ...the second is read, and the connection closed unanswered (a crash, an idle close)
+        # ...the second is read, and the connection closed unanswered: an idle close
 
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
     async with raw_server(answer) as url, aiohttp.ClientSession() as http:
         proxy = await make_proxy(url)
-        async with http.post(f"{proxy.url}/api/chat", json=body) as first:
+        for _ in range(2):
+            async with http.post(f"{proxy.url}/api/chat", json=body) as resp:
+                assert resp.status == 200
+    # The second chat twice: on the closed connection, then on a new one.
+    assert [r.split(b" ", 2)[:2] for r in seen] == [[b"POST", b"/api/chat"]] * 3
+    rows = await proxy.wait_rows(2)
+    assert [(r["status_code"], r["error"]) for r in rows] == [(200, None), (200, None)]
+
+
+async def test_a_pull_is_never_sent_twice(make_proxy: MakeProxy) -> None:
+    """A request that changes the backend is not resent, even after a closed kept-alive connection."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+        await writer.drain()
+        seen.append(await read_request(reader))  # read, then closed unanswered
+
+    async with raw_server(answer) as url, aiohttp.ClientSession() as http:
+        proxy = await make_proxy(url)
+        async with http.get(f"{proxy.url}/api/version") as first:
             assert first.status == 200
-        async with http.post(f"{proxy.url}/api/chat", json=body) as second:
+        pull = {"model": "m", "stream": False}
+        async with http.post(f"{proxy.url}/api/pull", json=pull) as second:
             assert second.status == 502
             error = (await second.json())["error"]
     assert error.startswith(f"backend {url} failed:")
-    assert [r.split(b" ", 2)[:2] for r in seen] == [[b"POST", b"/api/chat"]] * 2  # once each
+    assert [r.split(b" ", 2)[:2] for r in seen] == [[b"GET", b"/api/version"], [b"POST", b"/api/pull"]]
     rows = await proxy.wait_rows(2)
     assert [r["status_code"] for r in rows] == [200, 502]
+
+
+async def test_a_post_that_fails_on_a_new_connection_is_not_resent(make_proxy: MakeProxy) -> None:
+    """A backend that reads a request and drops it on a fresh connection may have crashed on it."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))  # read, then closed unanswered
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    async with raw_server(answer) as url, aiohttp.ClientSession() as http:
+        proxy = await make_proxy(url)
+        async with http.post(f"{proxy.url}/api/chat", json=body) as resp:
+            assert resp.status == 502
+    assert len(seen) == 1
+    [row] = await proxy.wait_rows(1)
+    assert row["status_code"] == 502 and row["error"].startswith(f"backend {url} failed:")
 
 
 async def test_a_get_meeting_a_closed_kept_alive_connection_is_resent() -> None:

@@ -25,6 +25,10 @@ M = "llama3.2"
 USER = [{"role": "user", "content": "hi"}]
 
 BAD = [
+    ("/api/generate", {"model": M, "prompt": "a cat", "width": 0}, "'width' must be an integer above 0"),
+    ("/api/generate", {"model": M, "prompt": "a cat", "steps": "20"}, "'steps' must be an integer"),
+    ("/api/chat", {"model": M, "messages": USER, "top_logprobs": 30},
+     "'top_logprobs' must be between 0 and 20"),
     ("/api/chat", {"model": M, "messages": "hi"}, "'messages' must be a list, got a string"),
     ("/api/chat", {"model": M, "messages": ["hi"]}, "'messages[0]' must be an object, got a string"),
     ("/api/chat", {"model": M, "messages": [{"content": "x"}]},

@@ -7,18 +7,30 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import BackendConfig
 from ..server import state as keys
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 when the backend answers, 503 with the reason when it does not."""
-    config, backend = request.app[keys.CONFIG], request.app[keys.BACKEND]
-    problem = await backend.health()
-    info = {**describe(config.backend), "reachable": problem is None}
+    """200 when a backend answers, 503 with the reason when none does; every backend's state."""
+    router = request.app[keys.ROUTER]
+    states = await router.states()
+    first = states[0]
+    # "backend": the first (or only) one, as before there were many.
+    info = {k: v for k, v in first.items() if k in ("type", "endpoint", "models", "reachable")}
+    problem = _problem(states)
     if problem is None:
-        return web.json_response({"status": "ok", "backend": info})
-    return web.json_response({"status": "unavailable", "error": problem, "backend": info}, status=503)
+        return web.json_response({"status": "ok", "backend": info, "backends": states})
+    body = {"status": "unavailable", "error": problem, "backend": info, "backends": states}
+    return web.json_response(body, status=503)
+
+
+def _problem(states: list[dict[str, Any]]) -> str | None:
+    """None while one backend answers; else why none does (one backend: its own words)."""
+    if any(s["reachable"] for s in states):
+        return None
+    if len(states) == 1:
+        return str(states[0]["error"])
+    return "; ".join(f"{s['name']}: {s['error']}" for s in states)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -32,20 +44,30 @@ async def ready(request: web.Request) -> web.Response:
     While PostgreSQL is down and rows wait in the spool, 200 with ``"status": "degraded"``.
     """
     app = request.app
-    backend, database = await asyncio.gather(app[keys.BACKEND].health(), app[keys.RECORDER].store.writable())
-    checks = {"backend": backend, "database": database}
+    states, database = await asyncio.gather(app[keys.ROUTER].states(), app[keys.RECORDER].store.writable())
+    checks = {"backend": _problem(states), "database": database}
     if app[keys.LIFECYCLE].stopping:
         checks["proxy"] = "shutting down"
+    backends = {s["name"]: s["state"] if s["reachable"] else s["error"] for s in states}
     problems = {name: why for name, why in checks.items() if why is not None}
     if not problems:
         # PostgreSQL down, rows kept in the spool: the proxy serves and loses
         # nothing, so it stays in a load balancer's rotation, and says so.
         note = app[keys.RECORDER].store.degraded()
         if note is not None:
-            body = {"status": "degraded", "checks": {**{name: "ok" for name in checks}, "database": note}}
+            body = {
+                "status": "degraded",
+                "checks": {**{name: "ok" for name in checks}, "database": note},
+                "backends": backends,
+            }
             return web.json_response(body)
-        return web.json_response({"status": "ready", "checks": {name: "ok" for name in checks}})
-    body = {"status": "unavailable", "checks": {name: why or "ok" for name, why in checks.items()}}
+        body = {"status": "ready", "checks": {name: "ok" for name in checks}, "backends": backends}
+        return web.json_response(body)
+    body = {
+        "status": "unavailable",
+        "checks": {n: why or "ok" for n, why in checks.items()},
+        "backends": backends,
+    }
     return web.json_response(body, status=503)
 
 
@@ -58,10 +80,3 @@ def setup_probe_routes(app: web.Application) -> None:
     """Register the supervisors' probes."""
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/health/live", live)
-
-
-def describe(config: BackendConfig) -> dict[str, Any]:
-    """The backend as shown by /health (never the API key)."""
-    if config.type == "llamacpp":  # no one endpoint: a llama-server per model, started on demand
-        return {"type": config.type, "models": list(config.models)}
-    return {"type": config.type, "endpoint": config.endpoint}

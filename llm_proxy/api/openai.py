@@ -38,6 +38,8 @@ ROUTES = (
     ("POST", CHAT), ("POST", COMPLETIONS), ("POST", EMBEDDINGS),
     ("GET", MODELS), ("GET", "/v1/models/{model:.+}"),
 )  # fmt: skip
+ROUTE_PATHS = frozenset(path for _, path in ROUTES)
+# Routes whose streams are chat chunks ending in [DONE], with usage asked for.
 STREAM_ROUTES = frozenset({CHAT, COMPLETIONS})
 # Routes that make the backend generate, and so take a slot (backend.max_concurrency).
 GATED_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
@@ -75,9 +77,9 @@ class OpenAICodec:
         if request.method == "POST":
             received = body_mod.json_object(raw)
             model, backend_model, body = body_mod.map_model(received, "model", config, use_default=True)
-            if endpoint in STREAM_ROUTES:
+            if endpoint in STREAM_ROUTES or endpoint not in ROUTE_PATHS:
                 stream = body_mod.stream_flag(body, default=False)
-            if stream:
+            if stream and endpoint in STREAM_ROUTES:
                 options = body.get("stream_options")
                 if options is not None and not isinstance(options, dict):
                     raise BadRequest("'stream_options' must be an object")
@@ -144,12 +146,12 @@ def _prompt(endpoint: str, body: dict[str, Any] | None) -> str | None:
         if isinstance(messages, list):
             for message in reversed(messages):
                 if isinstance(message, dict) and message.get("role") == "user":
-                    return _text(message.get("content"))
+                    return text_of(message.get("content"))
         return None
-    return _text(body.get("prompt" if endpoint == COMPLETIONS else "input"))
+    return text_of(body.get("prompt" if endpoint == COMPLETIONS else "input"))
 
 
-def _text(value: Any) -> str | None:
+def text_of(value: Any) -> str | None:
     """A string, or the text in a list of strings or of content parts."""
     if isinstance(value, str):
         return value

@@ -21,12 +21,19 @@ A reply is one of four kinds (``backends/base.py``), each relayed its own way:
 * ``Chunks``: a body too large to hold, written as it arrives; only the first
   ``database.max_body_kb`` are kept for the record.
 
-The backend slot (``backend.max_concurrency``) is held until the last byte is
-relayed: a stream keeps the backend busy.
+The backend slot (``max_concurrency`` of the backend the router chose) is held
+until the last byte is relayed: a stream keeps the backend busy.
+
+Before the slot, the gate's two other checks run, once the model is known:
+the key's quota (``server/quota.py``: 403 or 429, settled with what the
+answer cost once it is relayed), then the answer cache (``cache/``): a hit is
+a kept reply replayed through the same relay, without the backend or a slot;
+a qualifying miss is recorded as it is relayed and kept if it ended whole.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -36,11 +43,13 @@ import orjson
 from aiohttp import web
 
 from ..audit.exchange import Exchange
-from ..backends.base import Backend, Batch, Call, Chunks, Frame, Frames, Lines, Reply, Whole
+from ..backends.base import Backend, Batch, Call, Chunks, Frame, Frames, Lines, Reply, Route, Whole
+from ..cache import policy
 from ..config import Config, ModelsConfig
 from ..errors import ProxyError
 from ..server import state as keys
 from ..server.console import Console
+from ..server.quota import LISTINGS, QUOTAS, listing
 from ..server.recording import CLIENT_GONE, why_cut_off
 from ..translate import Assembler
 from . import body as body_mod
@@ -127,6 +136,7 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
         backend_model=parsed.backend_model,
         started=exchange.started_mono,
         stream=parsed.stream,
+        gated=endpoint in codec.gated,  # waits for a slot of the chosen backend's gate
     )
     exchange.model, exchange.backend_model = parsed.model, parsed.backend_model
     exchange.stream, exchange.prompt = parsed.stream, parsed.prompt
@@ -135,20 +145,108 @@ async def handle(request: web.Request, codec: Codec) -> web.StreamResponse:
     if console.raw_requests and call.body is not None:
         console.request(exchange, call.body)
     keep = config.database.max_body_bytes  # bytes (or characters) of each copy the record keeps
-    async with app[keys.GATE].slot_if(endpoint in codec.gated):
+    # The gate: the key's quota, then the answer cache; a hit takes no backend slot.
+    quotas = app[QUOTAS]
+    ticket = quotas.admit(request.get(keys.KEY_NAME), endpoint, parsed.model, parsed.backend_model)
+    cache = app[keys.CACHE]
+    key = policy.key_for(config, call)
+    answer = cache.get(key) if key is not None else None
+    if key is not None:
+        exchange.cache_hit = answer is not None
+    headers = {} if key is None else {"X-Cache": "miss" if answer is None else "hit"}
+    ended: int | None = None  # the status a failure ends the request with, for the quota
+    try:
+        if endpoint in LISTINGS and (allowed := quotas.models_for(request.get(keys.KEY_NAME))):
+            return await _listing(request, codec, call, exchange, console, keep, parsed, allowed)
+        if answer is not None:
+            # Nothing reached the backend: the row says what the hit spared it instead.
+            exchange.backend_request = None
+            exchange.cache_saved_ms, exchange.cache_saved_tokens = answer.saved_ms, answer.saved_tokens
+            return await _relay(request, answer.reply(), exchange, console, codec, keep, parsed, headers)
+        # The slot of the backend the router chooses is taken there (call.gated).
         try:
             reply = await codec.send(backend, call)
         except ProxyError as exc:
             if exc.sent is not None:
                 exchange.backend_request = exc.sent
+            _routed(exchange, exc.route)
             raise
         if reply.sent is not None:
             exchange.backend_request = reply.sent
-        if isinstance(reply, Whole):
-            return _relay_whole(reply, exchange, console, codec, keep, config.models)
-        if isinstance(reply, Chunks):
-            return await _relay_chunks(request, reply, exchange, console, codec, keep)
-        return await _relay_stream(request, reply, exchange, console, codec, keep, parsed.hide_usage)
+        _routed(exchange, reply.route)
+        if key is None:
+            return await _relay(request, reply, exchange, console, codec, keep, parsed, headers)
+        recording = cache.record(reply)
+        try:
+            return await _relay(request, reply, exchange, console, codec, keep, parsed, headers)
+        finally:
+            tokens = (exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0)
+            cache.finish(key, recording, _answered(exchange), exchange.elapsed_ms(), tokens or None)
+    except ProxyError as exc:
+        ended = exc.status
+        raise
+    except asyncio.CancelledError:
+        ended = CLIENT_GONE
+        raise
+    finally:
+        if ticket is not None:
+            quotas.settle(ticket, exchange, ended, from_cache=answer is not None)
+
+
+async def _listing(
+    request: web.Request,
+    codec: Codec,
+    call: Call,
+    exchange: Exchange,
+    console: Console,
+    keep: int,
+    parsed: Parsed,
+    allowed: tuple[str, ...],
+) -> web.StreamResponse:
+    """A model list for a key limited to some models: only those, as a request for each would be judged."""
+    response = await _relay(request, await codec.send(request.app[keys.BACKEND], call), exchange, console,
+                            codec, keep, parsed, {})  # fmt: skip
+    if isinstance(response, web.Response) and isinstance(response.body, bytes) and response.status < 400:
+        response.body = listing(response.body, allowed, request.app[keys.LIVE].config.models)
+        exchange.response_body = stored_copy(response.body, keep, exchange)
+    return response
+
+
+def _answered(exchange: Exchange) -> bool:
+    """True when the exchange ended in a whole answer: no error, a success status (what may be kept)."""
+    return exchange.error is None and exchange.status_code is not None and exchange.status_code < 400
+
+
+async def _relay(
+    request: web.Request,
+    reply: Reply,
+    exchange: Exchange,
+    console: Console,
+    codec: Codec,
+    keep: int,
+    parsed: Parsed,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Relay a reply of any kind to the client."""
+    config = request.app[keys.LIVE].config
+    if isinstance(reply, Whole):
+        return _relay_whole(reply, exchange, console, codec, keep, config.models, headers)
+    if isinstance(reply, Chunks):
+        return await _relay_chunks(request, reply, exchange, console, codec, keep, headers)
+    return await _relay_stream(request, reply, exchange, console, codec, keep, parsed.hide_usage, headers)
+
+
+def _routed(exchange: Exchange, route: Route | None) -> None:
+    """Record where the request went: the backend that answered and every try."""
+    if route is None:
+        return
+    exchange.backend_name = route.backend
+    if route.type is not None:
+        exchange.backend_type = route.type
+    if route.attempts:
+        exchange.attempts = [attempt.as_dict() for attempt in route.attempts]
+    if route.backend_model is not None:  # retried on models.fallback's model
+        exchange.backend_model = route.backend_model
 
 
 async def _relay_stream(
@@ -159,9 +257,12 @@ async def _relay_stream(
     codec: Codec,
     keep: int,
     hide_usage: bool,
+    headers: dict[str, str],
 ) -> web.StreamResponse:
     """Send each item as it arrives; a failure after the start ends with the API's error item."""
-    response = web.StreamResponse(status=reply.status, headers=codec.stream_headers(reply.content_type))
+    response = web.StreamResponse(
+        status=reply.status, headers={**codec.stream_headers(reply.content_type), **headers}
+    )
     assembler = codec.assembler(keep)
     exchange.status_code = reply.status
     ended = False
@@ -210,7 +311,13 @@ async def _relay_stream(
 
 
 def _relay_whole(
-    reply: Whole, exchange: Exchange, console: Console, codec: Codec, keep: int, models: ModelsConfig
+    reply: Whole,
+    exchange: Exchange,
+    console: Console,
+    codec: Codec,
+    keep: int,
+    models: ModelsConfig,
+    headers: dict[str, str],
 ) -> web.Response:
     """Send a whole answer, recording what it says (assembled when it is within the stored copy)."""
     exchange.status_code = reply.status
@@ -231,11 +338,18 @@ def _relay_whole(
     exchange.response_body = stored_copy(body, keep, exchange)
     if console.raw_responses:
         console.response(exchange, body)
-    return web.Response(body=body, status=reply.status, headers={"Content-Type": reply.content_type})
+    headers = {"Content-Type": reply.content_type, **headers}
+    return web.Response(body=body, status=reply.status, headers=headers)
 
 
 async def _relay_chunks(
-    request: web.Request, reply: Chunks, exchange: Exchange, console: Console, codec: Codec, keep: int
+    request: web.Request,
+    reply: Chunks,
+    exchange: Exchange,
+    console: Console,
+    codec: Codec,
+    keep: int,
+    headers: dict[str, str],
 ) -> web.StreamResponse:
     """Send a body too large to hold as it arrives; the record keeps its first ``keep`` bytes.
 
@@ -245,7 +359,8 @@ async def _relay_chunks(
     """
     # Only Content-Type is passed on: the body is decoded (Content-Encoding is
     # gone) and sent chunked, so the backend's length would be stale.
-    response = web.StreamResponse(status=reply.status, headers={"Content-Type": reply.content_type})
+    headers = {"Content-Type": reply.content_type, **headers}
+    response = web.StreamResponse(status=reply.status, headers=headers)
     exchange.status_code = reply.status
     copy = bytearray()
     try:

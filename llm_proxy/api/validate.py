@@ -22,6 +22,8 @@ from ..errors import BadRequest
 
 Body = dict[str, Any]
 
+# The most alternatives per token ``top_logprobs`` may ask for, as Ollama has it.
+TOP_LOGPROBS_MAX = 20
 # ``think``'s levels as Ollama takes them ("max" since 2026-04), besides true and false.
 THINK_LEVELS = ("low", "medium", "high", "max")
 # Options Ollama reads as numbers, and as true/false; others pass as they are.
@@ -227,6 +229,12 @@ def _think(value: Any, field: str) -> None:
     raise BadRequest(f'\'{field}\' must be true, false, "low", "medium", "high" or "max", {_got(value)}')
 
 
+def _top_logprobs(value: Any, field: str) -> None:
+    _integer(value, field)
+    if not 0 <= value <= TOP_LOGPROBS_MAX:
+        raise BadRequest(f"'{field}' must be between 0 and {TOP_LOGPROBS_MAX}, got {value}")
+
+
 def _tool_call(value: Any, field: str) -> None:
     _object(value, field)
     _optional(value, "id", _string, f"{field}.")
@@ -273,6 +281,9 @@ def _generation(body: Body) -> None:
     _common(body)
     _optional(body, "format", _format)
     _optional(body, "think", _think)
+    # Token log probabilities, and how many alternatives per token (Ollama's 0-20).
+    _optional(body, "logprobs", _boolean)
+    _optional(body, "top_logprobs", _top_logprobs)
     # Context handling: cut an over-long prompt (truncate), slide the window (shift).
     _optional(body, "truncate", _boolean)
     _optional(body, "shift", _boolean)
@@ -293,6 +304,9 @@ def _generate(body: Body) -> None:
         _optional(body, name, _string)
     _optional(body, "raw", _boolean)
     _optional(body, "images", _images)
+    # Image generation (Ollama's image models): the picture's size and the diffusion steps.
+    for name in ("width", "height", "steps"):
+        _optional(body, name, _positive_integer)
     context = body.get("context")
     if context is not None:
         for i, token in enumerate(_list(context, "context")):

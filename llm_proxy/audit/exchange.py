@@ -31,7 +31,8 @@ COLUMNS = (
     "latency_ms", "stream", "backend_type", "error", "request_id", "client_addr",
     "user_agent", "backend_model", "request_body", "backend_request", "response_body",
     "thinking", "tool_calls", "done_reason", "prompt_tokens", "completion_tokens",
-    "ttfb_ms", "ttft_ms", "api", "key_name", "truncated",
+    "ttfb_ms", "ttft_ms", "api", "key_name", "truncated", "backend_name", "attempts",
+    "cache_hit", "cache_saved_ms", "cache_saved_tokens",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
 # copy kept its start, the full size was never known (migrations/sqlite/0006).
@@ -74,6 +75,15 @@ class Exchange:
     # A stored copy (response body, answer text, thinking, tool calls) was cut
     # at database.max_body_kb: the answer went on, the record kept its start.
     truncated: bool = False
+    # The named backend that answered (backends:, "default" for backend: alone),
+    # and every try in order: [{"backend", "status", "error", "ms"}] (migrations/sqlite/0007).
+    backend_name: str | None = None
+    attempts: list[dict[str, Any]] | None = None
+    # The answer cache (migrations/sqlite/0010): True from the cache, False a qualifying
+    # request the backend answered, None not considered; what a hit spared the backend.
+    cache_hit: bool | None = None
+    cache_saved_ms: int | None = None
+    cache_saved_tokens: int | None = None
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request started."""
@@ -104,7 +114,8 @@ class Exchange:
             _text(self.request_body), _json(self.backend_request), _json(self.response_body),
             self.thinking or None, _json(self.tool_calls or None), self.done_reason,
             self.prompt_tokens, self.completion_tokens, self.ttfb_ms, self.ttft_ms, self.api,
-            self.key_name, ANSWER_CUT if self.truncated is True else None,
+            self.key_name, ANSWER_CUT if self.truncated is True else None, self.backend_name,
+            _json(self.attempts), self.cache_hit, self.cache_saved_ms, self.cache_saved_tokens,
         ]  # fmt: skip
         return storable(values, notes)
 
@@ -123,6 +134,7 @@ class Exchange:
             "api": _plain(self.api) or "?",
             "model": _plain(self.model),
             "backend_type": _plain(self.backend_type),
+            "backend_name": _plain(self.backend_name),
             "request_id": _plain(self.request_id),
             "client_addr": _plain(self.client_addr),
             "key_name": _plain(self.key_name),
@@ -139,7 +151,10 @@ class Exchange:
 _INT_MAX = 2**63 - 1  # SQLite's INTEGER is a signed 64-bit value
 _INT_MIN = -(2**63)
 REDUCED_TEXT = 256  # characters of each text kept in a reduced row
-_INTEGERS = ("status_code", "latency_ms", "prompt_tokens", "completion_tokens", "ttfb_ms", "ttft_ms")
+_INTEGERS = (
+    "status_code", "latency_ms", "prompt_tokens", "completion_tokens", "ttfb_ms", "ttft_ms",
+    "cache_hit", "cache_saved_ms", "cache_saved_tokens",
+)  # fmt: skip
 _COUNTS = frozenset(_INTEGERS) - {"status_code"}  # counts and durations: never negative
 _TEXT = [i for i, c in enumerate(COLUMNS) if c not in (*_INTEGERS, "timestamp", "stream")]
 _INT = [(i, c, c in _COUNTS) for i, c in enumerate(COLUMNS) if c in _INTEGERS]

@@ -24,6 +24,7 @@ from ..errors import AuditError
 from . import pg_migrate
 from .dburl import asyncpg, masked, remember_secret
 from .pg_store import DELETE_OLDER, describe
+from .pg_values import placeholders
 from .query import Dialect, Reader, _Where
 from .retention import BATCH, Pruned
 from .when import stamp
@@ -68,12 +69,6 @@ class PgDialect(Dialect):
 def words(text: str) -> str:
     """The words of a search, split where FTS5's tokenizer splits them (``kitchen-light``: two words)."""
     return " ".join(re.findall(r"\w+", text))
-
-
-def placeholders(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``… (the generated SQL holds no other ``?``)."""
-    count = iter(range(1, 10_000))
-    return re.sub(r"\?", lambda _: f"${next(count)}", sql)
 
 
 class Loop:

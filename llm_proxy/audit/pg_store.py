@@ -43,7 +43,7 @@ from ..errors import AuditError
 from . import pg_migrate
 from .dburl import asyncpg, masked, redact, remember_secret
 from .exchange import COLUMNS
-from .pg_values import COLUMN_TYPES, INSERT_BLOBS, Insert, text
+from .pg_values import COLUMN_TYPES, INSERT_BLOBS, Insert, placeholders, text
 from .rows import STORED, cap, client_of, prepare, reduced_row
 from .spool import Spool
 from .turns import TurnTracker
@@ -441,6 +441,13 @@ class PostgresStore:
             except Exception as exc:
                 if transient(exc):
                     self._went_down(exc)
+
+    async def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query (``?`` placeholders, the SQL both dialects share) on the writer's connection."""
+        async with self.lock:
+            if self._conn is None:
+                raise Unavailable(f"not connected to {self.path}")
+            return [tuple(r.values()) for r in await self._conn.fetch(placeholders(sql), *params)]
 
     async def rollback(self) -> None:
         """Nothing to do: a failed transaction was rolled back when it failed."""

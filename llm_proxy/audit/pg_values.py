@@ -9,6 +9,7 @@ migration adds needs no code here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,12 @@ INSERT_BLOBS = (
     "INSERT INTO blobs (hash, data) SELECT * FROM unnest($1::text[], $2::text[]) AS b (hash, data) "
     "ORDER BY hash ON CONFLICT DO NOTHING"
 )
+
+
+def placeholders(sql: str) -> str:
+    """SQLite's ``?`` placeholders as PostgreSQL's ``$1``, ``$2``… (for SQL holding no other ``?``)."""
+    count = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(count)}", sql)
 
 
 def text(value: Any) -> Any:

@@ -63,6 +63,7 @@ class Filters:
     until: datetime | None = None
     query: str | None = None  # full-text search
     turn: int | None = None
+    backend: str | None = None  # the named backend that answered
 
 
 @dataclass
@@ -152,6 +153,12 @@ class Reader:
             if "turn_id" not in self.columns:
                 raise AuditError("this database has no turns yet: run 'llm-proxy migrate' to upgrade it")
             w.add("logs.turn_id = ?", f.turn)
+        if f.backend:
+            if "backend_name" not in self.columns:
+                raise AuditError(
+                    "this database has no backend names yet: run 'llm-proxy migrate' to upgrade it"
+                )
+            w.add("logs.backend_name = ?", f.backend)
         if f.query:
             if self.dialect.search_table not in self.tables:
                 raise AuditError("this database has no search index yet: run 'llm-proxy migrate' to add it")
@@ -213,41 +220,96 @@ class Reader:
 
     # -- stats -----------------------------------------------------------------
 
-    def stats(self, f: Filters) -> dict[str, list[dict[str, Any]]]:
-        """Per model and per endpoint: counts, errors, latency and TTFT percentiles, tokens."""
+    def stats(self, f: Filters) -> dict[str, Any]:
+        """Per model, endpoint, API key and backend: counts, errors, latency, TTFT, tokens, cache.
+
+        ``cache`` sums up the answer cache: of the requests that qualified for
+        it, how many were hits, and what the hits spared the backend.
+        """
         w = self._where(f)
         source = self.dialect.search_source() if f.query else "logs"
+        # Columns a database from before their migration lacks read as NULL.
+        optional = ", ".join(
+            f"logs.{c}" if c in self.columns else "NULL"
+            for c in ("key_name", "cache_hit", "cache_saved_ms", "cache_saved_tokens", "backend_name")
+        )
         sql = (
             "SELECT logs.model, logs.endpoint, logs.latency_ms, logs.ttft_ms, logs.prompt_tokens, "
-            "logs.completion_tokens, (logs.error IS NOT NULL OR logs.status_code >= 400) "
-            f"FROM {source} {w.sql()}"
+            "logs.completion_tokens, (logs.error IS NOT NULL OR logs.status_code >= 400), "
+            f"{optional} FROM {source} {w.sql()}"
         )
         by_model: dict[str, _Group] = {}
         by_endpoint: dict[str, _Group] = {}
-        for model, endpoint, latency, ttft, p_tok, c_tok, failed in self.execute(sql, w.params):
-            for groups, key in ((by_model, model or "-"), (by_endpoint, endpoint)):
-                group = groups.get(key)
+        by_key: dict[str, _Group] = {}
+        by_backend: dict[str, _Group] = {}
+        cache = _Cache()
+        for row in self.execute(sql, w.params):
+            model, endpoint, latency, ttft, p_tok, c_tok, failed, key, hit, saved_ms, saved_tok, backend = row
+            named = (by_model, model), (by_endpoint, endpoint), (by_key, key), (by_backend, backend)
+            for groups, name in ((groups, name or "-") for groups, name in named):
+                group = groups.get(name)
                 if group is None:
-                    group = groups[key] = _Group()
-                group.add(latency, ttft, p_tok, c_tok, bool(failed))
+                    group = groups[name] = _Group()
+                group.add(latency, ttft, p_tok, c_tok, bool(failed), hit)
+            cache.add(hit, saved_ms, saved_tok)
         return {
             "by_model": [{"model": k, **g.summary()} for k, g in sorted(by_model.items())],
             "by_endpoint": [{"endpoint": k, **g.summary()} for k, g in sorted(by_endpoint.items())],
+            "by_backend": [{"backend": k, **g.summary()} for k, g in sorted(by_backend.items())],
+            "by_key": [{"key": k, **g.summary()} for k, g in sorted(by_key.items())],
+            "cache": cache.summary(),
         }
 
 
+class _Cache:
+    """The answer cache over the selected rows."""
+
+    def __init__(self) -> None:
+        self.qualified = self.hits = self.saved_ms = self.saved_tokens = 0
+
+    def add(self, hit: int | None, saved_ms: int | None, saved_tokens: int | None) -> None:
+        if hit is None:
+            return
+        self.qualified += 1
+        if hit:
+            self.hits += 1
+            self.saved_ms += saved_ms or 0
+            self.saved_tokens += saved_tokens or 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "qualified": self.qualified,
+            "hits": self.hits,
+            "hit_rate": _rate(self.hits, self.qualified),
+            "saved_ms": self.saved_ms,
+            "saved_tokens": self.saved_tokens,
+        }
+
+
+def _rate(part: int, whole: int) -> float | None:
+    """``part`` of ``whole`` as a fraction rounded to 3 places; None of nothing."""
+    return round(part / whole, 3) if whole else None
+
+
 class _Group:
-    """Running numbers for one model or endpoint."""
+    """Running numbers for one model, endpoint or key."""
 
     def __init__(self) -> None:
         self.requests = self.errors = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.timed_tokens = self.timed_ms = 0  # completion tokens and latency of rows having both
+        self.cached = self.hits = 0  # rows that qualified for the answer cache; those it answered
         self.latencies: list[int] = []
         self.ttfts: list[int] = []
 
     def add(
-        self, latency: int | None, ttft: int | None, p_tok: int | None, c_tok: int | None, failed: bool
+        self,
+        latency: int | None,
+        ttft: int | None,
+        p_tok: int | None,
+        c_tok: int | None,
+        failed: bool,
+        hit: int | None = None,
     ) -> None:
         self.requests += 1
         self.errors += failed
@@ -257,9 +319,12 @@ class _Group:
             self.ttfts.append(ttft)
         self.prompt_tokens += p_tok or 0
         self.completion_tokens += c_tok or 0
-        if c_tok and latency:
+        if c_tok and latency and not hit:  # a hit's tokens came from memory, not at the model's pace
             self.timed_tokens += c_tok
             self.timed_ms += latency
+        if hit is not None:
+            self.cached += 1
+            self.hits += bool(hit)
 
     def summary(self) -> dict[str, Any]:
         self.latencies.sort()
@@ -275,6 +340,8 @@ class _Group:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "tokens_per_s": round(self.timed_tokens * 1000 / self.timed_ms, 1) if self.timed_ms else None,
+            "cache_hits": self.hits,
+            "cache_hit_rate": _rate(self.hits, self.cached),
         }
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from ..config import DatabaseConfig
@@ -30,6 +31,7 @@ from .exchange import COLUMNS
 from .migrate import migrate
 from .rows import STORED, TEXT_COLUMNS, prepare
 from .turns import TurnTracker
+from .when import stamp
 
 __all__ = ["TEXT_COLUMNS", "Store", "Unavailable", "transient"]
 
@@ -211,6 +213,11 @@ class Store:
         """``fn(conn)`` on the writer's connection, in its own turn (between the writer's batches)."""
         async with self.lock:
             return await self._open().run(fn)
+
+    async def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query (``?`` placeholders; a datetime as the timestamp text), in its own turn."""
+        values = [stamp(v) if isinstance(v, datetime) else v for v in params]
+        return await self.run(lambda conn: conn.execute(sql, values).fetchall())
 
     def _open(self) -> Connection:
         """The open connection; while there is none (the file went away), :class:`Unavailable`."""

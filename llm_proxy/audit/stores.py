@@ -39,6 +39,9 @@ class AuditStore(Protocol):
     async def rollback(self) -> None:
         """Abandon a failed transaction."""
 
+    async def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A query in the SQL both dialects share (``?`` placeholders, a datetime for a time)."""
+
     async def follow(self) -> None:
         """The idle writer's check, about once a second: a moved file, a server gone."""
 

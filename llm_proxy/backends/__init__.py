@@ -5,9 +5,15 @@ from __future__ import annotations
 from ..config import Config
 from ..errors import ConfigError
 from .base import Backend
+from .router import Router
 
 
-def create(config: Config) -> Backend:
+def create(config: Config) -> Router:
+    """The router in front of every configured backend (``backends:``, or ``backend:`` alone)."""
+    return Router(config, create_one)
+
+
+def create_one(config: Config) -> Backend:
     """The backend that ``backend.type`` names."""
     kind = config.backend.type
     if kind == "ollama":

@@ -39,6 +39,46 @@ StreamItem = tuple[bytes, dict[str, Any]]
 Batch = list[StreamItem]
 
 
+# Characters of a try's error kept in the record: the full text of the last one
+# is the row's ``error``; a backend's error body may be any size.
+ATTEMPT_ERROR = 500
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one backend for a request: which, what it answered, how long it took."""
+
+    backend: str
+    status: int | None = None  # the backend's status, or the error's (502 unreachable)
+    error: str | None = None
+    ms: int = 0
+    model: str | None = None  # the models.fallback model this try was on (client-side name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The attempt as stored in the ``attempts`` column (an error's first ATTEMPT_ERROR characters)."""
+        error = (
+            self.error
+            if self.error is None or len(self.error) <= ATTEMPT_ERROR
+            else self.error[:ATTEMPT_ERROR] + "…"
+        )
+        found: dict[str, Any] = {"backend": self.backend, "status": self.status, "error": error}
+        found["ms"] = self.ms
+        if self.model is not None:
+            found["model"] = self.model
+        return found
+
+
+@dataclass(slots=True)
+class Route:
+    """Where a request went: every attempt in order, the last one the answer's."""
+
+    attempts: list[Attempt]
+    backend: str | None = None  # the name of the backend whose answer the client got
+    type: str | None = None  # its type (openai, ollama, llamacpp)
+    fallback: str | None = None  # the client-side model retried on for its context size
+    backend_model: str | None = None  # the backend's name for the fallback model
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One request, parsed, checked and with the model name resolved; backends do not change it."""
@@ -55,6 +95,8 @@ class Call:
     started: float
     # The client wants NDJSON (the default for Ollama's streaming endpoints).
     stream: bool = True
+    # The route makes the backend compute: it waits for a slot of the backend's gate.
+    gated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +116,7 @@ class Whole:
     content_type: str
     body: bytes
     sent: Any = None  # what the backend was sent, when it is not the call's body
+    route: Route | None = None  # which backends were tried (set by the router)
 
     async def close(self) -> None:
         """Nothing to free: the body is all here."""
@@ -92,7 +135,10 @@ class Stream(Generic[Item]):
     otherwise leave the connection open, and the backend writing into it.
     """
 
-    __slots__ = ("_closed", "_explain", "_failed", "_items", "_releases", "content_type", "sent", "status")
+    __slots__ = (
+        "_closed", "_explain", "_failed", "_items", "_releases", "_watch", "content_type", "route", "sent",
+        "status",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -106,6 +152,7 @@ class Stream(Generic[Item]):
         self.status = status
         self.content_type = content_type
         self.sent = sent  # what the backend was sent, when it is not the call's body
+        self.route: Route | None = None  # which backends were tried (set by the router)
         self._items = items
         self._releases: list[Callable[[bool], None]] = []
         if release is not None:
@@ -113,6 +160,11 @@ class Stream(Generic[Item]):
         self._explain: Callable[[ProxyError], Awaitable[ProxyError]] | None = None
         self._failed = False
         self._closed = False
+        self._watch: Callable[[Item], None] | None = None
+
+    def watch(self, see: Callable[[Item], None]) -> None:
+        """Show each item to ``see`` as it passes, before the reader gets it (the answer cache)."""
+        self._watch = see
 
     def hold(
         self, release: Callable[[bool], None], explain: Callable[[ProxyError], Awaitable[ProxyError]]
@@ -125,12 +177,19 @@ class Stream(Generic[Item]):
         self._releases.append(release)
         self._explain = explain
 
+    def on_close(self, release: Callable[[bool], None]) -> None:
+        """Also run ``release(failed)`` when the stream ends (a gate's slot, a breaker's count)."""
+        self._releases.append(release)
+
     def __aiter__(self) -> Stream[Item]:
         return self
 
     async def __anext__(self) -> Item:
         try:
-            return await self._items.__anext__()
+            item = await self._items.__anext__()
+            if self._watch is not None:
+                self._watch(item)
+            return item
         except StopAsyncIteration:
             await self.close()
             raise

@@ -23,6 +23,10 @@ from .base import Batch, Call, Lines, Reply, StreamItem, Whole
 # Routes whose answers list models by name.
 _LISTS = ("/api/tags", "/api/ps")
 _V1_MODELS = ("/v1/models", "/v1/models/{model}")
+# Routes that change the backend's models: never sent twice (transport.send).
+CHANGES_THE_BACKEND = frozenset(
+    {"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}"}
+)
 
 
 class OllamaBackend:
@@ -66,8 +70,9 @@ class OllamaBackend:
         data = call.raw
         headers = {"Content-Type": "application/json"} if call.body is not None else None
         resp = await transport.send(
-            self.session, call.method, target, backend=self.endpoint, data=data or None, headers=headers
-        )
+            self.session, call.method, target, backend=self.endpoint, data=data or None, headers=headers,
+            replayable=call.endpoint not in CHANGES_THE_BACKEND,
+        )  # fmt: skip
         content_type = resp.headers.get("Content-Type", "application/json")
         if resp.status < 400 and content_type.startswith("application/x-ndjson"):
             return Lines(resp.status, content_type, self._lines(resp, call), release=resp.release)

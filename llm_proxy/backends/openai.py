@@ -35,7 +35,14 @@ from ..translate.embeddings import (
 from ..translate.errors import error_from_backend
 from ..translate.keep_alive import parse_keep_alive
 from ..translate.ndjson import ChunkAssembler
-from ..translate.requests import CHAT_PATH, apply_params, chat_request, generate_request, is_load_request
+from ..translate.requests import (
+    CHAT_PATH,
+    apply_params,
+    chat_request,
+    generate_request,
+    is_load_request,
+    wanted_logprobs,
+)
 from ..translate.sse import SSEDecoder
 from ..translate.stream import StreamTranslator
 from . import relay, replies, transport
@@ -270,7 +277,8 @@ class OpenAIBackend:
                     raw = await transport.read_body(resp, self.endpoint, self.config.backend.max_answer_bytes)
                 raise error_from_backend(resp.status, raw)
             # Tool calls are held whole until they go out, within backend.max_answer_mb.
-            translator = StreamTranslator(kind, call.model, limit=self.config.backend.max_answer_bytes)
+            limit, logprobs = self.config.backend.max_answer_bytes, wanted_logprobs(call.body)
+            translator = StreamTranslator(kind, call.model, limit=limit, logprobs=logprobs)
             if call.stream:
                 lines = self._translate(resp, translator, call)
                 return Lines(200, NDJSON, lines, release=resp.release, sent=body)
@@ -326,7 +334,7 @@ class OpenAIBackend:
             raise translator.eof_without_done()
         elapsed = time.perf_counter() - call.started
         chunks.extend(translator.finish(int(elapsed * 1e9)))
-        assembler = ChunkAssembler()
+        assembler = ChunkAssembler(logprobs=True)
         for chunk in chunks:
             assembler.feed(chunk)
         folded = assembler.result()
@@ -361,7 +369,8 @@ class OpenAIBackend:
             if legacy:
                 return replies.json_reply(embeddings_legacy_response(answer), sent=body)
             elapsed = time.perf_counter() - call.started
-            return replies.json_reply(embed_response(answer, call.model, int(elapsed * 1e9)), sent=body)
+            folded = embed_response(answer, call.model, int(elapsed * 1e9), body.get("dimensions"))
+            return replies.json_reply(folded, sent=body)
 
 
 def _as_lines(chunks: list[JSONDict]) -> Batch:

@@ -13,14 +13,22 @@ wrong becomes one of the proxy's errors::
     │                             no next bytes within backend.timeout
     └── BackendError       (502)  the answer broke off, or is over backend.max_answer_mb
 
-Nothing here sends a request twice. aiohttp's client resends only idempotent
-methods, and only when a kept-alive connection turns out closed; a POST that
-may have reached the backend is never resent (RFC 9110 §9.2.2): a generation
-must not run twice.
+A request is sent a second time in one case only: it went out on a kept-alive
+connection that the backend had already closed, and failed before a single
+byte of answer came back. llama-server does this after every streamed answer:
+it says ``Keep-Alive`` and closes the connection once the last chunk is out,
+so the next request that picks that connection from the pool, a moment
+before its close is seen, meets a dead socket. aiohttp resends only
+idempotent methods in that case; a POST here has no effect on the backend
+beyond the answer it asks for (RFC 9110 §9.2.2's "known to be safe to
+retry"), and the second try is on a new connection. A request that changes the
+backend (pull, push, create, copy, delete, a blob) is never resent, nor one
+that failed on a new connection or after any byte of answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +49,9 @@ READ_SIZE = 64 * 1024  # bytes taken from the backend's answer per read
 # one the server is closing).
 KEEPALIVE = 4.0
 MIB = 1024 * 1024
+# Tries more a request gets when each went out on a kept-alive connection that
+# the backend had already closed (see the module's docstring).
+STALE_RETRIES = 2
 
 # What a path may keep as it is (RFC 3986 pchar and "/"); everything else is
 # quoted. The query keeps its escapes ("%") and the characters that separate it.
@@ -49,6 +60,28 @@ _QUERY_SAFE = _PATH_SAFE + "?%"
 
 Session = aiohttp.ClientSession
 Response = aiohttp.ClientResponse
+
+
+class _Attempt:
+    """One try of a request, as aiohttp's tracing sees it: was its connection a kept-alive one?"""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_reuse(_session: Session, context: Any, _params: Any) -> None:
+    attempt = context.trace_request_ctx
+    if isinstance(attempt, _Attempt):
+        attempt.reused = True
+
+
+def _reuse_tracer() -> aiohttp.TraceConfig:
+    """Tracing that tells :func:`send` which tries went out on a pooled connection."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(_on_reuse)
+    return trace
 
 
 def new_session(config: BackendConfig) -> Session:
@@ -72,6 +105,7 @@ def new_session(config: BackendConfig) -> Session:
         cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies are nobody's business here
         auto_decompress=True,  # a gzip answer is relayed decoded, as its Content-Type says
         trust_env=False,  # the backend is addressed directly, never through $HTTP_PROXY
+        trace_configs=[_reuse_tracer()],  # see send(): a dead kept-alive connection is retried
     )
 
 
@@ -98,15 +132,34 @@ async def send(
     data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     within: float | None = None,
+    replayable: bool = True,
 ) -> Response:
-    """Send one request and wait for the answer's head; ``within`` seconds bound the whole of it."""
+    """Send one request and wait for the answer's head; ``within`` seconds bound the whole of it.
+
+    ``replayable`` False (a pull, a delete: a request that changes the backend)
+    is never sent twice, not even after a kept-alive connection that was found
+    closed (the module's docstring).
+    """
     extra: dict[str, Any] = {}
     if within is not None:
         extra["timeout"] = aiohttp.ClientTimeout(total=within)
     if isinstance(target, str):
         target = URL(target, encoded=True)
     try:
-        resp = await session.request(method, target, data=data, headers=headers, **extra)
+        for tries_left in range(STALE_RETRIES, -1, -1):
+            attempt = _Attempt()
+            try:
+                resp = await session.request(
+                    method, target, data=data, headers=headers, trace_request_ctx=attempt, **extra
+                )
+                break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                stale = attempt.reused and not isinstance(exc, aiohttp.ClientConnectorError)
+                if not (stale and replayable and tries_left):
+                    raise
+                # The pooled connection was closed by the backend before this request
+                # went out. One turn of the loop lets the closes of any others be seen.
+                await asyncio.sleep(0)
     except TimeoutError:  # aiohttp's ServerTimeoutError and ConnectionTimeoutError are ones
         raise BackendTimeout(f"backend {backend} did not answer in time") from None
     except aiohttp.ClientConnectorError as exc:

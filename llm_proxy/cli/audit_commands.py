@@ -28,6 +28,7 @@ from ..config import Config
 from ..errors import AuditError
 
 COMMANDS = ("logs", "stats", "prune")
+BY = ("model", "endpoint", "key", "backend")  # the tables of ``stats --by``
 DEFAULT_COUNT = 20
 
 
@@ -86,14 +87,20 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
 
     stats = commands.add_parser(
         "stats",
-        help="requests, errors, latency, time to first token and tokens per model and endpoint",
-        description="Per model and per endpoint: requests, errors, latency p50/p95/p99, time to first "
-        "token p50/p95, prompt and completion tokens, and completion tokens per second of request time.",
-        epilog="Example: llm-proxy stats --since 7d",
+        help="requests, errors, latency, time to first token, tokens and cache hits per model, endpoint, key",
+        description="Per model and per endpoint (or per API key with --by key): requests, errors, latency "
+        "p50/p95/p99, time to first token p50/p95, prompt and completion tokens, completion tokens per "
+        "second of request time, and the answer cache's hits and hit rate.",
+        epilog="Example: llm-proxy stats --since 7d; llm-proxy stats --by key --since 1d",
     )
     _common(stats, add_config)
     _filters(stats)
     stats.add_argument("--json", action="store_true", help="the numbers as one JSON object")
+    stats.add_argument(
+        "--by", action="append", choices=BY, metavar="{" + ",".join(BY) + "}",
+        help="the tables to print: per model, endpoint, API key or backend (repeatable; default model and "
+        "endpoint; --json: all of them)",
+    )  # fmt: skip
     stats.set_defaults(run=_stats)
 
     prune_cmd = commands.add_parser(
@@ -143,6 +150,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", metavar="WHEN", help="before: an age (2h, 7d) or an ISO date/time (UTC)")
     parser.add_argument("-q", "--query", metavar="TEXT", help="full-text search in prompts and answers")
     parser.add_argument("--turn", type=int, metavar="ID", help="only the rounds of this conversation turn")
+    parser.add_argument("--backend", metavar="NAME", help="only those answered by this named backend")
 
 
 def _filters_from(args: argparse.Namespace) -> query.Filters:
@@ -153,7 +161,7 @@ def _filters_from(args: argparse.Namespace) -> query.Filters:
         raise AuditError(str(exc)) from None
     return query.Filters(
         model=args.model, endpoint=args.endpoint, status=args.status, errors=args.errors,
-        since=since, until=until, query=args.query, turn=args.turn,
+        since=since, until=until, query=args.query, turn=args.turn, backend=args.backend,
     )  # fmt: skip
 
 
@@ -242,6 +250,8 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         model += f" → {r['backend_model']}"
     print(f"model:      {model}  ({r['backend_type']} backend, {r.get('api', 'ollama')} API, "
           f"stream: {_yes(r['stream'])})")  # fmt: skip
+    if r.get("backend_name") or r.get("attempts"):
+        print(f"backend:    {r.get('backend_name') or '-'}{_attempts(r.get('attempts'))}")
     client = f"{r['client_addr'] or '-'}  {r['user_agent'] or '-'}"
     print(f"client:     {client}  request id {r['request_id'] or '-'}")
     if r.get("turn_id") is not None:
@@ -253,6 +263,11 @@ def _show(args: argparse.Namespace, config: Config) -> int:
     if r["completion_tokens"] and r["latency_ms"]:
         tokens += f", {r['completion_tokens'] * 1000 / r['latency_ms']:.1f} tokens/s"
     print(tokens)
+    if r.get("cache_hit") == 1:
+        print(f"cache:      hit, sparing the backend {_ms(r.get('cache_saved_ms'))} and "
+              f"{_or_dash(r.get('cache_saved_tokens'))} tokens")  # fmt: skip
+    elif r.get("cache_hit") == 0:
+        print("cache:      miss (the backend answered)")
     if r["done_reason"]:
         print(f"done:       {r['done_reason']}")
     if r["error"]:
@@ -317,26 +332,33 @@ def _stats(args: argparse.Namespace, config: Config) -> int:
         "until": stamp(f.until) if f.until else None,
     }
     if args.json:
-        print(orjson.dumps({**window, **result}).decode())
+        tables = {f"by_{g}": result[f"by_{g}"] for g in dict.fromkeys(args.by or BY)}
+        print(orjson.dumps({**window, **tables, "cache": result["cache"]}).decode())
         return 0
     span = f"{window['since'] or 'the first exchange'} to {window['until'] or 'now'}"
     print(f"from {span}")
-    for title, key, rows in (
-        ("model", "model", result["by_model"]),
-        ("endpoint", "endpoint", result["by_endpoint"]),
-    ):
+    cache = result["cache"]
+    if cache["qualified"]:
+        print(
+            f"answer cache: {cache['hits']} hits of {cache['qualified']} requests that qualified "
+            f"({cache['hit_rate'] * 100:.1f}%), sparing the backend {_ms(cache['saved_ms'])} and "
+            f"{cache['saved_tokens']} tokens"
+        )
+    for title in dict.fromkeys(args.by or ("model", "endpoint")):
+        rows = result[f"by_{title}"]
         print(f"\nby {title}:")
         print(
             f"  {title.upper():24} {'REQ':>6} {'ERR':>5} {'P50 ms':>8} {'P95 ms':>8} {'P99 ms':>8} "
-            f"{'TTFT50':>7} {'TTFT95':>7} {'PROMPT TOK':>11} {'COMPL TOK':>10} {'TOK/S':>7}"
+            f"{'TTFT50':>7} {'TTFT95':>7} {'PROMPT TOK':>11} {'COMPL TOK':>10} {'TOK/S':>7} {'HIT%':>5}"
         )
         for s in rows:
+            rate = s["cache_hit_rate"]
             print(
-                f"  {_cut(s[key], 24):24} {s['requests']:>6} {s['errors']:>5} "
+                f"  {_cut(s[title], 24):24} {s['requests']:>6} {s['errors']:>5} "
                 f"{_or_dash(s['latency_ms_p50']):>8} {_or_dash(s['latency_ms_p95']):>8} "
                 f"{_or_dash(s['latency_ms_p99']):>8} {_or_dash(s['ttft_ms_p50']):>7} "
                 f"{_or_dash(s['ttft_ms_p95']):>7} {s['prompt_tokens']:>11} {s['completion_tokens']:>10} "
-                f"{_or_dash(s['tokens_per_s']):>7}"
+                f"{_or_dash(s['tokens_per_s']):>7} {'-' if rate is None else f'{rate * 100:.0f}':>5}"
             )
         if not rows:
             print("  (no exchanges)")
@@ -344,6 +366,26 @@ def _stats(args: argparse.Namespace, config: Config) -> int:
 
 
 # -- prune -----------------------------------------------------------------------
+
+
+def _attempts(text: str | None) -> str:
+    """The tries of a request, when there was more than one: ``  (tried: gpu 502 …, laptop 200 12ms)``."""
+    try:
+        tries = orjson.loads(text) if text else []
+    except orjson.JSONDecodeError:
+        return f"  (attempts: {text})"
+    if not isinstance(tries, list) or len(tries) < 2:
+        return ""
+    shown = []
+    for t in tries:
+        if not isinstance(t, dict):
+            continue
+        part = f"{t.get('backend')}{' (' + str(t['model']) + ')' if t.get('model') else ''} {t.get('status')}"
+        part += f" {t.get('ms')}ms"
+        if t.get("error"):
+            part += f" ({_cut(_flat(str(t['error'])), 80)})"
+        shown.append(part)
+    return "  (tried: " + ", ".join(shown) + ")"
 
 
 def _prune(args: argparse.Namespace, config: Config) -> int:

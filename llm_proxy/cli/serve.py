@@ -9,7 +9,7 @@ import sqlite3
 import sys
 
 from .. import __version__
-from ..config import Config
+from ..config import BackendConfig, Config
 from ..server import connections, logging_setup
 from ..server.app import create_app
 from ..server.auth import exposure_warning
@@ -88,7 +88,16 @@ def serve(config: Config, banner: str | None = None) -> int:
 
 
 def _backend_target(config: Config) -> str:
-    backend = config.backend
+    if config.backends:
+        return (
+            f"{len(config.backends)} backends ("
+            + ", ".join(_one(b, f"{b.name}: ") for b in config.backends)
+            + ")"
+        )
+    return _one(config.backend)
+
+
+def _one(backend: BackendConfig, prefix: str = "") -> str:
     if backend.type == "llamacpp":
-        return f"llama-server on demand for {', '.join(backend.models)}"
-    return f"{backend.type} backend at {backend.endpoint}"
+        return f"{prefix}llama-server on demand for {', '.join(backend.models)}"
+    return f"{prefix}{backend.type} backend at {backend.endpoint}"

@@ -17,9 +17,12 @@ import orjson
 import yaml
 
 from ..errors import ConfigError
+from . import backends as backends_mod
+from .cache import CacheConfig, CacheModel
 from .checks import check
 from .coerce import kind_of, section
 from .sections import (
+    DEFAULT_BACKEND,
     SECTIONS,
     ApiKey,
     AuthConfig,
@@ -30,24 +33,35 @@ from .sections import (
     LlamaModel,
     LogFormat,
     ModelsConfig,
+    NamedBackend,
+    Quota,
+    RoutingConfig,
     ServerConfig,
     StoreBodies,
+    Strategy,
     aliases,
 )
 
 __all__ = [
+    "DEFAULT_BACKEND",
     "ApiKey",
     "AuthConfig",
     "BackendConfig",
     "BackendType",
+    "CacheConfig",
+    "CacheModel",
     "Config",
     "ConfigError",
     "DatabaseConfig",
     "LlamaModel",
     "LogFormat",
     "ModelsConfig",
+    "NamedBackend",
+    "Quota",
+    "RoutingConfig",
     "ServerConfig",
     "StoreBodies",
+    "Strategy",
     "aliases",
     "find_config_file",
     "from_dict",
@@ -111,9 +125,13 @@ def from_dict(data: Any, source: str | None = None) -> Config:
         raise ConfigError("the top level must be a mapping of sections (server, backend, database, models)")
     sections: dict[str, Any] = {}
     for name, value in data.items():
-        if name not in SECTIONS:
-            raise ConfigError(f"unknown key '{name}' (expected one of: {', '.join(SECTIONS)})")
+        if name not in SECTIONS and name != "backends":
+            raise ConfigError(f"unknown key '{name}' (expected one of: {', '.join([*SECTIONS, 'backends'])})")
         if value is None:
+            continue
+        if name == "backends":  # a list or a mapping of named backends, from backend: as defaults
+            given = data.get("backend")
+            sections[name] = backends_mod.parse(value, given if isinstance(given, Mapping) else {})
             continue
         if not isinstance(value, Mapping):
             raise ConfigError(f"'{name}' must be a mapping, got {kind_of(value)}")

@@ -7,28 +7,24 @@ from urllib.parse import urlsplit
 
 from ..audit.dburl import is_postgres, masked
 from ..errors import ConfigError
+from .backends import check_routing
 from .sections import BackendConfig, Config
 
 
 def check(config: Config) -> None:
     """Cross-field and range checks that types alone cannot express."""
-    server, backend, db = config.server, config.backend, config.database
+    server, db = config.server, config.database
     if not server.host:
         raise ConfigError("'server.host' must not be empty")
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"'server.port' must be between 0 and 65535, got {server.port}")
     if server.shutdown_timeout < 0:
         raise ConfigError("'server.shutdown_timeout' must not be negative")
-    if backend.type != "llamacpp":  # llamacpp has no one endpoint: it runs a server per model
-        _check_endpoint(backend.endpoint)
-    if backend.timeout <= 0:
-        raise ConfigError(f"'backend.timeout' must be a positive number of seconds, got {backend.timeout:g}")
-    if backend.connect_timeout <= 0:
-        raise ConfigError(
-            f"'backend.connect_timeout' must be a positive number of seconds, got {backend.connect_timeout:g}"
-        )
-    if backend.type == "llamacpp":
-        _check_llamacpp(backend)
+    # With backends: given, backend: holds only the settings each entry starts from.
+    named: list[tuple[str, BackendConfig]] = [(f"backends.{b.name}", b) for b in config.backends]
+    for key, backend in named or [("backend", config.backend)]:
+        check_backend(key, backend)
+    check_routing(config.routing)
     if not db.path:
         raise ConfigError("'database.path' must not be empty")
     if db.url:
@@ -47,11 +43,36 @@ def check(config: Config) -> None:
     if db.max_body_kb < 1:
         raise ConfigError(f"'database.max_body_kb' must be at least 1, got {db.max_body_kb}")
     _check_limits(config)
+    _check_cache_and_quotas(config)
+
+
+def check_backend(key: str, backend: BackendConfig) -> None:
+    """The ranges of one backend's settings; errors name ``key`` (``backend`` or ``backends.NAME``)."""
+    if backend.type != "llamacpp":  # llamacpp has no one endpoint: it runs a server per model
+        _check_endpoint(key, backend.endpoint)
+    if backend.timeout <= 0:
+        raise ConfigError(f"'{key}.timeout' must be a positive number of seconds, got {backend.timeout:g}")
+    if backend.connect_timeout <= 0:
+        raise ConfigError(
+            f"'{key}.connect_timeout' must be a positive number of seconds, got {backend.connect_timeout:g}"
+        )
+    if backend.type == "llamacpp":
+        _check_llamacpp(key, backend)
+    if backend.max_concurrency < 0:
+        raise ConfigError(
+            f"'{key}.max_concurrency' must be 0 (no limit) or more, got {backend.max_concurrency}"
+        )
+    if backend.max_queue < 0:
+        raise ConfigError(f"'{key}.max_queue' must not be negative, got {backend.max_queue}")
+    if backend.max_connections < 1:
+        raise ConfigError(f"'{key}.max_connections' must be at least 1, got {backend.max_connections}")
+    if not 0 < backend.max_answer_mb <= 4096:
+        raise ConfigError(f"'{key}.max_answer_mb' must be between 0 and 4096, got {backend.max_answer_mb:g}")
 
 
 def _check_limits(config: Config) -> None:
-    """Ranges of the size, concurrency, rate and key settings."""
-    server, backend, auth = config.server, config.backend, config.auth
+    """Ranges of the size, rate and key settings."""
+    server, auth = config.server, config.auth
     if not 0 < server.max_body_mb <= 4096:
         raise ConfigError(f"'server.max_body_mb' must be between 0 and 4096, got {server.max_body_mb:g}")
     if server.keepalive_timeout <= 0:
@@ -59,18 +80,6 @@ def _check_limits(config: Config) -> None:
         raise ConfigError(f"'server.keepalive_timeout' must be a positive number of seconds, got {seconds:g}")
     if server.max_connections < 1:
         raise ConfigError(f"'server.max_connections' must be at least 1, got {server.max_connections}")
-    if backend.max_concurrency < 0:
-        raise ConfigError(
-            f"'backend.max_concurrency' must be 0 (no limit) or more, got {backend.max_concurrency}"
-        )
-    if backend.max_queue < 0:
-        raise ConfigError(f"'backend.max_queue' must not be negative, got {backend.max_queue}")
-    if backend.max_connections < 1:
-        raise ConfigError(f"'backend.max_connections' must be at least 1, got {backend.max_connections}")
-    if not 0 < backend.max_answer_mb <= 4096:
-        raise ConfigError(
-            f"'backend.max_answer_mb' must be between 0 and 4096, got {backend.max_answer_mb:g}"
-        )
     if auth.rate_limit < 0:
         raise ConfigError(f"'auth.rate_limit' must be 0 (no limit) or more, got {auth.rate_limit:g}")
     if auth.rate_burst < 1:
@@ -90,6 +99,27 @@ def _check_limits(config: Config) -> None:
         names[entry.name], digests[entry.key_sha256] = i, i
 
 
+def _check_cache_and_quotas(config: Config) -> None:
+    """Ranges of the answer cache's bounds and of each key's quota."""
+    cache = config.cache
+    if cache.ttl < 0:
+        raise ConfigError(f"'cache.ttl' must be 0 (until evicted) or more seconds, got {cache.ttl:g}")
+    if cache.max_entries < 1:
+        raise ConfigError(f"'cache.max_entries' must be at least 1, got {cache.max_entries}")
+    if not 0 < cache.max_mb <= 65536:
+        raise ConfigError(f"'cache.max_mb' must be between 0 and 65536, got {cache.max_mb:g}")
+    for i, entry in enumerate(config.auth.keys):
+        quota = entry.quota
+        for name in ("requests_per_day", "tokens_per_day"):
+            if getattr(quota, name) < 0:
+                raise ConfigError(
+                    f"'auth.keys[{i}].quota.{name}' must be 0 (no limit) or more, got {getattr(quota, name)}"
+                )
+        for j, pattern in enumerate(quota.models):
+            if not pattern.strip():
+                raise ConfigError(f"'auth.keys[{i}].quota.models[{j}]' must not be empty")
+
+
 _SECRETS = frozenset({"backend.api_key", "auth.keys"})
 
 
@@ -107,26 +137,26 @@ def _check_database_url(url: str) -> None:
         raise ConfigError(f"'database.url' must name a host: {shown!r}")
 
 
-def _check_endpoint(endpoint: str) -> None:
+def _check_endpoint(key: str, endpoint: str) -> None:
     url = urlsplit(endpoint)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(
-            f"'backend.endpoint' must be an http:// or https:// URL with a host, got {endpoint!r}"
+            f"'{key}.endpoint' must be an http:// or https:// URL with a host, got {endpoint!r}"
         )
     try:
         url.port  # noqa: B018 - urlsplit validates the port lazily
     except ValueError:
-        raise ConfigError(f"'backend.endpoint' has an invalid port: {endpoint!r}") from None
+        raise ConfigError(f"'{key}.endpoint' has an invalid port: {endpoint!r}") from None
 
 
-def _check_llamacpp(backend: BackendConfig) -> None:
+def _check_llamacpp(key: str, backend: BackendConfig) -> None:
     """What only the llamacpp backend needs: models whose files exist, sane limits."""
     if backend.max_running < 1:
-        raise ConfigError(f"'backend.max_running' must be at least 1, got {backend.max_running}")
+        raise ConfigError(f"'{key}.max_running' must be at least 1, got {backend.max_running}")
     if backend.idle_timeout < 0:
-        raise ConfigError("'backend.idle_timeout' must not be negative (0 = never stop)")
+        raise ConfigError(f"'{key}.idle_timeout' must not be negative (0 = never stop)")
     if not backend.models:
-        raise ConfigError("'backend.models' must name at least one GGUF file for the llamacpp backend")
+        raise ConfigError(f"'{key}.models' must name at least one GGUF file for the llamacpp backend")
     for name, model in backend.models.items():
         if not Path(model.path).expanduser().is_file():
-            raise ConfigError(f"'backend.models.{name}.path': file not found: {model.path}")
+            raise ConfigError(f"'{key}.models.{name}.path': file not found: {model.path}")

@@ -40,7 +40,7 @@ def section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
 def coerce(key: str, kind: Any, value: Any) -> Any:
     """Check one value against its field's type; only harmless widening (int → float)."""
     # Secrets are described by their type only, so a typo never prints one.
-    describe = shape if key in SECRETS else kind_of
+    describe = shape if key in SECRETS or key.endswith(".api_key") else kind_of
     if kind is bool:
         if isinstance(value, bool):
             return value

@@ -7,15 +7,20 @@ the loader checks every value against the field's type by itself.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .cache import CacheConfig
+
 # The enumerated settings: their values are checked against these when loaded.
 BackendType = Literal["ollama", "openai", "llamacpp"]
 LogFormat = Literal["text", "json"]
 StoreBodies = Literal["full", "metadata"]
+Strategy = Literal["order", "least_busy"]
+DEFAULT_BACKEND = "default"
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,30 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class NamedBackend(BackendConfig):
+    """One backend of ``backends:``: a name, what it serves, and every ``backend:`` setting."""
+
+    name: str = DEFAULT_BACKEND
+    # Client-side model names or glob patterns ("qwen*") this backend serves;
+    # empty: the models its own list (/api/tags, /v1/models) shows.
+    serves: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """How a request picks among the backends that serve its model, and when one is skipped."""
+
+    # "order": the first in the list that is up; "least_busy": the one with the
+    # fewest requests running and waiting (ties in list order).
+    strategy: Strategy = "order"
+    # Failures in a row (unreachable, 502/503/504) that open a backend's breaker:
+    # it is skipped while another backend serves the model, and probed.
+    breaker_failures: int = 3
+    # Seconds between background probes (its health check) of a backend whose breaker is open.
+    probe_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     """The audit trail: a SQLite file (``path``, the default) or a PostgreSQL database (``url``)."""
 
@@ -128,6 +157,16 @@ class ModelsConfig:
     default: str = ""
     mappings: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: types.MappingProxyType({}))
+    # Client-side model → the model a request is retried on once when its backend
+    # refuses it for its context size (llama-server's exceed_context_size_error).
+    fallback: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+
+    def fallback_for(self, client_name: str) -> str | None:
+        """The model to retry ``client_name`` on when it is over its context (``x:latest`` alike)."""
+        base = client_name.removesuffix(":latest")
+        return (
+            self.fallback.get(client_name) or self.fallback.get(base) or self.fallback.get(f"{base}:latest")
+        )
 
     def backend_name(self, client_name: str) -> str:
         """The backend's name for a client-side model name (``x`` and ``x:latest`` alike)."""
@@ -160,6 +199,22 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """What one API key may use per UTC day (``auth.keys[].quota``); 0 is no limit."""
+
+    requests_per_day: int = 0
+    # Prompt plus answer tokens, as the backend reported them (answers from the cache cost none).
+    tokens_per_day: int = 0
+    # Model names (client-side or backend) or globs such as "qwen*" this key may use; empty: any.
+    models: tuple[str, ...] = ()
+
+    @property
+    def limited(self) -> bool:
+        """True when any limit is set."""
+        return bool(self.requests_per_day or self.tokens_per_day or self.models)
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """One client API key: the name recorded for it, and the SHA-256 it is checked against."""
 
@@ -167,6 +222,7 @@ class ApiKey:
     # Hex digest; a key given in plain text is hashed on load and not kept.
     key_sha256: str = field(default="", repr=False)
     # Settings of this key's own follow (each checked by its type when loaded).
+    quota: Quota = field(default_factory=Quota)
 
 
 @dataclass(frozen=True)
@@ -205,8 +261,19 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # Named backends (``backends:``); empty: ``backend`` alone, named "default".
+    backends: tuple[NamedBackend, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     # The file it came from, or None for built-in defaults.
     source: str | None = None
+
+    def named_backends(self) -> tuple[NamedBackend, ...]:
+        """Every backend requests may go to, in the configured order."""
+        if self.backends:
+            return self.backends
+        values = {f.name: getattr(self.backend, f.name) for f in dataclasses.fields(BackendConfig)}
+        return (NamedBackend(**values, name=DEFAULT_BACKEND),)
 
 
 # The top-level keys of a config file and the section each one fills.
@@ -216,4 +283,6 @@ SECTIONS: dict[str, type] = {
     "database": DatabaseConfig,
     "models": ModelsConfig,
     "auth": AuthConfig,
+    "routing": RoutingConfig,
+    "cache": CacheConfig,
 }

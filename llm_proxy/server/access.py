@@ -14,6 +14,7 @@ from contextlib import suppress
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..audit.exchange import Exchange
 from . import logging_setup, state
 from .metrics import METRICS
 from .recording import CLIENT_GONE
@@ -65,5 +66,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             status=status,
             latency_ms=int(seconds * 1000),
             model=exchange.model if exchange is not None else None,
-            backend=app[state.BACKEND].type,
+            # With several backends, the name of the one that answered (its type when one).
+            backend=_backend(app, exchange),
         )
+
+
+def _backend(app: web.Application, exchange: Exchange | None) -> str:
+    router = app[state.ROUTER]
+    if len(router.members) > 1 and exchange is not None and exchange.backend_name is not None:
+        return exchange.backend_name
+    return router.type

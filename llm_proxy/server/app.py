@@ -9,14 +9,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from .. import backends
-from ..api import health, ollama
+from ..api import events, health, ollama
 from ..api import openai as openai_api
 from ..audit import stores
+from ..audit.pg_store import describe
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
-from ..backends.gate import Gate
+from ..cache.answers import AnswerCache
 from ..config import Config
-from . import access, auth, connections, metrics, middlewares, notify, ratelimit, reload, state
+from . import access, auth, connections, metrics, middlewares, notify, quota, ratelimit, reload, state
 from .console import Console
 from .recording import audit_trail
 
@@ -40,10 +41,15 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     app[state.CONSOLE] = Console(config.server)
     app[state.LIFECYCLE] = state.Lifecycle()
     app.on_shutdown.append(_stopping)
-    app[state.BACKEND] = backends.create(config)
+    router = backends.create(config)
+    app[state.BACKEND] = app[state.ROUTER] = router
     reload.setup(app)
     metrics.setup(app)
-    app[state.GATE] = Gate(config.backend.max_concurrency, config.backend.max_queue)
+    app[state.GATE] = router.members[0].gate
+    app[state.CACHE] = AnswerCache(config.cache)
+    # Requests count against a quota on the routes that make the backend work.
+    counted = ollama.GATED_ROUTES | openai_api.GATED_ROUTES | events.RESPONSES.gated | events.MESSAGES.gated
+    app[quota.QUOTAS] = quota.Quotas(config.auth, counted)
     app[connections.CONNECTIONS] = connections.ConnectionLimit(config.server.max_connections)
     app.on_response_prepare.append(middlewares.add_request_id)
     if config.server.enable_cors:
@@ -57,6 +63,7 @@ def create_app(config: Config, notifier: notify.Notifier | None = None) -> web.A
     health.setup_probe_routes(app)
     ollama.setup_routes(app)
     openai_api.setup_routes(app)
+    events.setup_routes(app)
     return app
 
 
@@ -72,6 +79,11 @@ async def _audit(app: web.Application) -> AsyncIterator[None]:
     applied = await store.open()
     for name in applied:
         log.info("applied migration %s to %s", name, store.path)
+    # Quotas go on counting where the last run stopped: today's use, from the trail.
+    try:
+        await app[quota.QUOTAS].rebuild(store.select)
+    except Exception as exc:  # the proxy serves on (PostgreSQL down, say); the counts start from zero
+        log.error("could not read today's quota use from %s, counting from 0: %s", store.path, describe(exc))
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
     app[state.RECORDER] = recorder

@@ -20,7 +20,7 @@ from ..audit.exchange import Exchange
 from ..audit.pg_store import PostgresStore
 from ..config import Config
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
-from . import connections, state
+from . import connections, quota, state
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -77,7 +77,10 @@ class ModelLabels:
     def _names(self, config: Config) -> frozenset[str]:
         if config is not self._config:  # a reload brought other mappings
             models = config.models
-            names = {*models.mappings, *models.mappings.values(), models.default, *config.backend.models}
+            served = {
+                name for b in config.named_backends() for name in (*b.models, *b.serves) if "*" not in name
+            }
+            names = {*models.mappings, *models.mappings.values(), models.default, *models.fallback, *served}
             self._configured = frozenset(n.removesuffix(":latest") for n in names if n)
             self._config = config
         return self._configured
@@ -119,6 +122,17 @@ class Metrics:
             "llm_proxy_backend_errors", "Requests that failed because of the backend, by kind.",
             ["kind"], registry=r,
         )  # fmt: skip
+        # Per named backend (names come from the config only, so the series are bounded):
+        # every try, by the status it ended with ("error" when it never answered).
+        self.attempts = Counter(
+            "llm_proxy_backend_attempts", "Tries of each named backend, by the status they ended with.",
+            ["backend", "status"], registry=r,
+        )  # fmt: skip
+        self.answered = Counter(
+            "llm_proxy_backend_requests", "Requests each named backend answered last (after any failover), "
+            "errors included.",
+            ["backend"], registry=r,
+        )  # fmt: skip
         self.in_flight = Gauge("llm_proxy_requests_in_flight", "Requests being answered now.", registry=r)
         for kind in ("unreachable", "timeout", "error"):
             self.backend_errors.labels(kind)  # present at zero, so rate() works from the start
@@ -158,6 +172,10 @@ class Metrics:
                 self.tokens.labels(model, "in").inc(prompt_tokens)
             if completion_tokens := token_count(exchange.completion_tokens):
                 self.tokens.labels(model, "out").inc(completion_tokens)
+            for attempt in exchange.attempts or ():
+                self.attempts.labels(attempt["backend"], str(attempt["status"] or "error")).inc()
+            if exchange.backend_name is not None and "+" not in exchange.backend_name:
+                self.answered.labels(exchange.backend_name).inc()
         kind = backend_error_kind(failure)
         if kind is not None:
             self.backend_errors.labels(kind).inc()
@@ -204,6 +222,30 @@ class AuditCollector(Collector):
                                       "to PostgreSQL.", value=store.sent_from_spool)  # fmt: skip
 
 
+class BackendCollector(Collector):
+    """Each named backend's breaker and gate, read from the router at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        router = self.app[state.ROUTER]
+        up = GaugeMetricFamily("llm_proxy_backend_up", "1 while the backend's circuit breaker is closed, "
+                               "0 while it is skipped and probed.", labels=["backend"])  # fmt: skip
+        busy = GaugeMetricFamily("llm_proxy_backend_in_flight", "Requests each backend works on now.",
+                                 labels=["backend"])  # fmt: skip
+        waiting = GaugeMetricFamily("llm_proxy_backend_waiting", "Requests waiting for each backend's gate.",
+                                    labels=["backend"])  # fmt: skip
+        for member in router.members:
+            up.add_metric([member.name], 0 if member.breaker.is_open else 1)
+            busy.add_metric([member.name], member.gate.active)
+            waiting.add_metric([member.name], member.gate.waiting)
+        yield from (up, busy, waiting)
+
+
 class ConnectionCollector(Collector):
     """Client connections (server.max_connections), read from the app's ConnectionLimit at scrape time."""
 
@@ -225,6 +267,66 @@ class ConnectionCollector(Collector):
                                   value=limit.refused)  # fmt: skip
 
 
+class CacheCollector(Collector):
+    """The answer cache's numbers (cache:), read at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.app.get(state.CACHE)
+        if cache is None:
+            return
+        yield CounterMetricFamily("llm_proxy_cache_hits", "Requests answered from the answer cache.",
+                                  value=cache.hits)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_cache_misses", "Requests that qualified for the cache and "
+                                  "went to the backend.", value=cache.misses)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_cache_stored", "Answers kept in the cache.",
+                                  value=cache.stored)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_cache_evictions", "Answers evicted to stay within "
+                                  "cache.max_entries and cache.max_mb.", value=cache.evictions)  # fmt: skip
+        yield GaugeMetricFamily("llm_proxy_cache_entries", "Answers in the cache now.", value=len(cache))
+        yield GaugeMetricFamily("llm_proxy_cache_bytes", "Bytes the cache's answers take (cache.max_mb).",
+                                value=cache.bytes)  # fmt: skip
+
+
+class QuotaCollector(Collector):
+    """Each key's use of its quota today (auth.keys[].quota): labels are the key names in the config."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        quotas = self.app.get(quota.QUOTAS)
+        if quotas is None or not quotas.limits:
+            return
+        requests = GaugeMetricFamily("llm_proxy_quota_requests_used", "Requests charged to the key today "
+                                     "(UTC).", labels=["key"])  # fmt: skip
+        tokens = GaugeMetricFamily("llm_proxy_quota_tokens_used", "Tokens charged to the key today (UTC), "
+                                   "as the backend reported them.", labels=["key"])  # fmt: skip
+        requests_limit = GaugeMetricFamily("llm_proxy_quota_requests_limit", "The key's requests_per_day "
+                                           "(0: no limit).", labels=["key"])  # fmt: skip
+        tokens_limit = GaugeMetricFamily("llm_proxy_quota_tokens_limit", "The key's tokens_per_day "
+                                         "(0: no limit).", labels=["key"])  # fmt: skip
+        refused = CounterMetricFamily("llm_proxy_quota_refused", "Requests refused by the key's quota, "
+                                      "by the limit they met.", labels=["key", "limit"])  # fmt: skip
+        for name, limits in quotas.limits.items():
+            usage = quotas.today(name)
+            requests.add_metric([name], usage.requests)
+            tokens.add_metric([name], usage.tokens)
+            requests_limit.add_metric([name], limits.requests_per_day)
+            tokens_limit.add_metric([name], limits.tokens_per_day)
+            for limit in quota.LIMITS:
+                refused.add_metric([name, limit], quotas.refused.get((name, limit), 0))
+        yield from (requests, tokens, requests_limit, tokens_limit, refused)
+
+
 async def scrape(request: web.Request) -> web.Response:
     """``GET /metrics``."""
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
@@ -240,6 +342,9 @@ def setup(app: web.Application) -> None:
     metrics = Metrics(lambda: live.config)
     metrics.registry.register(AuditCollector(app))
     metrics.registry.register(ConnectionCollector(app))
+    metrics.registry.register(BackendCollector(app))
+    metrics.registry.register(CacheCollector(app))
+    metrics.registry.register(QuotaCollector(app))
     app[METRICS] = metrics
     if app[state.CONFIG].server.metrics:
         app.router.add_get("/metrics", scrape)

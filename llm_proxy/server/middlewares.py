@@ -1,7 +1,8 @@
 """Request ids, CORS, and the one error boundary that gives clients their API's error shape.
 
 Ollama's ``{"error": message}`` everywhere, except under ``/v1/`` (the
-OpenAI-compatible API): ``{"error": {"message", "type", "code"}}``.
+OpenAI-compatible API): ``{"error": {"message", "type", "code"}}``, and at
+``/v1/messages`` (Anthropic's Messages API): ``{"type": "error", "error": {"type", "message"}}``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, HEAD, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id, X-API-Key",
-    "Access-Control-Expose-Headers": "X-Request-Id",
+    "Access-Control-Expose-Headers": "X-Request-Id, X-Cache",
     "Access-Control-Max-Age": "86400",
 }
 
@@ -36,8 +37,18 @@ OPENAI_ERROR_TYPES = {
 }  # fmt: skip
 
 
+# Anthropic's error types by status, for /v1/messages.
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+}  # fmt: skip
+MESSAGES_PATH = "/v1/messages"
+
+
 def json_error(message: str, status: int, path: str = "") -> web.Response:
-    """Ollama's error shape ``{"error": message}``, or OpenAI's for a ``/v1/`` path."""
+    """Ollama's error shape ``{"error": message}``, OpenAI's for a ``/v1/`` path, Anthropic's for messages."""
+    if path == MESSAGES_PATH:
+        return web.json_response(anthropic_error(message, status), status=status)
     if path.startswith("/v1/"):
         return web.json_response(openai_error(message, status), status=status)
     return web.json_response({"error": message}, status=status)
@@ -47,6 +58,12 @@ def openai_error(message: str, status: int) -> dict[str, Any]:
     """OpenAI's error shape; ``code`` is the status, as llama-server gives it."""
     kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "code": status}}
+
+
+def anthropic_error(message: str, status: int) -> dict[str, Any]:
+    """Anthropic's error shape, as its SDK reads it: ``{"type": "error", "error": {type, message}}``."""
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 # Request ids: a random prefix per process and a counter. Unique across restarts

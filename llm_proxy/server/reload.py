@@ -1,6 +1,8 @@
 """SIGHUP: re-read the config file and apply what can change without a restart.
 
-Reloadable: the whole ``models`` section and the ``server.log_*`` flags. Everything
+Reloadable: the whole ``models`` and ``cache`` sections and the ``server.log_*`` flags
+(a reload that changes ``models``, or what ``cache`` keeps, empties the answer
+cache: its answers were made under the old names and params). Everything
 else (where to listen, which backend, the database) needs a restart; a reload that
 changes it says so in the log and keeps the running value. A file that does not
 load keeps the old config in force, and the log says why.
@@ -42,8 +44,11 @@ def merge(running: Config, loaded: Config) -> tuple[Config, list[str]]:
                 continue
             if getattr(old, f.name) != getattr(new, f.name):
                 ignored.append(f"{section}.{f.name}")
+    for section in ("backends", "routing"):
+        if getattr(running, section) != getattr(loaded, section):
+            ignored.append(section)
     server = dataclasses.replace(running.server, **{k: getattr(loaded.server, k) for k in RELOADABLE_SERVER})
-    return dataclasses.replace(running, server=server, models=loaded.models), ignored
+    return dataclasses.replace(running, server=server, models=loaded.models, cache=loaded.cache), ignored
 
 
 def reload(app: web.Application) -> bool:
@@ -75,7 +80,13 @@ def reload(app: web.Application) -> bool:
 
 def apply(app: web.Application, config: Config) -> None:
     """Put ``config`` in force from the next request on; nothing is closed or restarted."""
+    old = app[state.LIVE].config
     app[state.LIVE].config = config
+    cache = app[state.CACHE]
+    cache.configure(config.cache)
+    stale = old.models != config.models or old.cache.models != config.cache.models
+    if (stale or not config.cache.enabled) and (emptied := cache.clear()):
+        log.info("answer cache emptied: answers of the previous config (dropped: %d)", emptied)
     # The backends look up model mappings and params through their config.
     app[state.BACKEND].config = config
     app[state.CONSOLE].configure(config.server)

@@ -19,6 +19,8 @@ from ..audit.exchange import Exchange
 from ..audit.recorder import Recorder
 from ..backends.base import Backend
 from ..backends.gate import Gate
+from ..backends.router import Router
+from ..cache.answers import AnswerCache
 from ..config import Config
 from ..errors import ProxyError
 from .console import Console
@@ -45,7 +47,11 @@ RECORDER = web.AppKey("recorder", Recorder)
 BACKEND = web.AppKey("backend", Backend)
 CONSOLE = web.AppKey("console", Console)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
-GATE = web.AppKey("gate", Gate)
+GATE = web.AppKey("gate", Gate)  # the first backend's gate
+# The router: BACKEND itself, with its named backends' states for /health.
+ROUTER = web.AppKey("router", Router)
+# The answer cache (cache:); present, and empty, when it is off.
+CACHE = web.AppKey("cache", AnswerCache)
 # The config in force: CONFIG with the reloadable parts of the last SIGHUP reload (reload.py).
 LIVE = web.AppKey("live", LiveConfig)
 

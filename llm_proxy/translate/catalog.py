@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llm_proxy.config import aliases
@@ -256,3 +256,39 @@ def show_from_props(
         "capabilities": _capabilities(props),
         "modified_at": _rfc3339_from_unix(created),
     }
+
+
+# The answers that list models, and the array each one lists them in.
+LIST_KEYS = {"/api/tags": "models", "/api/ps": "models", "/v1/models": "data"}
+
+
+def _entry_names(entry: Any, endpoint: str) -> list[str]:
+    """The names a list entry is known by, normalized (``x`` and ``x:latest`` alike)."""
+    if not isinstance(entry, Mapping):
+        return []
+    fields = ("id",) if endpoint == "/v1/models" else ("name", "model")
+    return [normalize_model_name(entry[f]) for f in fields if isinstance(entry.get(f), str) and entry[f]]
+
+
+def listed_names(endpoint: str, doc: Mapping[str, Any] | None) -> frozenset[str]:
+    """Every model name a list answer (``/api/tags``, ``/api/ps``, ``/v1/models``) shows, normalized."""
+    entries = doc.get(LIST_KEYS[endpoint]) if isinstance(doc, Mapping) else None
+    if not isinstance(entries, list):
+        return frozenset()
+    return frozenset(name for entry in entries for name in _entry_names(entry, endpoint))
+
+
+def merge_lists(endpoint: str, docs: Sequence[Mapping[str, Any]]) -> JSONDict:
+    """One list answer from several backends' (in their order): a model listed twice appears once."""
+    key = LIST_KEYS[endpoint]
+    merged: list[Any] = []
+    seen: set[str] = set()
+    for doc in docs:
+        entries = doc.get(key)
+        for entry in entries if isinstance(entries, list) else []:
+            names = _entry_names(entry, endpoint)
+            if not names or any(name in seen for name in names):
+                continue
+            seen.update(names)
+            merged.append(entry)
+    return {"object": "list", "data": merged} if endpoint == "/v1/models" else {"models": merged}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,9 +52,19 @@ def _embedding_vectors(openai_json: Any) -> list[Any]:
     return vectors
 
 
-def embed_response(openai_json: Mapping[str, Any], client_model: str, total_ns: int) -> JSONDict:
-    """Build the Ollama ``/api/embed`` response from the backend's embeddings."""
+def embed_response(
+    openai_json: Mapping[str, Any], client_model: str, total_ns: int, dimensions: int | None = None
+) -> JSONDict:
+    """Build the Ollama ``/api/embed`` response from the backend's embeddings.
+
+    With ``dimensions``, a longer vector is cut to that many and scaled back to
+    length 1, as Ollama does (the first dimensions of a Matryoshka embedding
+    are an embedding of their own); llama-server ignores the field and answers
+    the model's full width.
+    """
     vectors = _embedding_vectors(openai_json)
+    if dimensions:
+        vectors = [_shortened(v, dimensions) if len(v) > dimensions else v for v in vectors]
     usage = openai_json.get("usage") if isinstance(openai_json, dict) else None
     prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     return {
@@ -63,6 +74,15 @@ def embed_response(openai_json: Mapping[str, Any], client_model: str, total_ns: 
         "load_duration": 0,
         "prompt_eval_count": int(prompt_tokens) if is_number(prompt_tokens) else 0,
     }
+
+
+def _shortened(vector: list[Any], dimensions: int) -> list[Any]:
+    """The first ``dimensions`` numbers of ``vector``, normalised to unit length."""
+    head = vector[:dimensions]
+    if not all(is_number(x) for x in head):
+        raise BackendError("backend returned an embedding that is not a list of numbers", 502)
+    norm = math.sqrt(sum(float(x) * float(x) for x in head))
+    return [float(x) / norm for x in head] if norm else [float(x) for x in head]
 
 
 def embeddings_legacy_response(openai_json: Mapping[str, Any]) -> JSONDict:

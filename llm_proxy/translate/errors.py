@@ -56,3 +56,23 @@ def error_from_backend(status: int, body: bytes) -> BackendError:
         message = f"model is loading, try again shortly (backend: {message})"
     # A success status with an error body is still an error, of the backend.
     return BackendError(message, status if 400 <= status <= 599 else 502)
+
+
+# How backends say a request is larger than the model's context: llama-server's
+# error type and message (/work/shared/fixtures/llama-server/error-context-exceeded.*),
+# and Ollama's words when it does not truncate.
+_CONTEXT_WORDS = (
+    "exceed_context_size_error",
+    "exceeds the available context size",
+    "exceeds the context length",
+    "exceeds maximum context length",
+)
+
+
+def context_exceeded(status: int, text: str | bytes | None) -> bool:
+    """True when an error answer (status and message or body) refuses a request for its context size."""
+    if status != 400 or not text:
+        return False
+    if isinstance(text, bytes):
+        text = text[:4096].decode("utf-8", "replace")
+    return any(word in text for word in _CONTEXT_WORDS)

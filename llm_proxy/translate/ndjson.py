@@ -73,10 +73,22 @@ class ChunkAssembler:
     any length is recorded in bounded memory.
     """
 
-    __slots__ = ("_budget", "_content", "_final", "_kind", "_last", "_thinking", "_tool_calls", "error")
+    __slots__ = (
+        "_budget",
+        "_content",
+        "_final",
+        "_kind",
+        "_last",
+        "_logprobs",
+        "_thinking",
+        "_tool_calls",
+        "error",
+    )
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, *, logprobs: bool = False) -> None:
         self._content: list[str] = []
+        # Each chunk's token log probabilities, kept only to fold a stream:false answer.
+        self._logprobs: list[Any] | None = [] if logprobs else None
         self._thinking: list[str] = []
         self._tool_calls: list[Any] = []
         self._final: dict[str, Any] | None = None  # the done chunk
@@ -101,6 +113,10 @@ class ChunkAssembler:
         elif "response" in obj:
             self._kind = "generate"
             token = self._take(obj.get("response"), obj.get("thinking"))
+        if self._logprobs is not None:
+            probs = obj.get("logprobs")
+            if isinstance(probs, list):
+                self._logprobs.extend(probs)
         if obj.get("done") is True:
             self._final = obj
         error = obj.get("error")
@@ -182,6 +198,8 @@ class ChunkAssembler:
             out["response"] = text
             if self._thinking:
                 out["thinking"] = "".join(self._thinking)
+        if self._logprobs:
+            out["logprobs"] = self._logprobs
         return out
 
 

@@ -92,6 +92,7 @@ def chat_request(body: Mapping[str, Any], backend_model: str, params: Mapping[st
     _apply_options(body.get("options"), out)
     _apply_format(body.get("format"), out, raw=False)
     _apply_think(body.get("think"), out)
+    _apply_logprobs(body, out, raw=False)
     apply_params(params, out)
     return out
 
@@ -121,6 +122,7 @@ def generate_request(
         _apply_options(body.get("options"), out)
         _apply_format(body.get("format"), out, raw=True)
         # No chat template runs for a raw prompt: ``think`` has nothing to switch.
+        _apply_logprobs(body, out, raw=True)
         apply_params(params, out)
         return COMPLETIONS_PATH, out
 
@@ -142,6 +144,7 @@ def generate_request(
     _apply_options(body.get("options"), out)
     _apply_format(body.get("format"), out, raw=False)
     _apply_think(body.get("think"), out)
+    _apply_logprobs(body, out, raw=False)
     apply_params(params, out)
     return CHAT_PATH, out
 
@@ -371,6 +374,31 @@ def _apply_think(think: Any, out: JSONDict) -> None:
     else:
         out["chat_template_kwargs"] = {"enable_thinking": True}
         out["reasoning_effort"] = think
+
+
+def wanted_logprobs(body: Mapping[str, Any]) -> int | None:
+    """How many alternatives per token the client wants with ``logprobs``; None: no logprobs."""
+    if body.get("logprobs") is not True:
+        return None
+    top = body.get("top_logprobs")
+    return top if isinstance(top, int) and not isinstance(top, bool) else 0
+
+
+def _apply_logprobs(body: Mapping[str, Any], out: JSONDict, *, raw: bool) -> None:
+    """Ask llama-server for log probabilities: chat's ``logprobs``/``top_logprobs``, raw's count.
+
+    llama-server leaves them out entirely when asked for no alternatives, so at
+    least one is asked for; the stream translator drops what the client did not
+    want (``translate.stream``).
+    """
+    top = wanted_logprobs(body)
+    if top is None:
+        return
+    if raw:  # /v1/completions: the legacy integer form
+        out["logprobs"] = max(top, 1)
+    else:
+        out["logprobs"] = True
+        out["top_logprobs"] = max(top, 1)
 
 
 def apply_params(params: Mapping[str, Any], out: JSONDict) -> None:

@@ -36,6 +36,7 @@ class StreamTranslator:
         "_finish_reason",
         "_held",
         "_limit",
+        "_logprobs",
         "_now",
         "_timings",
         "_usage",
@@ -50,6 +51,7 @@ class StreamTranslator:
         created_at: Callable[[], str] | None = None,
         *,
         limit: int | None = None,
+        logprobs: int | None = None,
     ) -> None:
         if kind not in ("chat", "generate"):
             raise ValueError(f"unknown stream kind {kind!r}")
@@ -57,6 +59,8 @@ class StreamTranslator:
         self.model = model
         self._now = created_at or rfc3339_now
         self._limit = limit
+        # Alternatives per token the client asked for; None: it wants no logprobs.
+        self._logprobs = logprobs
         self._held = 0  # characters of tool-call fragments waiting to go out
         self._deltas = 0
         # index -> [id, name, argument fragments]
@@ -92,12 +96,13 @@ class StreamTranslator:
         # The proxy never asks for n > 1, so the first choice is the answer.
         choice = choices[0]
         out: list[JSONDict] = []
+        probs = self._token_logprobs(choice.get("logprobs")) if self._logprobs is not None else None
         delta = choice.get("delta")
         if delta is not None:
             text = delta.get("content")
             thought = delta.get("reasoning_content")
-            if text or thought:
-                out.append(self._text_chunk(text or "", thought or ""))
+            if text or thought or probs:
+                out.append(self._text_chunk(text or "", thought or "", probs))
             calls = delta.get("tool_calls")
             if calls:
                 self._deltas += 1
@@ -105,8 +110,8 @@ class StreamTranslator:
         else:
             # /v1/completions (raw generate) streams ``text``, not deltas.
             text = choice.get("text")
-            if text:
-                out.append(self._text_chunk(text, ""))
+            if text or probs:
+                out.append(self._text_chunk(text or "", "", probs))
         reason = choice.get("finish_reason")
         if reason is not None:
             self._finish_reason = reason
@@ -161,30 +166,43 @@ class StreamTranslator:
 
     # -- internals ------------------------------------------------------------
 
-    def _text_chunk(self, text: str, thought: str) -> JSONDict:
+    def _text_chunk(self, text: str, thought: str, probs: list[JSONDict] | None = None) -> JSONDict:
         if type(text) is not str or type(thought) is not str:
             # feed() reports this as a malformed chunk.
             raise TypeError("content and reasoning_content must be strings")
         self._deltas += 1
+        chunk: JSONDict
         if self.kind == "chat":
             message: JSONDict = {"role": "assistant", "content": text}
             if thought:
                 message["thinking"] = thought
-            return {
-                "model": self.model,
-                "created_at": self._now(),
-                "message": message,
-                "done": False,
-            }
-        chunk: JSONDict = {
-            "model": self.model,
-            "created_at": self._now(),
-            "response": text,
-        }
-        if thought:
-            chunk["thinking"] = thought
+            chunk = {"model": self.model, "created_at": self._now(), "message": message}
+        else:
+            chunk = {"model": self.model, "created_at": self._now(), "response": text}
+            if thought:
+                chunk["thinking"] = thought
         chunk["done"] = False
+        if probs:
+            chunk["logprobs"] = probs
         return chunk
+
+    def _token_logprobs(self, value: Any) -> list[JSONDict] | None:
+        """OpenAI's ``logprobs.content`` as Ollama's ``logprobs``: token, logprob, bytes, alternatives."""
+        if not isinstance(value, dict) or not isinstance(value.get("content"), list):
+            return None
+        top = self._logprobs or 0
+        out: list[JSONDict] = []
+        for entry in value["content"]:
+            item = _token_logprob(entry)
+            if item is None:
+                continue
+            alternatives = entry.get("top_logprobs")
+            if top and isinstance(alternatives, list):
+                item["top_logprobs"] = [
+                    alt for alt in map(_token_logprob, alternatives[:top]) if alt is not None
+                ]
+            out.append(item)
+        return out or None
 
     def _collect(self, fragments: Iterable[Any]) -> None:
         calls = self._calls
@@ -252,6 +270,20 @@ class StreamTranslator:
                 if is_number(value):
                     return int(value)
         return None
+
+
+def _token_logprob(entry: Any) -> JSONDict | None:
+    """One token's ``{token, logprob, bytes}``; None for an entry of another shape."""
+    if not isinstance(entry, dict):
+        return None
+    token, logprob = entry.get("token"), entry.get("logprob")
+    if not isinstance(token, str) or not is_number(logprob):
+        return None
+    item: JSONDict = {"token": token, "logprob": float(logprob)}
+    raw = entry.get("bytes")
+    if isinstance(raw, list) and all(isinstance(b, int) and not isinstance(b, bool) for b in raw):
+        item["bytes"] = raw
+    return item
 
 
 def _done_reason(finish_reason: str | None) -> str:
