@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +22,8 @@ from llm_proxy.server.app import create_app
 from .e2e import chat_server, connect, embed_server  # noqa: F401
 from .llama_double import LlamaServerDouble
 from .ollama_double import OllamaDouble
+from .postgres import PostgresServer, running
+from .trail import Trail
 
 T = TypeVar("T")
 
@@ -34,19 +36,29 @@ def present(value: T | None) -> T:
 
 @dataclass
 class Proxy:
-    """A running proxy: its URL, its database file and its app."""
+    """A running proxy: its URL, its database file (or its trail in either store) and its app."""
 
     url: str
     db: Path
     app: web.Application
     server: TestServer
+    trail: Trail | None = None
+
+    @property
+    def target(self) -> str:
+        """What ``--db`` takes to read this proxy's trail: the file, or the PostgreSQL URL."""
+        return self.trail.target if self.trail is not None else str(self.db)
 
     def rows(self, expected: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Read the logs table as a user would, once ``expected`` rows are there."""
+        if self.trail is not None:
+            return self.trail.rows(expected, timeout)
         return read_rows(self.db, expected, timeout)
 
     async def wait_rows(self, expected: int, within: float = 5.0) -> list[dict[str, Any]]:
         """Like :meth:`rows`, without blocking the event loop the proxy runs on."""
+        if self.trail is not None:
+            return await self.trail.wait_rows(expected, within)
         deadline = asyncio.get_running_loop().time() + within
         while True:
             found = read_rows(self.db, 0)
@@ -102,11 +114,13 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[MakeProxy]:
     """Start a proxy in front of ``endpoint`` with extra config sections merged in."""
     servers: list[TestServer] = []
 
-    async def start(endpoint: str, backend_type: str = "ollama", **sections: Any) -> Proxy:
+    async def start(
+        endpoint: str, backend_type: str = "ollama", trail: Trail | None = None, **sections: Any
+    ) -> Proxy:
         db = tmp_path / "llm_proxy.db"
         raw: dict[str, Any] = {
             "backend": {"type": backend_type, "endpoint": endpoint, "timeout": 10},
-            "database": {"path": str(db)},
+            "database": trail.database() if trail is not None else {"path": str(db)},
         }
         for name, values in sections.items():
             raw[name] = (
@@ -116,7 +130,7 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[MakeProxy]:
         server = ServedAsByTheCli(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)
-        return Proxy(str(server.make_url("")).rstrip("/"), db, app, server)
+        return Proxy(str(server.make_url("")).rstrip("/"), db, app, server, trail)
 
     yield start
     for server in reversed(servers):
@@ -130,11 +144,25 @@ async def proxy(make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str]) 
 
 
 @pytest.fixture
+async def trail_proxy(make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str], trail: Trail) -> Proxy:
+    """:func:`proxy`, writing into ``trail``: once on SQLite, once on PostgreSQL."""
+    return await make_proxy(ollama_double[1], trail=trail, models={"mappings": {"llama2": "llama3.2"}})
+
+
+@pytest.fixture
 async def llama_double(aiohttp_server: Any) -> tuple[LlamaServerDouble, str]:
     """The llama-server test double, listening on 127.0.0.1."""
     double = LlamaServerDouble()
     server = await aiohttp_server(double.app(), host="127.0.0.1")
     return double, str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def trail_oproxy(
+    make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str], trail: Trail
+) -> Proxy:
+    """:func:`oproxy`, writing into ``trail``: once on SQLite, once on PostgreSQL."""
+    return await make_proxy(llama_double[1], backend_type="openai", trail=trail)
 
 
 @pytest.fixture
@@ -155,5 +183,59 @@ async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
     recorder = Recorder(store, limit=100)
     recorder.start()
     yield recorder, db
+    await recorder.close()
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on 127.0.0.1 for the whole session (tests/postgres.py)."""
+    with running() as server:
+        yield server
+
+
+MIGRATED = "llmproxy_migrated"  # a database the store migrated once: what each test's copy starts as
+
+
+@pytest.fixture(scope="session")
+def migrated(postgres: PostgresServer) -> str:
+    """The name of a template database holding the migrated schema (copying it beats migrating)."""
+    url = postgres.database()
+    asyncio.run(_migrate(url))
+    name = url.rpartition("/")[2]
+    postgres.psql(f"ALTER DATABASE {name} RENAME TO {MIGRATED}")
+    return MIGRATED
+
+
+async def _migrate(url: str) -> None:
+    import asyncpg
+
+    from llm_proxy.audit.pg_migrate import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def trail(request: pytest.FixtureRequest, tmp_path: Path) -> Trail:
+    """An empty audit trail in each store: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        template = request.getfixturevalue("migrated")
+        return Trail("postgresql", server.database(template), tmp_path / "spool.db", server)
+    return Trail("sqlite", str(tmp_path / "audit.db"), tmp_path / "spool.db")
+
+
+@pytest.fixture
+async def trail_writer(trail: Trail) -> AsyncIterator[tuple[Recorder, Trail]]:
+    """A recorder writing into ``trail`` (each store in turn)."""
+    store = trail.store()
+    await store.open()
+    recorder = Recorder(store, limit=100)
+    recorder.start()
+    yield recorder, trail
     await recorder.close()
     await store.close()

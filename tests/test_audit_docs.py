@@ -16,7 +16,10 @@ from llm_proxy.audit.migrate import migrate
 from llm_proxy.cli import audit_commands
 from llm_proxy.cli.main import build_parser, main
 
-from .conftest import Proxy
+from .conftest import MakeProxy, Proxy
+from .ollama_double import OllamaDouble
+from .postgres import PostgresServer
+from .trail import Trail
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "audit-trail.md").read_text(encoding="utf-8")
@@ -129,3 +132,49 @@ async def test_the_readme_commands_work(proxy: Proxy, capsys: pytest.CaptureFixt
         assert main([*line[1:], "--db", str(proxy.db)]) == 0, line
         outputs.append(capsys.readouterr().out)
     assert "kitchen light" in outputs[1]  # the search found the request
+
+
+# What marks an example query as SQLite's own (docs/audit-trail.md spells those for PostgreSQL).
+SQLITE_ONLY = (
+    "time(timestamp)", "strftime(", "logs_fts", "json_extract(", "GROUP_CONCAT(", "SUM(status_code",
+)  # fmt: skip
+# The Go LLM Proxy's README's query examples, verbatim.
+GO_QUERIES = (
+    "SELECT timestamp, endpoint, model, latency_ms \nFROM logs \nORDER BY timestamp DESC \nLIMIT 10;",
+    "SELECT model, AVG(latency_ms) as avg_latency_ms, COUNT(*) as request_count\nFROM logs \n"
+    "WHERE error IS NULL\nGROUP BY model;",
+)
+
+
+async def test_the_example_queries_run_on_postgresql(
+    make_proxy: MakeProxy, ollama_double: tuple[OllamaDouble, str], postgres: PostgresServer, migrated: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The PostgreSQL spellings, the queries that need none, and the Go proxy's own, on a real server."""
+    trail = Trail("postgresql", postgres.database(migrated), tmp_path / "spool.db", postgres)
+    proxy = await make_proxy(ollama_double[1], trail=trail, models={"mappings": {"llama2": "llama3.2"}})
+    c = ollama.AsyncClient(host=proxy.url)
+    system = {"role": "system", "content": "You control the lights of this house. " * 40}
+    for text in ("Turn on the kitchen light", "And the hallway", "hello"):
+        await c.chat(model="llama2", messages=[system, {"role": "user", "content": text}])
+    await proxy.wait_rows(3)
+    spelled = sql_blocks(DOC, "### Example queries in PostgreSQL")
+    examples = sql_blocks(DOC, "## Example queries")
+    sqlite_only = [q for q in examples if any(f in q for f in SQLITE_ONLY)]
+    assert len(spelled) == len(sqlite_only) == 6  # each has its PostgreSQL spelling
+    unchanged = [q for q in examples if q not in sqlite_only] + sql_blocks(DOC, "## How it is stored")
+    for query in spelled + unchanged:
+        trail.query(query)
+    [found] = trail.query(spelled[2])  # the search
+    assert found["prompt"] == "Turn on the kitchen light"
+    [tokens] = trail.query(spelled[1])
+    assert (tokens["model"], tokens["requests"]) == ("llama2", 3)
+    turns = trail.query(spelled[3])  # three spoken requests of one round each
+    assert [(t["turn_id"], t["rounds"]) for t in turns] == [(3, 1), (2, 1), (1, 1)]
+    [saved] = trail.query(unchanged[-2])
+    assert saved["stored_bytes"] < saved["whole_bytes"]
+    [row] = trail.query(unchanged[-1].replace("id = 42", "id = 1"))
+    assert row["id"] == 1 and "kitchen light" in row["full_request_body"]
+    recent, average = (trail.query(q) for q in GO_QUERIES)
+    assert [r["endpoint"] for r in recent] == ["/api/chat"] * 3
+    assert [(r["model"], r["request_count"]) for r in average] == [("llama2", 3)]

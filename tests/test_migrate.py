@@ -93,7 +93,9 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
     )  # fmt: skip
     [wheel] = tmp_path.glob("llm_proxy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "llm_proxy/migrations/0001_logs.sql" in names
+    assert "llm_proxy/migrations/sqlite/0001_logs.sql" in names
+    assert "llm_proxy/migrations/postgresql/0001_logs.sql" in names
+    assert "llm_proxy/migrations/postgresql/views.sql" in names
 
 
 # The Go LLM Proxy's schema, exactly as its README documents it (it keeps no migrations table).

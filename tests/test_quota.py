@@ -22,10 +22,11 @@ from llm_proxy.audit.exchange import Exchange
 from llm_proxy.errors import TooManyRequests
 from llm_proxy.server.quota import Quotas
 
-from .conftest import MakeProxy, read_rows
+from .conftest import MakeProxy
 from .llama_double import LlamaServerDouble
 from .process import serve
 from .test_audit_cli import run
+from .trail import Trail
 
 USER: Any = [{"role": "user", "content": "Say hello in five words."}]
 PER_CHAT = 50  # tokens the double reports for one chat
@@ -145,16 +146,20 @@ async def test_answers_from_the_cache_cost_no_tokens(
     assert caught.value.status_code == 429 and "(tokens_per_day: 100 used)" in caught.value.error
 
 
-async def test_a_restart_keeps_the_count(tmp_path: Path, llama_double: tuple[LlamaServerDouble, str]) -> None:
+async def test_a_restart_keeps_the_count(
+    tmp_path: Path, llama_double: tuple[LlamaServerDouble, str], trail: Trail
+) -> None:
+    """On either store: the count is read back from the trail at start-up."""
     backend = {"type": "openai", "endpoint": llama_double[1]}
     auth = keys(home={"tokens_per_day": PER_CHAT, "requests_per_day": 5}, laptop={"requests_per_day": 1})
-    async with serve(tmp_path, llama_double[1], backend=backend, auth=auth) as served:
+    database = trail.database()
+    async with serve(tmp_path, llama_double[1], backend=backend, auth=auth, database=database) as served:
         await client(served.url, "home").chat("smollm2", USER)
         with pytest.raises(ollama.ResponseError) as before:
             await client(served.url, "home").chat("smollm2", USER)
         assert before.value.status_code == 429
         assert await served.stop() == 0
-    async with serve(tmp_path, llama_double[1], backend=backend, auth=auth) as served:
+    async with serve(tmp_path, llama_double[1], backend=backend, auth=auth, database=database) as served:
         with pytest.raises(ollama.ResponseError) as after:
             await client(served.url, "home").chat("smollm2", USER)
         assert after.value.status_code == 429 and "(tokens_per_day: 50 used)" in after.value.error
@@ -170,7 +175,7 @@ async def test_a_restart_keeps_the_count(tmp_path: Path, llama_double: tuple[Lla
         assert 'llm_proxy_quota_refused_total{key="home",limit="tokens_per_day"} 1.0' in text
         assert await served.stop() == 0
     assert chats(llama_double[0]) == 2
-    rows = read_rows(served.db, 4)
+    rows = trail.rows(4)
     assert [(r["key_name"], r["status_code"]) for r in rows] == [
         ("home", 200), ("home", 429), ("home", 429), ("laptop", 200),
     ]  # fmt: skip

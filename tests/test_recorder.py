@@ -1,4 +1,4 @@
-"""The audit writer when SQLite is slower than traffic: requests wait, no row is dropped."""
+"""The audit writer when SQLite is slower than traffic, and what each store makes of a batch (both stores)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 from llm_proxy.audit.exchange import Exchange
 from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
+
+from .trail import Trail
 
 
 def exchange(n: int) -> Exchange:
@@ -53,9 +55,9 @@ async def test_a_locked_database_holds_new_requests_and_loses_nothing(
     assert recorder.written == 4
 
 
-async def test_a_large_batch_lands_whole_and_in_order(tmp_path: Path) -> None:
+async def test_a_large_batch_lands_whole_and_in_order(trail: Trail) -> None:
     """87 rows in one transaction (statements of 64, 16, 4 and 1 rows): every column in place."""
-    store = Store(str(tmp_path / "audit.db"))
+    store = trail.store()
     await store.open()
     rows = []
     for n in range(87):
@@ -66,10 +68,12 @@ async def test_a_large_batch_lands_whole_and_in_order(tmp_path: Path) -> None:
     await store.insert(rows)
     await store.insert([exchange(87).row()])  # the next batch carries on from the ids in memory
     await store.close()
-    with sqlite3.connect(tmp_path / "audit.db") as conn:
-        found = conn.execute(
-            "SELECT id, prompt, response, completion_tokens, request_body FROM logs_full ORDER BY id"
-        ).fetchall()
+    found = [
+        tuple(r.values())
+        for r in trail.query(
+            "SELECT id, prompt, response, completion_tokens, full_request_body FROM logs_full ORDER BY id"
+        )
+    ]
     assert [r[0] for r in found] == list(range(1, 89))
     expected = [(f"question {n}", f"answer {n}", n) for n in range(87)]
     assert [(r[1], r[2], r[3]) for r in found[:87]] == expected
@@ -77,8 +81,8 @@ async def test_a_large_batch_lands_whole_and_in_order(tmp_path: Path) -> None:
     assert found[87][1:4] == ("question 87", None, None)
 
 
-async def test_stored_copies_are_cut_to_max_body_kb_and_keep_their_size(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "audit.db"), max_body_kb=1)
+async def test_stored_copies_are_cut_to_max_body_kb_and_keep_their_size(trail: Trail) -> None:
+    store = trail.store(max_body_kb=1)
     await store.open()
     big = exchange(0)
     content = "é" * 3000  # 6000 bytes of UTF-8: cut in the middle of a character
@@ -87,9 +91,7 @@ async def test_stored_copies_are_cut_to_max_body_kb_and_keep_their_size(tmp_path
     big.response_body = {"message": {"content": "b" * 5000}}
     await store.insert([big.row(), exchange(1).row()])
     await store.close()
-    with sqlite3.connect(tmp_path / "audit.db") as conn:
-        conn.row_factory = sqlite3.Row
-        cut, whole = conn.execute("SELECT * FROM logs_full ORDER BY id").fetchall()
+    cut, whole = trail.query("SELECT * FROM logs_full ORDER BY id")
     assert orjson.loads(cut["truncated"]) == {
         "request_body": len(big.request_body), "prompt": 6000, "thinking": 6000,
         "response_body": len(orjson.dumps(big.response_body)),
@@ -105,30 +107,29 @@ async def test_stored_copies_are_cut_to_max_body_kb_and_keep_their_size(tmp_path
 
 
 @pytest.mark.parametrize(("max_body_kb", "store_bodies"), [(0, "full"), (1, "metadata")])
-async def test_no_limit_or_no_bodies_cut_nothing(tmp_path: Path, max_body_kb: int, store_bodies: str) -> None:
-    store = Store(str(tmp_path / "audit.db"), store_bodies=store_bodies, max_body_kb=max_body_kb)
+async def test_no_limit_or_no_bodies_cut_nothing(trail: Trail, max_body_kb: int, store_bodies: str) -> None:
+    store = trail.store(store_bodies=store_bodies, max_body_kb=max_body_kb)
     await store.open()
     big = exchange(0)
     big.response = "a" * 100_000
     await store.insert([big.row()])
     await store.close()
-    with sqlite3.connect(tmp_path / "audit.db") as conn:
-        [(response, truncated)] = conn.execute("SELECT response, truncated FROM logs").fetchall()
+    [found] = trail.query("SELECT response, truncated FROM logs")
+    response, truncated = found["response"], found["truncated"]
     assert truncated is None
     assert response == (big.response if store_bodies == "full" else None)
 
 
-async def test_an_answer_cut_as_it_was_relayed_is_marked_with_the_other_cuts(tmp_path: Path) -> None:
+async def test_an_answer_cut_as_it_was_relayed_is_marked_with_the_other_cuts(trail: Trail) -> None:
     """The relay keeps only the start of a long answer (Exchange.truncated); the row says so."""
-    store = Store(str(tmp_path / "audit.db"), max_body_kb=1)
+    store = trail.store(max_body_kb=1)
     await store.open()
     relayed, both = exchange(0), exchange(1)
     relayed.truncated = both.truncated = True
     both.prompt = "p" * 5000
     await store.insert([relayed.row(), both.row(), exchange(2).row()])
     await store.close()
-    with sqlite3.connect(tmp_path / "audit.db") as conn:
-        marks = [r[0] for r in conn.execute("SELECT truncated FROM logs ORDER BY id")]
+    marks = [r["truncated"] for r in trail.query("SELECT truncated FROM logs ORDER BY id")]
     assert [orjson.loads(m) if m else None for m in marks] == [
         {"answer": None}, {"answer": None, "prompt": 5000}, None,
     ]  # fmt: skip

@@ -39,7 +39,10 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """``GET /health/ready``: 200 when the backend answers and the database takes writes."""
+    """``GET /health/ready``: 200 when the backend answers and every row is kept (503 otherwise).
+
+    While PostgreSQL is down and rows wait in the spool, 200 with ``"status": "degraded"``.
+    """
     app = request.app
     states, database = await asyncio.gather(app[keys.ROUTER].states(), app[keys.RECORDER].store.writable())
     checks = {"backend": _problem(states), "database": database}
@@ -48,6 +51,16 @@ async def ready(request: web.Request) -> web.Response:
     backends = {s["name"]: s["state"] if s["reachable"] else s["error"] for s in states}
     problems = {name: why for name, why in checks.items() if why is not None}
     if not problems:
+        # PostgreSQL down, rows kept in the spool: the proxy serves and loses
+        # nothing, so it stays in a load balancer's rotation, and says so.
+        note = app[keys.RECORDER].store.degraded()
+        if note is not None:
+            body = {
+                "status": "degraded",
+                "checks": {**{name: "ok" for name in checks}, "database": note},
+                "backends": backends,
+            }
+            return web.json_response(body)
         body = {"status": "ready", "checks": {name: "ok" for name in checks}, "backends": backends}
         return web.json_response(body)
     body = {

@@ -1,1 +1,1 @@
-"""The audit trail: exchange records, the SQLite store, migrations and the writer."""
+"""The audit trail: exchange records, the writer, its stores (SQLite, PostgreSQL), migrations, reading."""

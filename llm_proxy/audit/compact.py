@@ -9,7 +9,7 @@ bytes exactly (``join(split(t)) == t`` is checked every time, and any body the
 scanner does not understand is simply stored whole).
 
 The recipe is a JSON array: ``"text"`` items are literal, ``["hash"]`` items name
-a blob. migrations/0003_compact_turns.sql explains the tables.
+a blob. migrations/sqlite/0003_compact_turns.sql explains the tables.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from typing import Any
 
 import orjson
 
-# Column order of the INSERT; the names are the `logs` columns (migrations/0001_logs.sql).
+# Column order of the INSERT; the names are the `logs` columns (migrations/sqlite/0001_logs.sql).
+# A new column: CONTRIBUTING.md, "a column of the audit trail".
 COLUMNS = (
     "timestamp", "endpoint", "method", "model", "prompt", "response", "status_code",
     "latency_ms", "stream", "backend_type", "error", "request_id", "client_addr",
@@ -36,7 +37,7 @@ COLUMNS = (
     "cache_hit", "cache_saved_ms", "cache_saved_tokens", "replay_of", "trace_id",
 )  # fmt: skip
 # What ``truncated`` holds for a row whose answer was cut as it was relayed: the
-# copy kept its start, the full size was never known (migrations/0006).
+# copy kept its start, the full size was never known (migrations/sqlite/0006).
 ANSWER_CUT = '{"answer":null}'
 
 
@@ -77,10 +78,10 @@ class Exchange:
     # at database.max_body_kb: the answer went on, the record kept its start.
     truncated: bool = False
     # The named backend that answered (backends:, "default" for backend: alone),
-    # and every try in order: [{"backend", "status", "error", "ms"}] (migrations/0007).
+    # and every try in order: [{"backend", "status", "error", "ms"}] (migrations/sqlite/0007).
     backend_name: str | None = None
     attempts: list[dict[str, Any]] | None = None
-    # The answer cache (migrations/0010): True from the cache, False a qualifying
+    # The answer cache (migrations/sqlite/0010): True from the cache, False a qualifying
     # request the backend answered, None not considered; what a hit spared the backend.
     cache_hit: bool | None = None
     cache_saved_ms: int | None = None

@@ -1,4 +1,8 @@
-"""Applies ``migrations/NNNN_name.sql`` in order, each once, in its own transaction.
+"""Applies ``migrations/sqlite/NNNN_name.sql`` in order, each once, in its own transaction.
+
+Each dialect has its folder (``migrations/sqlite/``, ``migrations/postgresql/``,
+applied by :mod:`.pg_migrate`); both hold the same file names, so a column added
+to one is added to the other under the same number (CONTRIBUTING.md, "a column").
 
 A migration and the row that records it commit together, so a crash leaves the
 database either before or after a migration, never half-way.
@@ -27,13 +31,13 @@ GO_COLUMNS = (
 FIRST = "0001_logs.sql"
 
 
-def migrations_dir() -> Path:
-    """Where the migrations are: inside the installed package, else the checkout's top level."""
+def migrations_dir(dialect: str = "sqlite") -> Path:
+    """Where a dialect's migrations are: inside the installed package, else the checkout's top level."""
     here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
+    for candidate in (here / "migrations" / dialect, here.parent / "migrations" / dialect):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"no migrations folder next to {here}")
+    raise FileNotFoundError(f"no migrations/{dialect} folder next to {here}")
 
 
 def available(folder: Path | None = None) -> list[Path]:

@@ -4,6 +4,10 @@ Everything here opens the database read-only (``mode=ro``), so reading never
 creates, migrates or locks it, and works while the proxy writes. A database
 from an older schema is read as far as it goes (no ``-q`` before migration
 0002, no turns before 0003).
+
+The SQL is written once, with ``?`` placeholders; :class:`Dialect` holds what
+differs between SQLite and PostgreSQL (full-text search, how a time is
+compared), and :mod:`.pg_query` runs it on PostgreSQL (``--db postgresql://…``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import math
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,7 +32,10 @@ BLOB_CACHE = 256  # blobs kept while exporting: a turn's system prompt and tools
 
 
 def connect(path: str) -> Reader:
-    """Open the database at ``path`` read-only; AuditError with one clear line if it is not there."""
+    """Open the SQLite file at ``path`` read-only; AuditError with one clear line if it is not there.
+
+    (:func:`.reading.connect` takes a ``postgresql://`` URL too.)
+    """
     if not os.path.exists(path):
         raise AuditError(f"no database at {path} (the proxy creates it on start; use --db PATH or --config)")
     uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
@@ -76,13 +83,39 @@ class _Where:
         return f"WHERE {' AND '.join(self.clauses)}" if self.clauses else ""
 
 
+class Dialect:
+    """SQLite's SQL where the dialects differ (:class:`~.pg_query.PgDialect` is PostgreSQL's)."""
+
+    name = "sqlite"
+    search_table = "logs_fts"  # what must exist for -q
+
+    def time(self, when: datetime) -> Any:
+        """A point in time as ``logs.timestamp`` compares with it (SQLite: its text)."""
+        return stamp(when)
+
+    def search(self, w: _Where, text: str) -> None:
+        """Add the full-text condition: every word of ``text``, taken literally."""
+        w.add("logs_fts MATCH ?", fts_query(text))
+
+    def search_source(self) -> str:
+        return "logs JOIN logs_fts ON logs_fts.rowid = logs.id"
+
+    def rank(self, text: str) -> tuple[str, list[Any]]:
+        """ORDER BY for best match first, and its parameters."""
+        return "logs_fts.rank, logs.id DESC", []
+
+
 class Reader:
     """A read-only connection to an audit database."""
 
-    def __init__(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+    dialect: Dialect = Dialect()
+
+    def __init__(self, conn: Any, tables: set[str], columns: list[str] | None = None) -> None:
         self.conn = conn
         self.tables = tables
-        self.columns = [r[1] for r in conn.execute("PRAGMA table_info(logs)")]
+        self.columns = (
+            columns if columns is not None else [r[1] for r in conn.execute("PRAGMA table_info(logs)")]
+        )
         # What a reader sees: the stored columns minus the compaction recipes.
         self.shown = [c for c in self.columns if c not in PART_COLUMNS.values()]
         self._blobs: OrderedDict[str, str] = OrderedDict()
@@ -90,6 +123,17 @@ class Reader:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows of a query with ``?`` placeholders, one at a time."""
+        try:
+            yield from self.conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise AuditError(f"cannot read: {exc}") from None
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """The first row of a query, or None."""
+        return next(iter(self.execute(sql, params)), None)
 
     # -- selecting -------------------------------------------------------------
 
@@ -110,9 +154,9 @@ class Reader:
         if f.succeeded:
             w.add("(logs.error IS NULL AND coalesce(logs.status_code, 200) < 400)")
         if f.since:
-            w.add("logs.timestamp >= ?", stamp(f.since))
+            w.add("logs.timestamp >= ?", self.dialect.time(f.since))
         if f.until:
-            w.add("logs.timestamp < ?", stamp(f.until))
+            w.add("logs.timestamp < ?", self.dialect.time(f.until))
         if f.ids:
             w.add(f"logs.id IN ({', '.join('?' * len(f.ids))})", *f.ids)
         if f.key:
@@ -130,9 +174,9 @@ class Reader:
                 )
             w.add("logs.backend_name = ?", f.backend)
         if f.query:
-            if "logs_fts" not in self.tables:
+            if self.dialect.search_table not in self.tables:
                 raise AuditError("this database has no search index yet: run 'llm-proxy migrate' to add it")
-            w.add("logs_fts MATCH ?", fts_query(f.query))
+            self.dialect.search(w, f.query)
         return w
 
     def ids(self, f: Filters) -> Iterator[int]:
@@ -165,30 +209,27 @@ class Reader:
         Newest first unless ``oldest_first``; with a search, best match first.
         """
         w = self._where(f)
-        source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        source = self.dialect.search_source() if f.query else "logs"
+        params = list(w.params)
         if f.query and not oldest_first:
-            order = "logs_fts.rank, logs.id DESC"
+            order, more = self.dialect.rank(f.query)
+            params += more
         else:
             order = "logs.id" if oldest_first else "logs.id DESC"
         sql = (
             f"SELECT {', '.join(f'logs.{c}' for c in self.columns)} FROM {source} {w.sql()} ORDER BY {order}"
         )
-        params = list(w.params)
         if limit:
             sql += " LIMIT ?"
             params.append(limit)
-        try:
-            cursor = self.conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            raise AuditError(f"cannot search: {exc}") from None
-        for values in cursor:
+        for values in self.execute(sql, params):
             yield self._complete(dict(zip(self.columns, values, strict=True)))
 
     def get(self, row_id: int) -> dict[str, Any]:
         """One exchange, complete; AuditError when there is no such id."""
-        values = self.conn.execute(
-            f"SELECT {', '.join(self.columns)} FROM logs WHERE id = ?", (row_id,)
-        ).fetchone()
+        values = self.one(
+            f"SELECT {', '.join(f'logs.{c}' for c in self.columns)} FROM logs WHERE id = ?", (row_id,)
+        )
         if values is None:
             raise AuditError(f"no exchange with id {row_id}")
         return self._complete(dict(zip(self.columns, values, strict=True)))
@@ -205,7 +246,7 @@ class Reader:
         if key in self._blobs:
             self._blobs.move_to_end(key)
             return self._blobs[key]
-        found = self.conn.execute("SELECT data FROM blobs WHERE hash = ?", (key,)).fetchone()
+        found = self.one("SELECT data FROM blobs WHERE hash = ?", (key,))
         if found is None:
             raise AuditError(f"the database is missing blob {key}: it was deleted by hand")
         self._blobs[key] = found[0]
@@ -222,7 +263,7 @@ class Reader:
         it, how many were hits, and what the hits spared the backend.
         """
         w = self._where(f)
-        source = "logs JOIN logs_fts ON logs_fts.rowid = logs.id" if f.query else "logs"
+        source = self.dialect.search_source() if f.query else "logs"
         # Columns a database from before their migration lacks read as NULL.
         optional = ", ".join(
             f"logs.{c}" if c in self.columns else "NULL"
@@ -238,7 +279,7 @@ class Reader:
         by_key: dict[str, _Group] = {}
         by_backend: dict[str, _Group] = {}
         cache = _Cache()
-        for row in self.conn.execute(sql, w.params):
+        for row in self.execute(sql, w.params):
             model, endpoint, latency, ttft, p_tok, c_tok, failed, key, hit, saved_ms, saved_tok, backend = row
             named = (by_model, model), (by_endpoint, endpoint), (by_key, key), (by_backend, backend)
             for groups, name in ((groups, name or "-") for groups, name in named):

@@ -1,4 +1,7 @@
-"""The single writer: exchanges queue up here and are written to SQLite in batches.
+"""The single writer: exchanges queue up here and are written to the store in batches.
+
+The store is SQLite's or PostgreSQL's (:mod:`.stores`); the writer asks it only
+what :class:`~.stores.AuditStore` offers.
 
 Handlers hand over a finished :class:`Exchange` with :meth:`Recorder.submit`,
 which never waits. Backpressure is applied where waiting is harmless, before a
@@ -27,7 +30,7 @@ from collections import deque
 from typing import Any
 
 from .exchange import COLUMNS, Exchange
-from .store import Store, transient
+from .stores import AuditStore
 
 log = logging.getLogger("llm_proxy.audit")
 
@@ -45,7 +48,7 @@ METADATA = ("timestamp", "endpoint", "method", "status_code", "latency_ms", "req
 class Recorder:
     """Queue plus one writer task that batches rows into transactions."""
 
-    def __init__(self, store: Store, limit: int) -> None:
+    def __init__(self, store: AuditStore, limit: int) -> None:
         self.store = store
         self.limit = limit
         self.written = 0  # rows in the database, reduced ones included
@@ -77,7 +80,7 @@ class Recorder:
             return
         if not self._warned:
             log.warning(
-                "audit queue is full (%d rows waiting): holding new requests until SQLite catches up",
+                "audit queue is full (%d rows waiting): holding new requests until the database catches up",
                 len(self._queue),
             )
             self._warned = True
@@ -186,7 +189,7 @@ class Recorder:
             except Exception as exc:  # sqlite3 errors of every kind and the values' own
                 self.failures += 1
                 await self.store.rollback()
-                if not transient(exc):
+                if not self.store.transient(exc):
                     return exc
                 if self._closing and attempt >= len(RETRY_DELAYS):
                     # Shutting down and SQLite still refuses: put the rows in the

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import DatabaseConfig
+from .pg_store import PostgresStore, describe
 from .store import Store
 from .when import stamp
 
@@ -123,7 +124,9 @@ def run(conn: sqlite3.Connection, steps: Plan) -> int:
 class Retention:
     """The proxy's background task: enforce the age and size limits now and every few minutes."""
 
-    def __init__(self, store: Store, config: DatabaseConfig, every: float = CHECK_EVERY) -> None:
+    def __init__(
+        self, store: Store | PostgresStore, config: DatabaseConfig, every: float = CHECK_EVERY
+    ) -> None:
         self.store = store
         self.days = config.retention_days
         self.max_bytes = config.max_size_mb * 1024 * 1024
@@ -152,12 +155,17 @@ class Retention:
         while True:
             try:
                 await self.once()
-            except sqlite3.Error as exc:  # a locked or full disk: try again next pass
-                log.error("retention pass failed: %s", exc)
+            except Exception as exc:  # a locked or full disk, a server away: try again next pass
+                log.error("retention pass failed: %s", describe(exc))
             await asyncio.sleep(self.every)
 
     async def once(self) -> int:
         """One pass: delete what the limits say, then shrink the file; returns rows deleted."""
+        if isinstance(self.store, PostgresStore):  # no file to shrink: autovacuum reuses the space
+            deleted = await self.store.retain(cutoff(self.days), BATCH) if self.days else 0
+            if deleted:
+                log.info("retention: deleted %d old rows", deleted)
+            return deleted
         steps = plan(cutoff(self.days) if self.days else None, self.max_bytes)
         try:
             step = next(steps)

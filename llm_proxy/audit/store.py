@@ -22,27 +22,23 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
-import orjson
-
 from ..config import DatabaseConfig
-from .compact import pack
 from .connection import Connection
 from .exchange import COLUMNS
 from .migrate import migrate
 from .redact import Policy, Redactor
-from .turns import TurnTracker, chat_messages, message_keys
+from .rows import STORED, TEXT_COLUMNS, Policies, prepare
+from .turns import TurnTracker
+from .when import stamp
+
+__all__ = ["TEXT_COLUMNS", "Store", "Unavailable", "transient"]
 
 log = logging.getLogger("llm_proxy.audit")
 T = TypeVar("T")
 
-# What ``database.store_bodies: metadata`` leaves out of a row, and what
-# ``database.max_body_kb`` caps the stored copy of.
-TEXT_COLUMNS = ("prompt", "response", "request_body", "backend_request", "response_body", "thinking")
-# Body columns stored compactly, and the column holding each one's recipe.
-COMPACTED = (("request_body", "request_parts"), ("backend_request", "backend_request_parts"))
-STORED = (*COLUMNS, "request_parts", "backend_request_parts", "turn_id")
 _INSERT_HEAD = f"INSERT INTO logs (id, {', '.join(STORED)}) VALUES "
 _ROW_MARKS = f"(?, {', '.join('?' * len(STORED))})"
 # The largest id ever used in logs (AUTOINCREMENT never reuses one).
@@ -91,6 +87,8 @@ def transient(exc: BaseException) -> bool:
 class Store:
     """One connection, on a thread of its own, that writes ``logs`` rows in batches."""
 
+    dialect = "sqlite"
+
     def __init__(
         self,
         path: str,
@@ -100,9 +98,8 @@ class Store:
         keys: Mapping[str, Policy] | None = None,
     ) -> None:
         self.path = path
-        self.policy = Policy(store_bodies, redactor)
-        # API keys whose rows are kept otherwise than the database's default, by key name.
-        self.keys = dict(keys or {})
+        # The database's policy, and the API keys' whose rows are kept otherwise, by key name.
+        self.policies = Policies(Policy(store_bodies, redactor), dict(keys or {}))
         self.max_body = max_body_kb * 1024  # bytes; 0: no limit
         self.lock = asyncio.Lock()
         self.turns = TurnTracker()
@@ -147,8 +144,8 @@ class Store:
                 first = self._next_id
                 blobs: dict[str, str] = {}
                 values = [
-                    self._prepare(dict(zip(COLUMNS, row, strict=True)), first + i, blobs)
-                    for i, row in enumerate(rows)
+                    prepare(values, first + i, blobs, self.turns, self.policies.of(values), self.max_body)
+                    for i, values in enumerate(dict(zip(COLUMNS, row, strict=True)) for row in rows)
                 ]
                 await db.run(functools.partial(_write_batch, blobs=list(blobs.items()), rows=values))
                 if _surely_not(self.path, self._file):
@@ -164,6 +161,14 @@ class Store:
                 raise
             self.failing = None
             return [(v[0], v[-1]) for v in values]  # (id, turn_id): turn_id is STORED's last
+
+    def transient(self, exc: BaseException) -> bool:
+        """The recorder's question: retry (the database's trouble) or split (the rows')?"""
+        return transient(exc)
+
+    def degraded(self) -> str | None:
+        """Nothing to add to /health/ready beyond :meth:`writable` (there is no spool)."""
+        return None
 
     async def follow(self) -> None:
         """Reopen the file at the path if it is not the one open (the idle writer's check)."""
@@ -215,49 +220,19 @@ class Store:
             await db.run(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         await db.close()
 
-    def _prepare(self, values: dict[str, Any], row_id: int, blobs: dict[str, str]) -> tuple[Any, ...]:
-        """One row's stored values: its turn, metadata-only stripping, compacted bodies."""
-        messages = chat_messages(values["request_body"]) if values["endpoint"] == "/api/chat" else None
-        turn_id = None
-        if messages:
-            client = (values["client_addr"], values["user_agent"], values["model"])
-            keys = message_keys(messages)
-            turn_id = self.turns.continues(client, messages, keys) or row_id
-            self.turns.record(client, keys, turn_id)
-        values["turn_id"] = turn_id
-        values["request_parts"] = values["backend_request_parts"] = None
-        policy = self.keys.get(values["key_name"], self.policy) if self.keys else self.policy
-        if policy.store_bodies == "metadata":
-            _strip_text(values)
-            if policy.redactor is not None:
-                values["error"] = policy.redactor.text(values["error"])
-        elif self.max_body or policy.redactor is not None:
-            _cap(values, self.max_body, policy.redactor)
-        for column, parts in COMPACTED:
-            packed = pack(values[column])
-            if packed is not None:
-                values[column], values[parts] = None, packed.recipe
-                blobs.update(packed.blobs)
-        return (row_id, *(values[c] for c in STORED))
-
     def redacted(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
-        """A row (in :data:`COLUMNS` order) with its texts redacted as a stored copy would be.
-
-        For the log line of a row that could not be written at all: it must
-        not hold what the database would not have.
-        """
-        values = dict(zip(COLUMNS, row, strict=True))
-        policy = self.keys.get(values["key_name"], self.policy) if self.keys else self.policy
-        if policy.store_bodies == "metadata":
-            _strip_text(values)
-        if policy.redactor is not None:
-            _cap(values, 0, policy.redactor)
-        return tuple(values[c] for c in COLUMNS)
+        """A row (in :data:`COLUMNS` order) with its texts as a stored copy would have them."""
+        return self.policies.redacted(row)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` on the writer's connection, in its own turn (between the writer's batches)."""
         async with self.lock:
             return await self._open().run(fn)
+
+    async def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query (``?`` placeholders; a datetime as the timestamp text), in its own turn."""
+        values = [stamp(v) if isinstance(v, datetime) else v for v in params]
+        return await self.run(lambda conn: conn.execute(sql, values).fetchall())
 
     def _open(self) -> Connection:
         """The open connection; while there is none (the file went away), :class:`Unavailable`."""
@@ -401,65 +376,3 @@ def _insert(conn: sqlite3.Connection, head: str, marks: str, rows: Sequence[tupl
 @functools.lru_cache(maxsize=16)
 def _statement(head: str, marks: str, size: int) -> str:
     return head + ", ".join([marks] * size)
-
-
-def _cap(values: dict[str, Any], limit: int, redactor: Redactor | None = None) -> None:
-    """Cut each text of :data:`TEXT_COLUMNS` to ``limit`` bytes (0: no limit), redacted first.
-
-    ``truncated`` records full sizes. A text to be cut is redacted a little
-    beyond the cut (:data:`REDACT_MARGIN`), so that a secret the cut falls in
-    is found whole, and a huge body is not scanned past what is kept.
-    """
-    sizes = {}
-    for column in TEXT_COLUMNS:
-        text = values[column]
-        # A character is at most 4 bytes of UTF-8: most texts need no measuring at all.
-        if text is None or not limit or len(text) * 4 <= limit:
-            if text is not None and redactor is not None:
-                values[column] = _redacted(redactor, column, text)
-            continue
-        size = len(text) if text.isascii() else len(text.encode("utf-8"))
-        if size <= limit:
-            if redactor is not None:
-                values[column] = _redacted(redactor, column, text)
-            continue
-        if redactor is not None:
-            # limit characters hold at least limit bytes: the cut lies within them.
-            text = _redacted(redactor, column, text[: limit + REDACT_MARGIN])
-        if text.isascii():
-            values[column] = text[:limit]
-        else:  # a character cut in two is left out
-            values[column] = text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
-        sizes[column] = size
-    if redactor is not None:
-        values["tool_calls"] = redactor.json_text(values["tool_calls"])
-        values["error"] = redactor.text(values["error"])
-    if sizes:
-        if values["truncated"] is not None:  # the answer, cut as it was relayed
-            sizes = {**orjson.loads(values["truncated"]), **sizes}
-        values["truncated"] = orjson.dumps(sizes).decode()
-
-
-# Characters past a cut that are redacted with the kept part: longer than any detected value.
-REDACT_MARGIN = 512
-JSON_COLUMNS = frozenset({"request_body", "backend_request", "response_body"})
-
-
-def _redacted(redactor: Redactor, column: str, text: str) -> str:
-    out = redactor.json_text(text) if column in JSON_COLUMNS else redactor.text(text)
-    return text if out is None else out
-
-
-def _strip_text(values: dict[str, Any]) -> None:
-    """Metadata mode: no prompt, answer or body text; tool calls keep only their names."""
-    for column in TEXT_COLUMNS:
-        values[column] = None
-    values["truncated"] = None  # no copy, so none was cut
-    if values["tool_calls"]:
-        calls = orjson.loads(values["tool_calls"])
-        names = [
-            {"function": {"name": (c.get("function") or {}).get("name")}}
-            for c in calls
-            if isinstance(c, dict)
-        ]
-        values["tool_calls"] = orjson.dumps(names).decode()

@@ -52,6 +52,11 @@ class TurnTracker:
         while len(self._last) > MAX_CLIENTS:
             self._last.popitem(last=False)
 
+    def last(self, client: tuple[Any, ...]) -> tuple[int, tuple[str, ...]] | None:
+        """The turn and message keys last recorded for ``client`` (shared with other writers)."""
+        found = self._last.get(client)
+        return None if found is None else (found.turn_id, found.messages)
+
     def snapshot(self) -> OrderedDict[tuple[Any, ...], _Last]:
         """State to go back to if a write is rolled back."""
         return OrderedDict(self._last)

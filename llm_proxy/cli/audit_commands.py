@@ -2,7 +2,8 @@
 
 ``logs``, ``logs show``, ``logs export`` and ``stats`` only read: they open the
 database read-only and never create or migrate it. ``prune`` and ``logs
-delete`` (cli/delete_command.py) write.
+delete`` (cli/delete_command.py) write. Each takes a SQLite file or a
+PostgreSQL URL (``--db postgresql://…``, ``database.url``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import IO, Any
 
 import orjson
 
-from ..audit import query
+from ..audit import pg_query, query, reading
+from ..audit.dburl import is_postgres, masked
 from ..audit.migrate import migrate
 from ..audit.retention import prune
 from ..audit.when import parse_age, parse_when, stamp
@@ -154,7 +156,10 @@ def _inherit(parent: argparse.ArgumentParser, children: Iterable[argparse.Argume
 
 def _common(parser: argparse.ArgumentParser, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
     add_config(parser)
-    parser.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
+    parser.add_argument(
+        "--db", metavar="PATH|URL",
+        help="database file or postgresql:// URL (overrides database.path and database.url)",
+    )  # fmt: skip
 
 
 def _filters(parser: argparse.ArgumentParser, model: bool = True) -> None:
@@ -185,14 +190,14 @@ def _filters_from(args: argparse.Namespace) -> query.Filters:
 
 
 def _path(args: argparse.Namespace, config: Config) -> str:
-    return str(args.db or config.database.path)
+    return str(args.db or config.database.url or config.database.path)
 
 
 # -- logs ------------------------------------------------------------------------
 
 
 def _logs(args: argparse.Namespace, config: Config) -> int:
-    reader = query.connect(_path(args, config))
+    reader = reading.connect(_path(args, config))
     try:
         f = _filters_from(args)
         rows = reader.rows(f, limit=args.count or None, oldest_first=f.turn is not None)
@@ -244,7 +249,7 @@ def _print_full(rows: Iterable[dict[str, Any]]) -> None:
 
 
 def _show(args: argparse.Namespace, config: Config) -> int:
-    reader = query.connect(_path(args, config))
+    reader = reading.connect(_path(args, config))
     try:
         row = reader.get(args.id)
     finally:
@@ -311,7 +316,7 @@ def _show(args: argparse.Namespace, config: Config) -> int:
 
 
 def _export(args: argparse.Namespace, config: Config) -> int:
-    reader = query.connect(_path(args, config))
+    reader = reading.connect(_path(args, config))
     if args.format in dataset_export.FORMATS:
         try:
             return _export_examples(args, reader)
@@ -361,7 +366,7 @@ def _write_export(rows: Iterable[dict[str, Any]], columns: list[str], fmt: str, 
 
 
 def _stats(args: argparse.Namespace, config: Config) -> int:
-    reader = query.connect(_path(args, config))
+    reader = reading.connect(_path(args, config))
     try:
         f = _filters_from(args)
         result = reader.stats(f)
@@ -432,6 +437,8 @@ def _prune(args: argparse.Namespace, config: Config) -> int:
     path = _path(args, config)
     if not args.older_than and not args.max_size_mb:
         raise AuditError("say what to delete: --older-than AGE (e.g. 30d) and/or --max-size-mb MB")
+    if is_postgres(path):
+        return _prune_postgres(args, path)
     if not os.path.exists(path):
         raise AuditError(f"no database at {path} (nothing to prune; use --db PATH or --config)")
     try:
@@ -450,6 +457,24 @@ def _prune(args: argparse.Namespace, config: Config) -> int:
         print(
             f"deleted {result.deleted} exchanges; {path}: "
             f"{_mb(result.bytes_before)} → {_mb(result.bytes_after)}"
+        )
+    return 0
+
+
+def _prune_postgres(args: argparse.Namespace, url: str) -> int:
+    if args.max_size_mb:
+        raise AuditError("--max-size-mb applies to a SQLite file only; with PostgreSQL use --older-than")
+    try:
+        before = stamp(datetime.now(UTC) - parse_age(args.older_than))
+    except ValueError as exc:
+        raise AuditError(f"--older-than: {exc}") from None
+    result = pg_query.prune(url, before, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"would delete {result.deleted} exchanges older than {before}")
+    else:
+        print(
+            f"deleted {result.deleted} exchanges; {masked(url)}: "
+            f"{_mb(result.bytes_before)} → {_mb(result.bytes_after)} (the space is reused, not returned)"
         )
     return 0
 

@@ -9,10 +9,13 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .. import config as config_mod
+from ..audit import pg_query
+from ..audit.dburl import is_postgres, masked, redact
 from ..audit.migrate import migrate
 from ..config import Config
 from ..errors import AuditError, ConfigError
 from . import PROG, audit_commands, demo
+from .copy_trail import copy_trail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply pending migrations to the database and print what was done.",
     )
     _add_config(mig)
-    mig.add_argument("--db", metavar="PATH", help="database file (overrides database.path)")
+    mig.add_argument(
+        "--db", metavar="PATH|URL",
+        help="database file or postgresql:// URL (overrides database.path and database.url)",
+    )  # fmt: skip
+    mig.add_argument(
+        "--to", metavar="URL",
+        help="copy the SQLite trail (--db or database.path) into this postgresql:// database, resumably",
+    )  # fmt: skip
     audit_commands.register(commands, _add_config)
     demo.add_parser(commands)
     return parser
@@ -66,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.run(args)
         config = config_mod.load(config_mod.find_config_file(args.config))
         if args.command == "migrate":
+            if args.to:
+                return copy_trail(args.db or config.database.path, args.to)
             return _migrate(config, args.db)
         if args.command in audit_commands.COMMANDS:
             return int(args.run(args, config))
@@ -74,15 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve(config)
     except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        print(f"{PROG}: config error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except AuditError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
         return 1
 
 
 def _migrate(config: Config, db: str | None) -> int:
-    path = db or config.database.path
+    path = db or config.database.url or config.database.path
+    if is_postgres(path):
+        names = pg_query.migrate(path)  # AuditError, masked, when it cannot
+        for name in names:
+            print(f"applied {name}")
+        if not names:
+            print(f"{masked(path)} is up to date")
+        return 0
     try:
         names = migrate(path)
     except (sqlite3.Error, OSError) as exc:

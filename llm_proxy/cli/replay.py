@@ -30,7 +30,7 @@ import aiohttp
 import orjson
 
 from .. import __version__
-from ..audit import datasets, query
+from ..audit import datasets, query, reading
 from ..config import Config
 from ..errors import AuditError
 
@@ -94,7 +94,7 @@ def _replay(
         raise AuditError("--model wants a model name")
     url = (args.url or _own_url(config)).rstrip("/")
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    reader = query.connect(path)
+    reader = reading.connect(path)
     try:
         # Ids only: each row is read when its turn comes, so memory holds one body at a time.
         originals = list(itertools.islice(reader.ids(f), args.count or None))
@@ -173,7 +173,7 @@ def _unreplayable(row: dict[str, Any]) -> str | None:
 
 
 def _row(path: str, row_id: int) -> dict[str, Any]:
-    reader = query.connect(path)
+    reader = reading.connect(path)
     try:
         return reader.get(row_id)
     finally:
@@ -184,7 +184,7 @@ def _new_row(path: str, request_id: str, wait: float = 10.0) -> dict[str, Any] |
     """The replay's row, once the proxy's writer has stored it."""
     deadline = time.monotonic() + wait
     while True:
-        reader = query.connect(path)
+        reader = reading.connect(path)
         try:
             found = reader.conn.execute("SELECT id FROM logs WHERE request_id = ?", (request_id,)).fetchone()
             if found is not None:

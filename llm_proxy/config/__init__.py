@@ -74,6 +74,7 @@ __all__ = [
 ]
 
 ENV_VAR = "LLM_PROXY_CONFIG"
+URL_VAR = "LLM_PROXY_DATABASE_URL"  # database.url, kept out of the config file (it holds a password)
 DEFAULT_FILE = "config.yaml"
 
 
@@ -88,8 +89,21 @@ def find_config_file(cli_path: str | None, environ: Mapping[str, str] = os.envir
     return None
 
 
-def load(path: str | None) -> Config:
-    """Load and validate a config file; ``None`` gives the built-in defaults."""
+def load(path: str | None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Load and validate a config file (``None``: the built-in defaults); ``$LLM_PROXY_DATABASE_URL``
+    sets ``database.url`` over the file's."""
+    config = _load(path)
+    url = environ.get(URL_VAR)
+    if url:
+        config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=url))
+        try:
+            check(config)
+        except ConfigError as exc:
+            raise ConfigError(f"${URL_VAR}: {exc}") from None
+    return config
+
+
+def _load(path: str | None) -> Config:
     if path is None:
         return Config()
     try:

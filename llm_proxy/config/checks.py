@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..audit.dburl import is_postgres, masked
 from ..errors import ConfigError
 from .backends import check_routing
 from .sections import REDACT_DETECTORS, BackendConfig, Config, RedactConfig
@@ -28,6 +29,13 @@ def check(config: Config) -> None:
     check_routing(config.routing)
     if not db.path:
         raise ConfigError("'database.path' must not be empty")
+    if db.url:
+        _check_database_url(db.url)
+        if db.max_size_mb:
+            raise ConfigError(
+                "'database.max_size_mb' applies to a SQLite file only; with 'database.url' "
+                "use 'database.retention_days'"
+            )
     if db.queue_size < 1:
         raise ConfigError(f"'database.queue_size' must be at least 1, got {db.queue_size}")
     if db.retention_days < 0:
@@ -150,6 +158,20 @@ def _check_ui(config: Config) -> None:
 
 
 _SECRETS = frozenset({"backend.api_key", "auth.keys"})
+
+
+def _check_database_url(url: str) -> None:
+    """A postgresql:// URL with a host; the message never shows the password."""
+    shown = masked(url)
+    if not is_postgres(url):
+        raise ConfigError(f"'database.url' must be a postgresql:// URL, got {shown!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError:
+        raise ConfigError(f"'database.url' has an invalid port: {shown!r}") from None
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigError(f"'database.url' must name a host: {shown!r}")
 
 
 def _check_endpoint(key: str, endpoint: str) -> None:

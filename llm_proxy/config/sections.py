@@ -139,9 +139,15 @@ class RedactConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    """The SQLite audit trail."""
+    """The audit trail: a SQLite file (``path``, the default) or a PostgreSQL database (``url``)."""
 
     path: str = "./llm_proxy.db"
+    # postgresql://user:password@host:5432/dbname: the trail goes there instead of
+    # `path` ($LLM_PROXY_DATABASE_URL sets it too). Needs llm-proxy[postgresql].
+    url: str = ""
+    # Where rows wait while PostgreSQL is down (an SQLite file); "" = llm_proxy-spool.db
+    # in the folder of `path` (where the proxy may write; /etc often is read-only).
+    spool: str = ""
     # Exchanges waiting for the writer; when full, handlers wait (backpressure)
     # instead of dropping rows.
     queue_size: int = 10000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -12,11 +11,11 @@ from aiohttp.typedefs import Middleware
 from .. import backends, ui
 from ..api import events, health, ollama
 from ..api import openai as openai_api
-from ..audit import redact
+from ..audit import redact, stores
 from ..audit.exchange import Exchange
+from ..audit.pg_store import describe
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
-from ..audit.store import Store
 from ..cache.answers import AnswerCache
 from ..config import Config
 from ..telemetry import load as load_telemetry
@@ -103,18 +102,16 @@ async def _telemetry(app: web.Application) -> AsyncIterator[None]:
 async def _audit(app: web.Application) -> AsyncIterator[None]:
     config = app[state.CONFIG]
     policy, per_key = redact.policies(config.database, config.auth.keys)
-    app[state.CONSOLE].protect(policy, per_key)
-    store = Store(
-        config.database.path, policy.store_bodies, config.database.max_body_kb, policy.redactor, per_key
-    )
+    app[state.CONSOLE].protect(policy, per_key)  # console lines are redacted like the rows
+    store = stores.create(config)
     applied = await store.open()
     for name in applied:
-        log.info("applied migration %s to %s", name, config.database.path)
+        log.info("applied migration %s to %s", name, store.path)
     # Quotas go on counting where the last run stopped: today's use, from the trail.
     try:
-        await app[quota.QUOTAS].rebuild(store.run)
-    except sqlite3.Error as exc:  # the proxy serves on; the keys' counts start from zero
-        log.error("could not read today's quota use from %s, counting from 0: %s", config.database.path, exc)
+        await app[quota.QUOTAS].rebuild(store.select)
+    except Exception as exc:  # the proxy serves on (PostgreSQL down, say); the counts start from zero
+        log.error("could not read today's quota use from %s, counting from 0: %s", store.path, describe(exc))
     recorder = Recorder(store, config.database.queue_size)
     recorder.start()
     app[state.RECORDER] = recorder

@@ -21,6 +21,8 @@ from typing import IO, Any
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..audit.dburl import MaskSecrets
+
 ACCESS = logging.getLogger("llm_proxy.access")
 REFUSALS = logging.getLogger("aiohttp.server")  # where aiohttp reports requests its parser refused
 HAND_OFF_DELAY = 0.02  # seconds a log record may wait to be passed to the writer
@@ -274,6 +276,7 @@ def setup(log_format: str, stream: IO[str] | None = None) -> None:
     _writer = threading.Thread(target=_write, args=(queue, _handler), name="log-writer", daemon=True)
     _writer.start()
     _hand_off = _HandOff(queue)
+    _hand_off.addFilter(MaskSecrets())  # a database URL's password never reaches a log line
     root.addHandler(_hand_off)
     root.setLevel(logging.INFO)
     REFUSALS.addFilter(_refusal_line)

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..audit.exchange import Exchange
+from ..audit.pg_store import PostgresStore
 from ..config import Config
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
 from . import connections, quota, state
@@ -204,8 +205,8 @@ class AuditCollector(Collector):
                                 value=recorder.depth)  # fmt: skip
         yield GaugeMetricFamily("llm_proxy_audit_queue_peak", "Most audit rows ever waiting at once.",
                                 value=recorder.peak)  # fmt: skip
-        yield CounterMetricFamily("llm_proxy_audit_rows_written", "Audit rows written to SQLite.",
-                                  value=recorder.written)  # fmt: skip
+        yield CounterMetricFamily("llm_proxy_audit_rows_written", "Audit rows written (to the database "
+                                  "or its spool).", value=recorder.written)  # fmt: skip
         yield CounterMetricFamily("llm_proxy_audit_write_failures", "Audit batch writes that failed "
                                   "(retried, or split to find the row refused).",
                                   value=recorder.failures)  # fmt: skip
@@ -213,6 +214,12 @@ class AuditCollector(Collector):
                                   "metadata and the reason only.", value=recorder.reduced)  # fmt: skip
         yield CounterMetricFamily("llm_proxy_audit_rows_lost", "Audit rows not stored at all (each is "
                                   "logged at ERROR).", value=recorder.lost)  # fmt: skip
+        store = recorder.store
+        if isinstance(store, PostgresStore):
+            yield GaugeMetricFamily("llm_proxy_audit_spooled_rows", "Audit rows waiting in the spool file "
+                                    "for PostgreSQL.", value=store.spool.count)  # fmt: skip
+            yield CounterMetricFamily("llm_proxy_audit_rows_sent_from_spool", "Spooled audit rows sent "
+                                      "to PostgreSQL.", value=store.sent_from_spool)  # fmt: skip
 
 
 class BackendCollector(Collector):

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -35,8 +34,8 @@ from ..audit.exchange import Exchange
 from ..config import AuthConfig, ModelsConfig, Quota
 from ..errors import Forbidden, TooManyRequests
 
-T = TypeVar("T")
-Run = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
+# A query on the audit store, ``?`` placeholders, a datetime compared as each store keeps times.
+Select = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
 ANSWERED = 400  # statuses below this count a request; so does 499 (the client left)
 # The model lists: a key limited to some models sees only those.
 LISTINGS = frozenset({"/api/tags", "/api/ps", "/v1/models"})
@@ -149,28 +148,23 @@ class Quotas:
     def _refuse(self, name: str, limit: str) -> None:
         self.refused[(name, limit)] = self.refused.get((name, limit), 0) + 1
 
-    async def rebuild(self, run: Run[list[tuple[str, int, int]]]) -> None:
-        """Today's use of each key from the audit trail (``run`` calls a function on its connection)."""
+    async def rebuild(self, select: Select) -> None:
+        """Today's use of each key from the audit trail (``select`` runs a query on the store)."""
         if not self.limits:
             return
-        since = datetime.fromtimestamp(self._today() * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        since = datetime.fromtimestamp(self._today() * 86400, UTC)
         names, routes = sorted(self.limits), sorted(self.counted)
-
-        def read(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
-            sql = (
-                "SELECT key_name, "
-                f"SUM(CASE WHEN status_code < {ANSWERED} OR status_code = 499 THEN 1 ELSE 0 END), "
-                "SUM(CASE WHEN cache_hit = 1 THEN 0 "
-                "ELSE COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) END) "
-                f"FROM logs WHERE timestamp >= ? AND key_name IN ({', '.join('?' * len(names))}) "
-                f"AND endpoint IN ({', '.join('?' * len(routes))}) GROUP BY key_name"
-            )
-            found = conn.execute(sql, [since, *names, *routes])
-            return [(str(n), int(r or 0), int(t or 0)) for n, r, t in found]
-
-        for name, requests, tokens in await run(read):
+        sql = (
+            "SELECT key_name, "
+            f"SUM(CASE WHEN status_code < {ANSWERED} OR status_code = 499 THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN cache_hit = 1 THEN 0 "
+            "ELSE COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) END) "
+            f"FROM logs WHERE timestamp >= ? AND key_name IN ({', '.join('?' * len(names))}) "
+            f"AND endpoint IN ({', '.join('?' * len(routes))}) GROUP BY key_name"
+        )
+        for name, requests, tokens in await select(sql, [since, *names, *routes]):
             usage = self._current(name)
-            usage.requests, usage.tokens = requests, tokens
+            usage.requests, usage.tokens = int(requests or 0), int(tokens or 0)
 
 
 def listing(body: bytes, patterns: tuple[str, ...], models: ModelsConfig) -> bytes:
