@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import ollama
+import pytest
 
 from . import ha_turn
 from .conftest import MakeProxy, read_rows
@@ -114,3 +115,15 @@ async def test_a_turn_goes_whole(make_proxy: MakeProxy, aiohttp_server: Any) -> 
     assert [r["turn_id"] for r in read_rows(proxy.db, 0)] == [other, other]
     with closing(sqlite3.connect(proxy.db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM blobs WHERE refs <= 0").fetchone()[0] == 0
+
+
+def test_on_a_postgresql_trail_it_says_what_to_do_and_shows_no_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from llm_proxy.cli.main import main
+
+    url = "postgresql://u:sekrit@127.0.0.1:1/x"
+    assert main(["logs", "delete", "--db", url, "--model", "m", "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert "works on SQLite files" in err and "DELETE FROM logs" in err
+    assert "sekrit" not in err and "postgresql://u:***@127.0.0.1:1/x" in err

@@ -36,6 +36,9 @@ def _config(**sections: Any) -> config_mod.Config:
 
 def test_on_by_default_where_it_exposes_nothing_new() -> None:
     assert policy.decide(_config()).on  # loopback
+    # Its reader is SQLite's: with the trail in PostgreSQL it is off, and says why.
+    on_pg = policy.decide(_config(database={"url": "postgresql://u:p@127.0.0.1/db"}))
+    assert not on_pg.on and "PostgreSQL" in on_pg.why
     assert policy.decide(_config(server={"host": "::1"})).on
     off = policy.decide(_config(server={"host": "0.0.0.0"}))
     assert not off.on and "without auth.keys" in off.why

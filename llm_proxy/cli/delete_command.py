@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..audit import query
+from ..audit.dburl import is_postgres, masked
 from ..audit.deletion import Deletion, Selection
 from ..audit.when import parse_age
 from ..config import Config
@@ -58,6 +59,11 @@ def _delete(
     args: argparse.Namespace, config: Config, filters_from: FiltersFrom, path_of: Callable[..., str]
 ) -> int:
     path = path_of(args, config)
+    if is_postgres(path):
+        raise AuditError(
+            f"logs delete works on SQLite files; {masked(path)} is PostgreSQL, where DELETE FROM logs "
+            "WHERE ... (its triggers drop search entries and unshared blobs) and VACUUM do the same"
+        )
     f = filters_from(args)
     if args.older_than:
         try:
