@@ -200,6 +200,25 @@ async def test_streamed_tool_call_carries_content_only_when_captured(
     assert a["gen_ai.response.finish_reasons"] == [row["done_reason"]]
 
 
+async def test_captured_content_is_redacted_as_the_row_is(
+    phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
+) -> None:
+    """database.redact covers what capture_content exports: a trace store is a copy too."""
+    settings = {"enabled": True, "endpoint": phoenix.endpoint, "metrics": False, "capture_content": True}
+    redact = {"redact": {"detectors": ["email"]}}
+    proxy = await make_proxy(llama_double[1], backend_type="openai", telemetry=settings, database=redact)
+    secret = "anna.berg@example.org"
+    asked = [{"role": "user", "content": f"Mail the shopping list to {secret}"}]
+    await ollama.AsyncClient(host=proxy.url).chat(model="smollm2", messages=asked, stream=False)
+    [row] = await proxy.wait_rows(1)
+    [exchange] = [s for s in await phoenix.spans(row["trace_id"], 2) if s["name"] == "chat smollm2"]
+    exported = orjson.dumps(exchange["attributes"]).decode()
+    assert secret not in exported and "[redacted:email]" in exported
+    assert "[redacted:email]" in row["prompt"]
+    # The backend still got it.
+    assert secret in orjson.dumps(llama_double[0].requests).decode()
+
+
 async def test_errors_are_error_spans(
     phoenix: Phoenix, make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:

@@ -88,7 +88,17 @@ async def _telemetry(app: web.Application) -> AsyncIterator[None]:
         status = exchange.status_code or 500
         return labels.label(live.config, exchange.model or "", status, exchange.error)
 
-    telemetry = load_telemetry(app[state.CONFIG].telemetry, model_label)
+    config = app[state.CONFIG]
+    policy, per_key = redact.policies(config.database, config.auth.keys)
+
+    def content(exchange: Exchange, text: str) -> str | None:
+        """A message attribute as the row keeps it: redacted, or nothing in metadata mode."""
+        kept = per_key.get(exchange.key_name or "", policy)
+        if kept.store_bodies == "metadata":
+            return None
+        return (kept.redactor.json_text(text) or text) if kept.redactor is not None else text
+
+    telemetry = load_telemetry(config.telemetry, model_label, content)
     if telemetry is None:
         yield
         return

@@ -90,11 +90,13 @@ _CURRENT: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("llm_pro
 _ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("llm_proxy_attempt", default=None)
 
 
-def load(config: TelemetryConfig, model_label: Any = None) -> Telemetry | None:
+def load(config: TelemetryConfig, model_label: Any = None, content: Any = None) -> Telemetry | None:
     """The app's telemetry when ``telemetry.enabled``, else None (nothing imported).
 
     ``model_label(exchange)`` gives the bounded model name for metric attributes
     (the Prometheus metrics' rule): a made-up model name must not grow the series.
+    ``content(exchange, json_text)`` is what ``capture_content`` may export of a
+    message attribute (redacted as the stored copy is; None: nothing), by default all of it.
     """
     if not config.enabled:
         return None
@@ -105,7 +107,7 @@ def load(config: TelemetryConfig, model_label: Any = None) -> Telemetry | None:
             f"telemetry.enabled needs the OpenTelemetry SDK ({exc.name} is missing): "
             "pip install 'llm-proxy[otel]'"
         ) from None
-    return otel.OtelTelemetry(config, model_label)
+    return otel.OtelTelemetry(config, model_label, content)
 
 
 @contextmanager

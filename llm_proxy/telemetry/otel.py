@@ -128,9 +128,16 @@ class _Batches(BatchSpanProcessor):
 class OtelTelemetry:
     """Tracer and meter providers with OTLP exporters, as ``telemetry:`` configures them."""
 
-    def __init__(self, config: TelemetryConfig, model_label: Callable[[Exchange], str] | None = None) -> None:
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        model_label: Callable[[Exchange], str] | None = None,
+        content: Callable[[Exchange, str], str | None] | None = None,
+    ) -> None:
         self.config = config
         self.model_label = model_label or (lambda exchange: exchange.model or "")
+        # What capture_content exports of a message attribute: redacted as the stored copy is.
+        self.content = content or (lambda _exchange, text: text)
         for name in _QUIET:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         resource = Resource.create(_resource(config))
@@ -211,6 +218,7 @@ class ExchangeTrace:
     def __init__(self, telemetry: OtelTelemetry, span: Any, exchange: Exchange) -> None:
         self.telemetry = telemetry
         self.span = span
+        self.exchange = exchange
         self.context = api.set_span_in_context(span)
         self.attributes: dict[str, Any] = {}
         context = span.get_span_context()
@@ -222,7 +230,16 @@ class ExchangeTrace:
             return
         self.attributes.update(genai.request_attributes(api_name, body))
         if self.telemetry.config.capture_content:
-            self.attributes.update(genai.input_messages(api_name, endpoint, body))
+            self.attributes.update(self._content(genai.input_messages(api_name, endpoint, body)))
+
+    def _content(self, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        """Message attributes as the audit trail's policy lets them out (redacted, or none)."""
+        out = {}
+        for name, value in attributes.items():
+            kept = self.telemetry.content(self.exchange, value) if isinstance(value, str) else value
+            if kept is not None:
+                out[name] = kept
+        return out
 
     def attempt(self, name: str, kind: str, model: str | None, endpoint: str | None = None) -> BackendAttempt:
         return BackendAttempt(self, name, kind, model, endpoint)
@@ -244,7 +261,7 @@ class ExchangeTrace:
             attributes.update(self.attributes)
             attributes.update(genai.response_attributes(exchange))
             if self.telemetry.config.capture_content:
-                attributes.update(genai.output_messages(exchange))
+                attributes.update(self._content(genai.output_messages(exchange)))
             span.set_attributes(attributes)
             if exchange.ttft_ms is not None:
                 span.add_event(FIRST_TOKEN, timestamp=int((exchange.started + exchange.ttft_ms / 1000) * NS))
