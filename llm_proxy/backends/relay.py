@@ -66,16 +66,17 @@ async def frames(resp: transport.Response, backend: str, limit: int) -> AsyncGen
     try:
         async for data in transport.iter_chunks(resp, backend):
             for raw in framer.feed(data):
-                yield _frame(raw, decoder.feed(raw))
+                yield frame_of(raw, decoder.feed(raw))
         rest = framer.flush()
         events = decoder.feed(rest) + decoder.flush()
     except TooLong as exc:
         raise transport.too_long(exc) from None
     if rest or events:
-        yield _frame(rest, events)
+        yield frame_of(rest, events)
 
 
-def _frame(raw: bytes, events: list[str]) -> Frame:
+def frame_of(raw: bytes, events: list[str]) -> Frame:
+    """The frame ``raw`` with its event's data (``events``, as the SSE decoder gave them) parsed."""
     # A frame ends at the first blank line, so it holds one event at most.
     data = events[0] if events else None
     event = None

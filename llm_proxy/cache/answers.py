@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from ..backends import relay
 from ..backends.base import Batch, Chunks, Frame, Frames, Lines, Reply, Whole
 from ..config import CacheConfig
 from ..translate.sse import SSEDecoder
@@ -239,16 +240,8 @@ def _frame(raw: bytes) -> Frame:
     """One kept SSE frame, decoded again as the relay decoded it."""
     inner = raw[6:-2]
     if raw.startswith(b"data: ") and raw.endswith(b"\n\n") and b"\n" not in inner and b"\r" not in inner:
-        data: str | None = inner.decode("utf-8", "replace")  # llama-server's one-line frames: the fast path
+        events = [inner.decode("utf-8", "replace")]  # llama-server's one-line frames: the fast path
     else:
         decoder = SSEDecoder()
         events = decoder.feed(raw) + decoder.flush()
-        data = events[0] if events else None
-    event = None
-    if data is not None and data.startswith("{"):
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            parsed = None
-        event = parsed if isinstance(parsed, dict) else None
-    return Frame(raw, data, event)
+    return relay.frame_of(raw, events)
