@@ -38,6 +38,15 @@ function fact(name, value) {
   return el("div", {}, el("dt", {}, name), el("dd", {}, String(value)));
 }
 
+function tries(text) {
+  // The backends tried, in order: "gpu 502 (unreachable), 12 ms → cpu 200, 340 ms"; the raw text if it is not JSON.
+  if (!text) return null;
+  let list;
+  try { list = JSON.parse(text); } catch { return text; }
+  if (!Array.isArray(list)) return text;
+  return list.map((a) => `${a.backend} ${a.status ?? "–"}${a.error ? ` (${a.error})` : ""}, ${a.ms} ms`).join(" → ");
+}
+
 function trace(id, url) {
   // The OpenTelemetry trace (telemetry:), a link to the trace viewer when telemetry.trace_url is set.
   if (!id) return null;
@@ -68,7 +77,7 @@ export async function showExchange(main, id) {
       : null,
     el("h2", {}, "Conversation"),
     data.tools.length
-      ? el("details", { class: "tools" }, el("summary", {}, `${data.tools.length} tools offered`),
+      ? el("details", { class: "tools" }, el("summary", {}, `${data.tools.length} ${data.tools.length === 1 ? "tool" : "tools"} offered`),
         el("p", { class: "text" }, data.tools.join(", ")))
       : null,
     data.conversation.length
@@ -79,7 +88,7 @@ export async function showExchange(main, id) {
       fact("when", when(x.timestamp)), fact("status", x.status_code), fact("done reason", x.done_reason),
       fact("API", x.api), fact("stream", x.stream === null ? null : x.stream ? "yes" : "no"),
       fact("model (client)", x.model), fact("model (backend)", x.backend_model), fact("backend", x.backend_name ? `${x.backend_name} (${x.backend_type})` : x.backend_type),
-      fact("attempts", x.attempts),
+      fact("attempts", tries(x.attempts)),
       fact("prompt tokens", x.prompt_tokens), fact("answer tokens", x.completion_tokens),
       fact("tokens per second", t.tokens_per_s),
       fact("latency", ms(t.total_ms)), fact("first byte", ms(t.first_byte_ms)), fact("first token", ms(t.first_token_ms)),
