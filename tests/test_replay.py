@@ -97,7 +97,7 @@ async def test_the_side_by_side_report(turn: tuple[Proxy, LlamaServerDouble, int
     assert "│" in table["status"] and table["status"].split() == ["status", "200", "│", "200"]
     assert table["tool"].endswith("differ") and 'HassTurnOn({"name":"HassTurnOn"})' in table["tool"]
     assert table["answer"].endswith("changed")
-    assert lines[-1].startswith("1 replayed: 1 answers changed, 1 with different tool calls")
+    assert lines[-1].startswith("1 replayed: 1 answer changed, 1 with different tool calls")
 
 
 async def test_what_cannot_be_replayed_says_why(

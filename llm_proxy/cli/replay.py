@@ -287,7 +287,8 @@ def _print(report: dict[str, Any]) -> None:
         print()
     s = report["summary"]
     print(
-        f"{s['replayed']} replayed: {s['answers_changed']} answers changed, {s['tool_calls_differ']} "
+        f"{s['replayed']} replayed: {s['answers_changed']} "
+        f"{'answer' if s['answers_changed'] == 1 else 'answers'} changed, {s['tool_calls_differ']} "
         f"with different tool calls, {s['errors']} answered with an error, {s['not_replayed']} not replayed"
     )
     sys.stdout.flush()
