@@ -36,9 +36,8 @@ def _config(**sections: Any) -> config_mod.Config:
 
 def test_on_by_default_where_it_exposes_nothing_new() -> None:
     assert policy.decide(_config()).on  # loopback
-    # Its reader is SQLite's: with the trail in PostgreSQL it is off, and says why.
-    on_pg = policy.decide(_config(database={"url": "postgresql://u:p@127.0.0.1/db"}))
-    assert not on_pg.on and "PostgreSQL" in on_pg.why
+    # The trail in PostgreSQL changes nothing: the UI reads it as it reads a SQLite file.
+    assert policy.decide(_config(database={"url": "postgresql://u:p@127.0.0.1/db"})).on
     assert policy.decide(_config(server={"host": "::1"})).on
     off = policy.decide(_config(server={"host": "0.0.0.0"}))
     assert not off.on and "without auth.keys" in off.why
@@ -77,50 +76,52 @@ async def ui_proxy(make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble,
     return await make_proxy(llama_double[1], backend_type="openai")
 
 
-async def test_list_pages_filters_and_search(ui_proxy: Proxy) -> None:
+async def test_list_pages_filters_and_search(trail_oproxy: Proxy) -> None:
     for n in range(7):
-        await _chat(ui_proxy.url, f"question number {n} about the kitchen light" if n % 2 else f"plain {n}")
-    await ui_proxy.wait_rows(7)
+        await _chat(
+            trail_oproxy.url, f"question number {n} about the kitchen light" if n % 2 else f"plain {n}"
+        )
+    await trail_oproxy.wait_rows(7)
     async with aiohttp.ClientSession() as http:
-        status, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?limit=3")
+        status, page = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?limit=3")
         assert status == 200
         prompts = [e["prompt"] for e in page["exchanges"]]
         assert prompts == ["plain 6", "question number 5 about the kitchen light", "plain 4"]
         assert page["next"] == page["exchanges"][-1]["id"] and page["more"]
-        _, second = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?limit=3&before={page['next']}")
+        _, second = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?limit=3&before={page['next']}")
         assert second["exchanges"][0]["prompt"] == "question number 3 about the kitchen light"
-        _, last = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?limit=3&before={second['next']}")
+        _, last = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?limit=3&before={second['next']}")
         assert len(last["exchanges"]) == 1 and last["next"] is None
-        _, found = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?q=kitchen+light")
+        _, found = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?q=kitchen+light")
         assert sorted(e["prompt"][16] for e in found["exchanges"]) == ["1", "3", "5"]
         first = found["exchanges"][0]
         assert first["model"] == "smollm2" and first["status_code"] == 200 and first["response"]
-        _, none = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=5xx")
+        _, none = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=5xx")
         assert none["exchanges"] == []
         _, ok = await _get(
-            http, f"{ui_proxy.url}/ui/api/exchanges?status=2xx&model=smollm2&api=ollama&since=1h"
+            http, f"{trail_oproxy.url}/ui/api/exchanges?status=2xx&model=smollm2&api=ollama&since=1h"
         )
         assert len(ok["exchanges"]) == 7
-        _, newer = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?after={page['exchanges'][1]['id']}")
+        _, newer = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?after={page['exchanges'][1]['id']}")
         assert [e["prompt"] for e in newer["exchanges"]] == ["plain 6"]
-        status, bad = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=teapot")
+        status, bad = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=teapot")
         assert status == 400 and "'status' must be" in bad["error"]
-        status, bad = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?since=yesterday")
+        status, bad = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?since=yesterday")
         assert status == 400 and "'since'" in bad["error"]
     # None of the UI's requests left a row.
     await asyncio.sleep(0.2)  # the writer's turn, had anything been queued
-    assert len(await ui_proxy.wait_rows(8, within=0.3)) == 7
+    assert len(await trail_oproxy.wait_rows(8, within=0.3)) == 7
 
 
-async def test_exchange_shows_the_tool_call_and_the_translated_request(ui_proxy: Proxy) -> None:
-    c = ollama.AsyncClient(host=ui_proxy.url)
+async def test_exchange_shows_the_tool_call_and_the_translated_request(trail_oproxy: Proxy) -> None:
+    c = ollama.AsyncClient(host=trail_oproxy.url)
     asked = [{"role": "user", "content": "Turn on the kitchen light"}]
     stream = await c.chat(model="smollm2", messages=asked, tools=[TURN_ON], stream=True)
     async for _ in stream:
         pass
-    [row] = await ui_proxy.wait_rows(1)
+    [row] = await trail_oproxy.wait_rows(1)
     async with aiohttp.ClientSession() as http:
-        status, got = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/{row['id']}")
+        status, got = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges/{row['id']}")
         assert status == 200
         shown = got["exchange"]
         assert shown["endpoint"] == "/api/chat" and shown["backend_request"].startswith("{")
@@ -132,20 +133,20 @@ async def test_exchange_shows_the_tool_call_and_the_translated_request(ui_proxy:
         assert reply["tool_calls"][0]["arguments"] == {"name": "HassTurnOn"}  # what the recorded model sent
         assert got["timing"]["total_ms"] == shown["latency_ms"]
         assert got["timing"]["first_byte_ms"] == shown["ttfb_ms"]
-        status, missing = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/999")
+        status, missing = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges/999")
         assert status == 404 and missing == {"error": "no exchange with id 999"}
 
 
 async def test_turn_shows_every_round_in_order(
-    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+    trail_oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:
     messages = start_messages()
-    c = client(ui_proxy.url, Capture())
+    c = client(trail_oproxy.url, Capture())
     await spoken_request(c, llama_double[0], messages, "Turn on the kitchen light", rounds=3)
-    rows = await ui_proxy.wait_rows(3)
+    rows = await trail_oproxy.wait_rows(3)
     assert len({r["turn_id"] for r in rows}) == 1
     async with aiohttp.ClientSession() as http:
-        status, got = await _get(http, f"{ui_proxy.url}/ui/api/turns/{rows[0]['turn_id']}")
+        status, got = await _get(http, f"{trail_oproxy.url}/ui/api/turns/{rows[0]['turn_id']}")
     assert status == 200
     rounds = got["rounds"]
     assert [r["id"] for r in rounds] == [r["id"] for r in rows]
@@ -156,24 +157,24 @@ async def test_turn_shows_every_round_in_order(
 
 
 async def test_dashboard_counts_per_model(
-    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+    trail_oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:
     for n in range(3):
-        await _chat(ui_proxy.url, f"hello {n}")
+        await _chat(trail_oproxy.url, f"hello {n}")
     llama_double[0].scenario = "error-context-exceeded"
     with pytest.raises(ollama.ResponseError):
-        await _chat(ui_proxy.url, "too long")
-    await ui_proxy.wait_rows(4)
+        await _chat(trail_oproxy.url, "too long")
+    await trail_oproxy.wait_rows(4)
     async with aiohttp.ClientSession() as http:
-        status, got = await _get(http, f"{ui_proxy.url}/ui/api/dashboard?range=1h")
+        status, got = await _get(http, f"{trail_oproxy.url}/ui/api/dashboard?range=1h")
         assert status == 200 and got["models"] == ["smollm2"] and got["buckets"] == 60
         series = got["series"]["smollm2"]
         assert sum(series["requests"]) == 4 and sum(series["errors"]) == 1
         assert any(v is not None for v in series["latency_p50"])
         assert sum(series["tokens_out"]) > 0
-        status, bad = await _get(http, f"{ui_proxy.url}/ui/api/dashboard?range=2y")
+        status, bad = await _get(http, f"{trail_oproxy.url}/ui/api/dashboard?range=2y")
         assert status == 400 and "'range' must be one of" in bad["error"]
-        status, backend = await _get(http, f"{ui_proxy.url}/ui/api/backend")
+        status, backend = await _get(http, f"{trail_oproxy.url}/ui/api/backend")
         assert status == 200 and backend["reachable"] is True
         [only] = backend["backends"]
         assert (only["name"], only["type"], only["reachable"]) == ("default", "openai", True)
@@ -197,14 +198,14 @@ async def test_headers_forbid_inline_code_framing_and_caching(ui_proxy: Proxy) -
     assert await ui_proxy.wait_rows(1, within=0.5) == []
 
 
-async def test_live_events_bring_new_exchanges(ui_proxy: Proxy) -> None:
-    async with aiohttp.ClientSession() as http, http.get(f"{ui_proxy.url}/ui/api/events") as events:
+async def test_live_events_bring_new_exchanges(trail_oproxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{trail_oproxy.url}/ui/api/events") as events:
         assert events.status == 200 and events.content_type == "text/event-stream"
         assert await events.content.readline() == b"retry: 2000\n"
         assert await events.content.readline() == b": live\n"
         assert await events.content.readline() == b"\n"
         assert await events.content.readline() == b'data: {"type":"hello","last":0}\n'
-        await _chat(ui_proxy.url, "are you live?")
+        await _chat(trail_oproxy.url, "are you live?")
         data = b""
         async with asyncio.timeout(5):
             while not data.startswith(b"data: "):

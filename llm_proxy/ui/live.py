@@ -19,7 +19,7 @@ from typing import Any
 from ..audit.exchange import Exchange
 from ..audit.query import Reader
 from . import listing
-from .reader import Database
+from .reader import Store
 from .signin import Refused
 
 CATCH_UP = 5.0  # seconds the feed waits for published exchanges to land in the database
@@ -67,7 +67,7 @@ class Viewer:
 class Feed:
     """The pages listening, and the one task that brings them new rows."""
 
-    def __init__(self, db: Database, max_viewers: int, queue: int) -> None:
+    def __init__(self, db: Store, max_viewers: int, queue: int) -> None:
         self.db = db
         self.max_viewers = max_viewers
         self.queue = queue
@@ -147,4 +147,4 @@ def _since(reader: Reader, last: int) -> list[dict[str, Any]]:
 
 
 def _last_id(reader: Reader) -> int:
-    return int(reader.conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0])
+    return listing.newest(reader)

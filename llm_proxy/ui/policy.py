@@ -33,10 +33,6 @@ def decide(config: Config) -> Decision:
     ui, auth, host = config.ui, config.auth, config.server.host
     if ui.enabled is False:
         return Decision(False, "ui.enabled is false")
-    if config.database.url:
-        # The UI's reader opens the SQLite file read-only; it has no PostgreSQL reader yet.
-        why = "the audit trail is in PostgreSQL (database.url); the web UI reads SQLite only"
-        return Decision(False, why)
     if auth.keys:
         admins = [k.name for k in auth.keys if k.admin]
         if admins:
