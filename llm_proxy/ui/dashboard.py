@@ -88,7 +88,7 @@ class Dashboards:
         points = [datetime.fromtimestamp(s, UTC) for s in starts]
         bounds = [stamp(p) for p in points]
         # As logs.timestamp compares with them: the same text on SQLite, times on PostgreSQL.
-        at = [reader.dialect.time(p) for p in points]
+        at = bounds if dialect.sqlite(reader) else [reader.dialect.time(p) for p in points]
         clock = time.monotonic()
         buckets: list[dict[str, Stats]] = []
         stale = []
