@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,14 +19,20 @@ import pytest
 import yarl
 
 from llm_proxy import config as config_mod
-from llm_proxy.audit import query
+from llm_proxy.audit import reading
 from llm_proxy.audit.exchange import Exchange
+from llm_proxy.audit.recorder import Recorder
+from llm_proxy.errors import AuditError
 from llm_proxy.ui import dashboard, listing, live, policy, signin
+from llm_proxy.ui.pg_reader import PgDatabase
 
 from . import llama_server
 from .conftest import MakeProxy, Proxy, Writer
 from .ha_turn import TURN_ON, Capture, client, spoken_request, start_messages
 from .llama_double import LlamaServerDouble
+from .postgres import PASSWORD, PostgresServer
+from .process import free_port
+from .trail import Trail
 
 ADMIN, HOME = "admin-key-0123456789", "home-assistant-key-0123"
 
@@ -292,17 +299,28 @@ async def _store(writer: Writer, when: datetime, latency: int, model: str = "smo
         await asyncio.sleep(0.02)
 
 
+def _board(boards: dashboard.Dashboards, trail: Trail, now: datetime) -> dict[str, Any]:
+    """The 24-hour dashboard, read as the UI reads it: a fresh reader on either store."""
+    reader = reading.connect(trail.target)
+    try:
+        return boards.build(reader, "24h", now)
+    finally:
+        reader.close()
+
+
 async def test_dashboard_percentiles_and_the_buckets_it_keeps(
-    writer: Writer, monkeypatch: pytest.MonkeyPatch
+    trail_writer: tuple[Recorder, Trail], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    recorder, trail = trail_writer
+    writer = (recorder, Path(trail.target))
     now = datetime.now(UTC)
     old = now - timedelta(hours=3)
     for latency in range(1, 21):
         await _store(writer, old, latency)
     await _store(writer, now, 500, model="other-model")
-    reader = query.connect(str(writer[1]))
+    await trail.wait_rows(21)
     boards = dashboard.Dashboards()
-    got = boards.build(reader, "24h", now)
+    got = _board(boards, trail, now)
     b = next(i for i, n in enumerate(got["series"]["smollm2"]["requests"]) if n)
     line = got["series"]["smollm2"]
     assert (line["requests"][b], line["latency_p50"][b], line["latency_p95"][b]) == (20, 10, 19)
@@ -314,29 +332,29 @@ async def test_dashboard_percentiles_and_the_buckets_it_keeps(
     assert got["series"]["other-model"]["latency_p50"][-1] == 500
     # A row landing late in an older bucket shows once that bucket is counted again.
     await _store(writer, old, 1000)
-    assert boards.build(reader, "24h", now)["series"]["smollm2"]["requests"][b] == 20  # trusted for now
+    await trail.wait_rows(22)
+    assert _board(boards, trail, now)["series"]["smollm2"]["requests"][b] == 20  # trusted for now
     monkeypatch.setattr(dashboard, "RECHECK", 0.0)
-    again = boards.build(reader, "24h", now)["series"]["smollm2"]
+    again = _board(boards, trail, now)["series"]["smollm2"]
     assert (again["requests"][b], again["latency_p95"][b]) == (21, 20)
-    reader.close()
 
 
 async def test_a_sparse_filter_answers_a_window_at_a_time(
-    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str], monkeypatch: pytest.MonkeyPatch
+    trail_oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     llama_double[0].scenario = "error-context-exceeded"
     with pytest.raises(ollama.ResponseError):
-        await _chat(ui_proxy.url, "the one that failed")
+        await _chat(trail_oproxy.url, "the one that failed")
     for n in range(6):
-        await _chat(ui_proxy.url, f"fine {n}")
-    await ui_proxy.wait_rows(7)
+        await _chat(trail_oproxy.url, f"fine {n}")
+    await trail_oproxy.wait_rows(7)
     monkeypatch.setattr(listing, "SCAN", 3)
     async with aiohttp.ClientSession() as http:
-        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error")
+        _, page = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=error")
         assert page == {"exchanges": [], "next": 5, "more": True}  # ids 7, 6, 5 looked at
-        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error&before=5")
+        _, page = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=error&before=5")
         assert page == {"exchanges": [], "next": 2, "more": True}
-        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error&before=2")
+        _, page = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=error&before=2")
         assert [e["prompt"] for e in page["exchanges"]] == ["the one that failed"]
         assert (page["next"], page["more"]) == (None, False)
 
@@ -345,18 +363,18 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAW
 
 
 async def test_images_come_as_data_urls_and_errors_plainly(
-    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+    trail_oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:
-    c = ollama.AsyncClient(host=ui_proxy.url)
+    c = ollama.AsyncClient(host=trail_oproxy.url)
     await c.chat(model="smollm2", messages=[{"role": "user", "content": "what is this?", "images": [PNG]}])
     llama_double[0].scenario = "error-context-exceeded"
     with pytest.raises(ollama.ResponseError):
-        await _chat(ui_proxy.url, "far too long")
-    rows = await ui_proxy.wait_rows(2)
+        await _chat(trail_oproxy.url, "far too long")
+    rows = await trail_oproxy.wait_rows(2)
     async with aiohttp.ClientSession() as http:
-        _, got = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/{rows[0]['id']}")
+        _, got = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges/{rows[0]['id']}")
         assert got["conversation"][0]["images"] == [f"data:image/png;base64,{PNG}"]
-        _, failed = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/{rows[1]['id']}")
+        _, failed = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges/{rows[1]['id']}")
         assert failed["exchange"]["status_code"] == 400 and "context" in failed["exchange"]["error"]
         assert failed["conversation"] == [{"role": "user", "content": "far too long"}]
 
@@ -428,3 +446,21 @@ async def test_with_the_managed_backend_it_shows_which_llama_server_runs_until_w
     assert running["name"] == "smollm2:latest" and running["context_length"] == 1024  # as /api/ps names it
     stops = datetime.fromisoformat(running["expires_at"].replace("Z", "+00:00"))
     assert timedelta(seconds=500) < stops - datetime.now(UTC) <= timedelta(seconds=600)
+
+
+async def test_on_postgresql_the_ui_only_reads_and_says_when_it_cannot(
+    postgres: PostgresServer, migrated: str
+) -> None:
+    db = PgDatabase(postgres.database(migrated))
+    try:
+        assert await db.run(listing.newest) == 0
+        with pytest.raises(AuditError, match="read-only transaction"):
+            await db.run(lambda r: list(r.execute("DELETE FROM logs")))
+    finally:
+        await db.shut()
+    gone = PgDatabase(f"postgresql://llmproxy:{PASSWORD}@127.0.0.1:{free_port()}/nothing")
+    with pytest.raises(signin.Refused) as refused:
+        await gone.run(listing.newest)
+    await gone.shut()
+    assert refused.value.status == 503 and "postgresql://llmproxy:***@127.0.0.1" in refused.value.message
+    assert PASSWORD not in refused.value.message

@@ -61,12 +61,13 @@ def search(reader: Reader, text: str) -> tuple[str, str, str, list[Any]]:
 def bucket(reader: Reader, since: Any, width: int) -> tuple[str, list[Any]]:
     """A row's bucket: ``width``-second steps from ``since``; the SQL and its parameters.
 
-    Half a millisecond more: a row stamped on a boundary falls in the bucket it starts.
+    SQLite: half a millisecond more, so a row stamped on a boundary falls in the bucket it starts
+    (julianday's float arithmetic may land just below it).
     """
     if sqlite(reader):
         return "CAST(((julianday(timestamp) - julianday(?)) * 86400.0 + 0.0005) / ? AS INTEGER)", [
             since,
             width,
         ]
-    seconds = "extract(epoch FROM timestamp - ?::timestamptz)"
-    return f"CAST(floor(({seconds} + 0.0005) / {int(width)}) AS BIGINT)", [since]
+    # PostgreSQL's interval arithmetic is exact (numeric microseconds): no half millisecond needed.
+    return f"CAST(floor(extract(epoch FROM timestamp - ?::timestamptz) / {int(width)}) AS BIGINT)", [since]
