@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -28,7 +29,11 @@ from .signin import Refused
 
 T = TypeVar("T")
 CONNECT = 10.0  # seconds to wait for a connection (from the pool or the server)
+SCHEMA = 60.0  # seconds the table and column names read are trusted
 READ_ONLY: dict[str, Any] = {"isolation": "repeatable_read", "readonly": True}
+# Plan each query for its own values: a generic plan cannot tell a rare search word from a common
+# one (walk the ids newest first, or look the word up in the index), and picks one for both.
+SETTINGS = {"plan_cache_mode": "force_custom_plan", "application_name": "llm-proxy web UI"}
 
 
 class _OnLoop(Loop):
@@ -51,6 +56,7 @@ class PgDatabase:
         self._pool: Any = None
         self._opening: asyncio.Lock | None = None
         self._schema: tuple[set[str], list[str]] | None = None
+        self._schema_read = 0.0
 
     async def _open(self) -> Any:
         if self._pool is not None:
@@ -61,8 +67,9 @@ class PgDatabase:
             if self._pool is None:
                 pg = asyncpg()
                 self._pool = await pg.create_pool(
-                    self.url, min_size=0, max_size=THREADS, timeout=CONNECT, command_timeout=60
-                )
+                    self.url, min_size=0, max_size=THREADS, timeout=CONNECT, command_timeout=60,
+                    server_settings=SETTINGS,
+                )  # fmt: skip
         return self._pool
 
     async def run(self, fn: Callable[[Reader], T]) -> T:
@@ -71,7 +78,8 @@ class PgDatabase:
         try:
             pool = await self._open()
             async with pool.acquire(timeout=CONNECT) as conn, conn.transaction(**READ_ONLY):
-                tables, columns = self._schema or await self._read_schema(conn)
+                fresh = self._schema is not None and time.monotonic() - self._schema_read < SCHEMA
+                tables, columns = self._schema if fresh and self._schema else await self._read_schema(conn)
                 reader = PgReader(conn, tables, columns, _OnLoop(loop), self.url)
                 work = loop.run_in_executor(self._threads, fn, reader)
                 try:
@@ -93,8 +101,9 @@ class PgDatabase:
         if "logs" not in tables:
             raise Refused(503, f"{masked(self.url)} has no logs table yet")
         columns = [r[0] for r in await conn.fetch(_COLUMNS)]
-        self._schema = (tables, columns)  # kept: the proxy migrated the schema before serving
-        return self._schema
+        # Kept a while: a migration (another proxy's, or this one's once the server is back) adds columns.
+        self._schema, self._schema_read = (tables, columns), time.monotonic()
+        return tables, columns
 
     async def shut(self) -> None:
         """Close the pool's connections and stop the worker threads."""

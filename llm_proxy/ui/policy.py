@@ -2,8 +2,8 @@
 
 The API never lets one client read another's prompts. The UI shows every
 exchange, so it is on by default only where that exposes nothing new: a proxy
-that listens on loopback (only this machine reaches it, and ``sqlite3`` or ``psql`` read
-the same file), or one with ``auth.keys``, where only keys with ``admin: true``
+that listens on loopback (only this machine reaches it, and ``sqlite3`` or
+``psql`` read the same trail), or one with ``auth.keys``, where only keys with ``admin: true``
 may sign in. Listening further without keys, it stays off unless
 ``ui.enabled: true`` says otherwise.
 """
