@@ -101,6 +101,11 @@ async def test_list_pages_filters_and_search(trail_oproxy: Proxy) -> None:
         assert len(last["exchanges"]) == 1 and last["next"] is None
         _, found = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?q=kitchen+light")
         assert sorted(e["prompt"][16] for e in found["exchanges"]) == ["1", "3", "5"]
+        # Punctuation is no syntax, on either store: a hyphen splits words, alone it finds nothing.
+        _, hyphen = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?q=kitchen-light")
+        assert [e["id"] for e in hyphen["exchanges"]] == [e["id"] for e in found["exchanges"]]
+        status, nothing = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?q=%21%21%21")
+        assert status == 200 and nothing["exchanges"] == []
         first = found["exchanges"][0]
         assert first["model"] == "smollm2" and first["status_code"] == 200 and first["response"]
         _, none = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=5xx")
