@@ -469,3 +469,32 @@ async def test_on_postgresql_the_ui_only_reads_and_says_when_it_cannot(
     await gone.shut()
     assert refused.value.status == 503 and "postgresql://llmproxy:***@127.0.0.1" in refused.value.message
     assert PASSWORD not in refused.value.message
+
+
+async def test_on_postgresql_the_ui_answers_503_while_the_server_is_down_then_reads_again(
+    make_proxy: MakeProxy,
+    llama_double: tuple[LlamaServerDouble, str],
+    postgres: PostgresServer,
+    migrated: str,
+    tmp_path: Path,
+) -> None:
+    trail = Trail("postgresql", postgres.database(migrated), tmp_path / "spool.db", postgres)
+    proxy = await make_proxy(llama_double[1], backend_type="openai", trail=trail)
+    await _chat(proxy.url, "before the outage")
+    await proxy.wait_rows(1)
+    url = f"{proxy.url}/ui/api/exchanges"
+    async with aiohttp.ClientSession() as http:
+        status, page = await _get(http, url)
+        assert status == 200 and [e["prompt"] for e in page["exchanges"]] == ["before the outage"]
+        postgres.stop()
+        try:
+            status, down = await _get(http, url)
+            assert status == 503 and "postgresql://llmproxy:***@127.0.0.1" in down["error"]
+            assert PASSWORD not in down["error"]
+            await _chat(proxy.url, "during the outage")  # the proxy goes on; the row waits in the spool
+        finally:
+            postgres.start()
+        assert len(await proxy.wait_rows(2, within=30)) == 2
+        status, page = await _get(http, url)
+    assert status == 200
+    assert [e["prompt"] for e in page["exchanges"]] == ["during the outage", "before the outage"]
