@@ -498,3 +498,26 @@ async def test_on_postgresql_the_ui_answers_503_while_the_server_is_down_then_re
         status, page = await _get(http, url)
     assert status == 200
     assert [e["prompt"] for e in page["exchanges"]] == ["during the outage", "before the outage"]
+
+
+async def test_on_postgresql_the_live_list_brings_other_proxies_rows(
+    make_proxy: MakeProxy,
+    llama_double: tuple[LlamaServerDouble, str],
+    postgres: PostgresServer,
+    migrated: str,
+    tmp_path: Path,
+) -> None:
+    trail = Trail("postgresql", postgres.database(migrated), tmp_path / "spool.db", postgres)
+    watched = await make_proxy(llama_double[1], backend_type="openai", trail=trail)
+    other_trail = Trail("postgresql", trail.target, tmp_path / "other-spool.db", postgres)
+    other = await make_proxy(llama_double[1], backend_type="openai", trail=other_trail)
+    async with aiohttp.ClientSession() as http, http.get(f"{watched.url}/ui/api/events") as events:
+        assert events.status == 200
+        for _ in range(4):  # retry, : live, blank, hello
+            await events.content.readline()
+        await _chat(other.url, "asked the other proxy")
+        data = b""
+        async with asyncio.timeout(10):
+            while not data.startswith(b"data: "):
+                data = await events.content.readline()
+        assert b'"prompt":"asked the other proxy"' in data and b'"type":"exchange"' in data

@@ -25,7 +25,7 @@ from ..config import Config
 from ..errors import AuditError
 from ..server import state
 from . import conversation, dashboard, listing
-from .live import Feed
+from .live import POLL, Feed
 from .pg_reader import PgDatabase
 from .policy import PREFIX
 from .reader import Database, Store
@@ -305,7 +305,8 @@ def setup(app: web.Application, config: Config, sign_in_needed: bool) -> Feed:
     app[SESSIONS] = Sessions(config.auth, config.ui, sign_in_needed)
     db: Store = PgDatabase(config.database.url) if config.database.url else Database(config.database.path)
     app[DATABASE] = db
-    feed = Feed(db, config.ui.max_viewers, config.ui.viewer_queue)
+    poll = POLL if config.database.url else None  # several proxies may write a PostgreSQL trail
+    feed = Feed(db, config.ui.max_viewers, config.ui.viewer_queue, poll)
     app[FEED] = feed
     app[FILES] = load_files()
     app[DASHBOARDS] = dashboard.Dashboards()
