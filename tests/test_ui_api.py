@@ -491,6 +491,8 @@ async def test_on_postgresql_the_ui_answers_503_while_the_server_is_down_then_re
             status, down = await _get(http, url)
             assert status == 503 and "postgresql://llmproxy:***@127.0.0.1" in down["error"]
             assert PASSWORD not in down["error"]
+            status, one = await _get(http, f"{url}/{page['exchanges'][0]['id']}")
+            assert status == 503 and "***" in one["error"]  # the database away, not the row missing
             await _chat(proxy.url, "during the outage")  # the proxy goes on; the row waits in the spool
         finally:
             postgres.start()

@@ -81,6 +81,8 @@ def _get(reader: Reader, row_id: int) -> dict[str, Any]:
     try:
         return reader.get(row_id)
     except AuditError as exc:
+        if str(exc).startswith("cannot read"):  # the database, not the row: 503 (routes.middleware)
+            raise
         raise Refused(404, str(exc)) from None
 
 
