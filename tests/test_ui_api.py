@@ -2,7 +2,9 @@
 
 The page (tests/test_ui_browser.py) is built on these answers; here each is
 checked as a script would read it: status, body, cookies, headers, and that
-the UI's own requests leave no audit row.
+the UI's own requests leave no audit row. The tests taking ``trail_oproxy``
+run twice: on a SQLite file, then with the proxy writing into a real PostgreSQL
+(``database.url``) and the UI reading it there.
 """
 
 from __future__ import annotations
