@@ -11,8 +11,9 @@ filtered page, two searches, one exchange, one turn, and the dashboard over
 (llm_proxy/ui/dashboard.py), so its first request, printed apart, is the one
 that reads the rows.
 
-Run from the repository root: ``PYTHONPATH=$PWD python bench/ui_api.py [--rows N] [--db PATH]``.
-A database from an earlier run is reused when ``--db`` names one with enough rows.
+Run from the repository root: ``PYTHONPATH=$PWD python bench/ui_api.py [--rows N] [--db PATH] [--pg URL]``.
+A database from an earlier run is reused when ``--db`` names one with enough rows. ``--pg URL``
+copies it into that PostgreSQL database (``migrate --to``'s copy; once) and times the UI there.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -36,8 +38,11 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_proxy import config as config_mod
+from llm_proxy.audit import pg_import, reading
+from llm_proxy.audit.dburl import asyncpg, masked
 from llm_proxy.audit.exchange import Exchange
 from llm_proxy.audit.store import Store
+from llm_proxy.errors import AuditError
 from llm_proxy.server.app import create_app
 from tests import ha_turn
 
@@ -147,18 +152,20 @@ def fill(path: str, total: int) -> None:
     print(f"filled {total:,} rows in {time.perf_counter() - began:.0f} s: {size:,.0f} MB")
 
 
-async def measure(path: str) -> dict[str, float]:
-    config = config_mod.from_dict({"database": {"path": path}, "backend": {"endpoint": "http://127.0.0.1:9"}})
+async def measure(path: str, pg: str | None = None) -> dict[str, float]:
+    """Serve the trail (the file, or its copy in PostgreSQL at ``pg``) and time each case."""
+    database = {"url": pg} if pg else {"path": path}
+    config = config_mod.from_dict({"database": database, "backend": {"endpoint": "http://127.0.0.1:9"}})
     runner = web.AppRunner(create_app(config))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     url = f"http://127.0.0.1:{port}/ui/api"
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    top = conn.execute("SELECT max(id) FROM logs").fetchone()[0]
-    turn = conn.execute("SELECT turn_id FROM logs WHERE id = ?", (top - 10,)).fetchone()[0]
-    conn.close()
+    reader = reading.connect(pg or path)
+    top = present(reader.one("SELECT max(id) FROM logs"))[0]
+    turn = present(reader.one("SELECT turn_id FROM logs WHERE id = ?", (top - 10,)))[0]
+    reader.close()
     cases = {
         "list, first page": "exchanges?limit=50",
         "list, half-way down": f"exchanges?limit=50&before={top // 2}",
@@ -194,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--db", help="database to fill, or to reuse when it has the rows already")
+    parser.add_argument(
+        "--pg",
+        metavar="URL",
+        help="copy the trail into this PostgreSQL database (once) and time it there",
+    )
     args = parser.parse_args(argv)
     path = args.db or str(Path(tempfile.mkdtemp()) / "ui_bench.db")
     have = 0
@@ -206,9 +218,41 @@ def main(argv: list[str] | None = None) -> None:
         fill(path, args.rows)
     else:
         print(f"reusing {path}: {have:,} rows")
-    results = asyncio.run(measure(path))
+    if args.pg:
+        reader = reading.connect(args.pg) if _has_logs(args.pg) else None
+        copied = present(reader.one("SELECT count(*) FROM logs"))[0] if reader else 0
+        if reader:
+            reader.close()
+        if copied < args.rows:
+            began = time.perf_counter()
+            pg_import.copy(path, args.pg)
+            asyncio.run(_analyze(args.pg))  # what autovacuum does after a big copy, before the timing
+            print(f"copied into {masked(args.pg)} in {time.perf_counter() - began:.0f} s", flush=True)
+        print(f"timing on PostgreSQL {masked(args.pg)}")
+    results = asyncio.run(measure(path, args.pg))
     slow = {k: round(v, 1) for k, v in results.items() if v > 50}
     print("all within 50 ms" if not slow else f"over 50 ms: {slow}")
+
+
+async def _analyze(url: str) -> None:
+    conn = await asyncpg().connect(url)
+    try:
+        await conn.execute("ANALYZE logs")
+    finally:
+        await conn.close()
+
+
+def _has_logs(url: str) -> bool:
+    try:
+        reading.connect(url).close()
+    except AuditError:
+        return False
+    return True
+
+
+def present(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    assert row is not None, "the trail is empty"
+    return row
 
 
 if __name__ == "__main__":

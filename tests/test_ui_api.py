@@ -2,7 +2,9 @@
 
 The page (tests/test_ui_browser.py) is built on these answers; here each is
 checked as a script would read it: status, body, cookies, headers, and that
-the UI's own requests leave no audit row.
+the UI's own requests leave no audit row. The tests taking ``trail_oproxy``
+run twice: on a SQLite file, then with the proxy writing into a real PostgreSQL
+(``database.url``) and the UI reading it there.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,14 +21,20 @@ import pytest
 import yarl
 
 from llm_proxy import config as config_mod
-from llm_proxy.audit import query
+from llm_proxy.audit import reading
 from llm_proxy.audit.exchange import Exchange
+from llm_proxy.audit.recorder import Recorder
+from llm_proxy.errors import AuditError
 from llm_proxy.ui import dashboard, listing, live, policy, signin
+from llm_proxy.ui.pg_reader import PgDatabase
 
 from . import llama_server
 from .conftest import MakeProxy, Proxy, Writer
 from .ha_turn import TURN_ON, Capture, client, spoken_request, start_messages
 from .llama_double import LlamaServerDouble
+from .postgres import PASSWORD, PostgresServer
+from .process import free_port
+from .trail import Trail
 
 ADMIN, HOME = "admin-key-0123456789", "home-assistant-key-0123"
 
@@ -36,9 +45,8 @@ def _config(**sections: Any) -> config_mod.Config:
 
 def test_on_by_default_where_it_exposes_nothing_new() -> None:
     assert policy.decide(_config()).on  # loopback
-    # Its reader is SQLite's: with the trail in PostgreSQL it is off, and says why.
-    on_pg = policy.decide(_config(database={"url": "postgresql://u:p@127.0.0.1/db"}))
-    assert not on_pg.on and "PostgreSQL" in on_pg.why
+    # The trail in PostgreSQL changes nothing: the UI reads it as it reads a SQLite file.
+    assert policy.decide(_config(database={"url": "postgresql://u:p@127.0.0.1/db"})).on
     assert policy.decide(_config(server={"host": "::1"})).on
     off = policy.decide(_config(server={"host": "0.0.0.0"}))
     assert not off.on and "without auth.keys" in off.why
@@ -77,50 +85,57 @@ async def ui_proxy(make_proxy: MakeProxy, llama_double: tuple[LlamaServerDouble,
     return await make_proxy(llama_double[1], backend_type="openai")
 
 
-async def test_list_pages_filters_and_search(ui_proxy: Proxy) -> None:
+async def test_list_pages_filters_and_search(trail_oproxy: Proxy) -> None:
     for n in range(7):
-        await _chat(ui_proxy.url, f"question number {n} about the kitchen light" if n % 2 else f"plain {n}")
-    await ui_proxy.wait_rows(7)
+        await _chat(
+            trail_oproxy.url, f"question number {n} about the kitchen light" if n % 2 else f"plain {n}"
+        )
+    await trail_oproxy.wait_rows(7)
     async with aiohttp.ClientSession() as http:
-        status, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?limit=3")
+        status, page = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?limit=3")
         assert status == 200
         prompts = [e["prompt"] for e in page["exchanges"]]
         assert prompts == ["plain 6", "question number 5 about the kitchen light", "plain 4"]
         assert page["next"] == page["exchanges"][-1]["id"] and page["more"]
-        _, second = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?limit=3&before={page['next']}")
+        _, second = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?limit=3&before={page['next']}")
         assert second["exchanges"][0]["prompt"] == "question number 3 about the kitchen light"
-        _, last = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?limit=3&before={second['next']}")
+        _, last = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?limit=3&before={second['next']}")
         assert len(last["exchanges"]) == 1 and last["next"] is None
-        _, found = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?q=kitchen+light")
+        _, found = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?q=kitchen+light")
         assert sorted(e["prompt"][16] for e in found["exchanges"]) == ["1", "3", "5"]
+        # Punctuation is no syntax, on either store: a hyphen splits words, alone it finds nothing.
+        _, hyphen = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?q=kitchen-light")
+        assert [e["id"] for e in hyphen["exchanges"]] == [e["id"] for e in found["exchanges"]]
+        status, nothing = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?q=%21%21%21")
+        assert status == 200 and nothing["exchanges"] == []
         first = found["exchanges"][0]
         assert first["model"] == "smollm2" and first["status_code"] == 200 and first["response"]
-        _, none = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=5xx")
+        _, none = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=5xx")
         assert none["exchanges"] == []
         _, ok = await _get(
-            http, f"{ui_proxy.url}/ui/api/exchanges?status=2xx&model=smollm2&api=ollama&since=1h"
+            http, f"{trail_oproxy.url}/ui/api/exchanges?status=2xx&model=smollm2&api=ollama&since=1h"
         )
         assert len(ok["exchanges"]) == 7
-        _, newer = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?after={page['exchanges'][1]['id']}")
+        _, newer = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?after={page['exchanges'][1]['id']}")
         assert [e["prompt"] for e in newer["exchanges"]] == ["plain 6"]
-        status, bad = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=teapot")
+        status, bad = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=teapot")
         assert status == 400 and "'status' must be" in bad["error"]
-        status, bad = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?since=yesterday")
+        status, bad = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?since=yesterday")
         assert status == 400 and "'since'" in bad["error"]
     # None of the UI's requests left a row.
     await asyncio.sleep(0.2)  # the writer's turn, had anything been queued
-    assert len(await ui_proxy.wait_rows(8, within=0.3)) == 7
+    assert len(await trail_oproxy.wait_rows(8, within=0.3)) == 7
 
 
-async def test_exchange_shows_the_tool_call_and_the_translated_request(ui_proxy: Proxy) -> None:
-    c = ollama.AsyncClient(host=ui_proxy.url)
+async def test_exchange_shows_the_tool_call_and_the_translated_request(trail_oproxy: Proxy) -> None:
+    c = ollama.AsyncClient(host=trail_oproxy.url)
     asked = [{"role": "user", "content": "Turn on the kitchen light"}]
     stream = await c.chat(model="smollm2", messages=asked, tools=[TURN_ON], stream=True)
     async for _ in stream:
         pass
-    [row] = await ui_proxy.wait_rows(1)
+    [row] = await trail_oproxy.wait_rows(1)
     async with aiohttp.ClientSession() as http:
-        status, got = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/{row['id']}")
+        status, got = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges/{row['id']}")
         assert status == 200
         shown = got["exchange"]
         assert shown["endpoint"] == "/api/chat" and shown["backend_request"].startswith("{")
@@ -132,20 +147,20 @@ async def test_exchange_shows_the_tool_call_and_the_translated_request(ui_proxy:
         assert reply["tool_calls"][0]["arguments"] == {"name": "HassTurnOn"}  # what the recorded model sent
         assert got["timing"]["total_ms"] == shown["latency_ms"]
         assert got["timing"]["first_byte_ms"] == shown["ttfb_ms"]
-        status, missing = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/999")
+        status, missing = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges/999")
         assert status == 404 and missing == {"error": "no exchange with id 999"}
 
 
 async def test_turn_shows_every_round_in_order(
-    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+    trail_oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:
     messages = start_messages()
-    c = client(ui_proxy.url, Capture())
+    c = client(trail_oproxy.url, Capture())
     await spoken_request(c, llama_double[0], messages, "Turn on the kitchen light", rounds=3)
-    rows = await ui_proxy.wait_rows(3)
+    rows = await trail_oproxy.wait_rows(3)
     assert len({r["turn_id"] for r in rows}) == 1
     async with aiohttp.ClientSession() as http:
-        status, got = await _get(http, f"{ui_proxy.url}/ui/api/turns/{rows[0]['turn_id']}")
+        status, got = await _get(http, f"{trail_oproxy.url}/ui/api/turns/{rows[0]['turn_id']}")
     assert status == 200
     rounds = got["rounds"]
     assert [r["id"] for r in rounds] == [r["id"] for r in rows]
@@ -156,24 +171,24 @@ async def test_turn_shows_every_round_in_order(
 
 
 async def test_dashboard_counts_per_model(
-    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+    trail_oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:
     for n in range(3):
-        await _chat(ui_proxy.url, f"hello {n}")
+        await _chat(trail_oproxy.url, f"hello {n}")
     llama_double[0].scenario = "error-context-exceeded"
     with pytest.raises(ollama.ResponseError):
-        await _chat(ui_proxy.url, "too long")
-    await ui_proxy.wait_rows(4)
+        await _chat(trail_oproxy.url, "too long")
+    await trail_oproxy.wait_rows(4)
     async with aiohttp.ClientSession() as http:
-        status, got = await _get(http, f"{ui_proxy.url}/ui/api/dashboard?range=1h")
+        status, got = await _get(http, f"{trail_oproxy.url}/ui/api/dashboard?range=1h")
         assert status == 200 and got["models"] == ["smollm2"] and got["buckets"] == 60
         series = got["series"]["smollm2"]
         assert sum(series["requests"]) == 4 and sum(series["errors"]) == 1
         assert any(v is not None for v in series["latency_p50"])
         assert sum(series["tokens_out"]) > 0
-        status, bad = await _get(http, f"{ui_proxy.url}/ui/api/dashboard?range=2y")
+        status, bad = await _get(http, f"{trail_oproxy.url}/ui/api/dashboard?range=2y")
         assert status == 400 and "'range' must be one of" in bad["error"]
-        status, backend = await _get(http, f"{ui_proxy.url}/ui/api/backend")
+        status, backend = await _get(http, f"{trail_oproxy.url}/ui/api/backend")
         assert status == 200 and backend["reachable"] is True
         [only] = backend["backends"]
         assert (only["name"], only["type"], only["reachable"]) == ("default", "openai", True)
@@ -197,14 +212,14 @@ async def test_headers_forbid_inline_code_framing_and_caching(ui_proxy: Proxy) -
     assert await ui_proxy.wait_rows(1, within=0.5) == []
 
 
-async def test_live_events_bring_new_exchanges(ui_proxy: Proxy) -> None:
-    async with aiohttp.ClientSession() as http, http.get(f"{ui_proxy.url}/ui/api/events") as events:
+async def test_live_events_bring_new_exchanges(trail_oproxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{trail_oproxy.url}/ui/api/events") as events:
         assert events.status == 200 and events.content_type == "text/event-stream"
         assert await events.content.readline() == b"retry: 2000\n"
         assert await events.content.readline() == b": live\n"
         assert await events.content.readline() == b"\n"
         assert await events.content.readline() == b'data: {"type":"hello","last":0}\n'
-        await _chat(ui_proxy.url, "are you live?")
+        await _chat(trail_oproxy.url, "are you live?")
         data = b""
         async with asyncio.timeout(5):
             while not data.startswith(b"data: "):
@@ -291,17 +306,28 @@ async def _store(writer: Writer, when: datetime, latency: int, model: str = "smo
         await asyncio.sleep(0.02)
 
 
+def _board(boards: dashboard.Dashboards, trail: Trail, now: datetime) -> dict[str, Any]:
+    """The 24-hour dashboard, read as the UI reads it: a fresh reader on either store."""
+    reader = reading.connect(trail.target)
+    try:
+        return boards.build(reader, "24h", now)
+    finally:
+        reader.close()
+
+
 async def test_dashboard_percentiles_and_the_buckets_it_keeps(
-    writer: Writer, monkeypatch: pytest.MonkeyPatch
+    trail_writer: tuple[Recorder, Trail], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    recorder, trail = trail_writer
+    writer = (recorder, Path(trail.target))
     now = datetime.now(UTC)
     old = now - timedelta(hours=3)
     for latency in range(1, 21):
         await _store(writer, old, latency)
     await _store(writer, now, 500, model="other-model")
-    reader = query.connect(str(writer[1]))
+    await trail.wait_rows(21)
     boards = dashboard.Dashboards()
-    got = boards.build(reader, "24h", now)
+    got = _board(boards, trail, now)
     b = next(i for i, n in enumerate(got["series"]["smollm2"]["requests"]) if n)
     line = got["series"]["smollm2"]
     assert (line["requests"][b], line["latency_p50"][b], line["latency_p95"][b]) == (20, 10, 19)
@@ -313,29 +339,29 @@ async def test_dashboard_percentiles_and_the_buckets_it_keeps(
     assert got["series"]["other-model"]["latency_p50"][-1] == 500
     # A row landing late in an older bucket shows once that bucket is counted again.
     await _store(writer, old, 1000)
-    assert boards.build(reader, "24h", now)["series"]["smollm2"]["requests"][b] == 20  # trusted for now
+    await trail.wait_rows(22)
+    assert _board(boards, trail, now)["series"]["smollm2"]["requests"][b] == 20  # trusted for now
     monkeypatch.setattr(dashboard, "RECHECK", 0.0)
-    again = boards.build(reader, "24h", now)["series"]["smollm2"]
+    again = _board(boards, trail, now)["series"]["smollm2"]
     assert (again["requests"][b], again["latency_p95"][b]) == (21, 20)
-    reader.close()
 
 
 async def test_a_sparse_filter_answers_a_window_at_a_time(
-    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str], monkeypatch: pytest.MonkeyPatch
+    trail_oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     llama_double[0].scenario = "error-context-exceeded"
     with pytest.raises(ollama.ResponseError):
-        await _chat(ui_proxy.url, "the one that failed")
+        await _chat(trail_oproxy.url, "the one that failed")
     for n in range(6):
-        await _chat(ui_proxy.url, f"fine {n}")
-    await ui_proxy.wait_rows(7)
+        await _chat(trail_oproxy.url, f"fine {n}")
+    await trail_oproxy.wait_rows(7)
     monkeypatch.setattr(listing, "SCAN", 3)
     async with aiohttp.ClientSession() as http:
-        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error")
+        _, page = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=error")
         assert page == {"exchanges": [], "next": 5, "more": True}  # ids 7, 6, 5 looked at
-        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error&before=5")
+        _, page = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=error&before=5")
         assert page == {"exchanges": [], "next": 2, "more": True}
-        _, page = await _get(http, f"{ui_proxy.url}/ui/api/exchanges?status=error&before=2")
+        _, page = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges?status=error&before=2")
         assert [e["prompt"] for e in page["exchanges"]] == ["the one that failed"]
         assert (page["next"], page["more"]) == (None, False)
 
@@ -344,18 +370,18 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAW
 
 
 async def test_images_come_as_data_urls_and_errors_plainly(
-    ui_proxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
+    trail_oproxy: Proxy, llama_double: tuple[LlamaServerDouble, str]
 ) -> None:
-    c = ollama.AsyncClient(host=ui_proxy.url)
+    c = ollama.AsyncClient(host=trail_oproxy.url)
     await c.chat(model="smollm2", messages=[{"role": "user", "content": "what is this?", "images": [PNG]}])
     llama_double[0].scenario = "error-context-exceeded"
     with pytest.raises(ollama.ResponseError):
-        await _chat(ui_proxy.url, "far too long")
-    rows = await ui_proxy.wait_rows(2)
+        await _chat(trail_oproxy.url, "far too long")
+    rows = await trail_oproxy.wait_rows(2)
     async with aiohttp.ClientSession() as http:
-        _, got = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/{rows[0]['id']}")
+        _, got = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges/{rows[0]['id']}")
         assert got["conversation"][0]["images"] == [f"data:image/png;base64,{PNG}"]
-        _, failed = await _get(http, f"{ui_proxy.url}/ui/api/exchanges/{rows[1]['id']}")
+        _, failed = await _get(http, f"{trail_oproxy.url}/ui/api/exchanges/{rows[1]['id']}")
         assert failed["exchange"]["status_code"] == 400 and "context" in failed["exchange"]["error"]
         assert failed["conversation"] == [{"role": "user", "content": "far too long"}]
 
@@ -427,3 +453,75 @@ async def test_with_the_managed_backend_it_shows_which_llama_server_runs_until_w
     assert running["name"] == "smollm2:latest" and running["context_length"] == 1024  # as /api/ps names it
     stops = datetime.fromisoformat(running["expires_at"].replace("Z", "+00:00"))
     assert timedelta(seconds=500) < stops - datetime.now(UTC) <= timedelta(seconds=600)
+
+
+async def test_on_postgresql_the_ui_only_reads_and_says_when_it_cannot(
+    postgres: PostgresServer, migrated: str
+) -> None:
+    db = PgDatabase(postgres.database(migrated))
+    try:
+        assert await db.run(listing.newest) == 0
+        with pytest.raises(AuditError, match="read-only transaction"):
+            await db.run(lambda r: list(r.execute("DELETE FROM logs")))
+    finally:
+        await db.shut()
+    gone = PgDatabase(f"postgresql://llmproxy:{PASSWORD}@127.0.0.1:{free_port()}/nothing")
+    with pytest.raises(signin.Refused) as refused:
+        await gone.run(listing.newest)
+    await gone.shut()
+    assert refused.value.status == 503 and "postgresql://llmproxy:***@127.0.0.1" in refused.value.message
+    assert PASSWORD not in refused.value.message
+
+
+async def test_on_postgresql_the_ui_answers_503_while_the_server_is_down_then_reads_again(
+    make_proxy: MakeProxy,
+    llama_double: tuple[LlamaServerDouble, str],
+    postgres: PostgresServer,
+    migrated: str,
+    tmp_path: Path,
+) -> None:
+    trail = Trail("postgresql", postgres.database(migrated), tmp_path / "spool.db", postgres)
+    proxy = await make_proxy(llama_double[1], backend_type="openai", trail=trail)
+    await _chat(proxy.url, "before the outage")
+    await proxy.wait_rows(1)
+    url = f"{proxy.url}/ui/api/exchanges"
+    async with aiohttp.ClientSession() as http:
+        status, page = await _get(http, url)
+        assert status == 200 and [e["prompt"] for e in page["exchanges"]] == ["before the outage"]
+        postgres.stop()
+        try:
+            status, down = await _get(http, url)
+            assert status == 503 and "postgresql://llmproxy:***@127.0.0.1" in down["error"]
+            assert PASSWORD not in down["error"]
+            status, one = await _get(http, f"{url}/{page['exchanges'][0]['id']}")
+            assert status == 503 and "***" in one["error"]  # the database away, not the row missing
+            await _chat(proxy.url, "during the outage")  # the proxy goes on; the row waits in the spool
+        finally:
+            postgres.start()
+        assert len(await proxy.wait_rows(2, within=30)) == 2
+        status, page = await _get(http, url)
+    assert status == 200
+    assert [e["prompt"] for e in page["exchanges"]] == ["during the outage", "before the outage"]
+
+
+async def test_on_postgresql_the_live_list_brings_other_proxies_rows(
+    make_proxy: MakeProxy,
+    llama_double: tuple[LlamaServerDouble, str],
+    postgres: PostgresServer,
+    migrated: str,
+    tmp_path: Path,
+) -> None:
+    trail = Trail("postgresql", postgres.database(migrated), tmp_path / "spool.db", postgres)
+    watched = await make_proxy(llama_double[1], backend_type="openai", trail=trail)
+    other_trail = Trail("postgresql", trail.target, tmp_path / "other-spool.db", postgres)
+    other = await make_proxy(llama_double[1], backend_type="openai", trail=other_trail)
+    async with aiohttp.ClientSession() as http, http.get(f"{watched.url}/ui/api/events") as events:
+        assert events.status == 200
+        for _ in range(4):  # retry, : live, blank, hello
+            await events.content.readline()
+        await _chat(other.url, "asked the other proxy")
+        data = b""
+        async with asyncio.timeout(10):
+            while not data.startswith(b"data: "):
+                data = await events.content.readline()
+        assert b'"prompt":"asked the other proxy"' in data and b'"type":"exchange"' in data

@@ -14,6 +14,7 @@ import orjson
 
 from ..audit.query import Reader
 from ..errors import AuditError
+from . import dialect
 from .signin import Refused
 
 MAX_ROUNDS = 64  # rounds of one turn shown (Home Assistant stops at ten)
@@ -26,8 +27,7 @@ def exchange(reader: Reader, row_id: int) -> dict[str, Any]:
     row = _get(reader, row_id)
     rounds = 0
     if row.get("turn_id") is not None:
-        found = reader.conn.execute("SELECT count(*) FROM logs WHERE turn_id = ?", (row["turn_id"],))
-        rounds = found.fetchone()[0]
+        rounds = dialect.value(reader, "SELECT count(*) FROM logs WHERE turn_id = ?", (row["turn_id"],))
     return {
         "exchange": row,
         "conversation": conversation(row),
@@ -57,8 +57,8 @@ def turn(reader: Reader, turn_id: int) -> dict[str, Any]:
         raise Refused(404, "this database has no turns yet: run 'llm-proxy migrate'")
     ids = [
         r[0]
-        for r in reader.conn.execute(
-            "SELECT id FROM logs WHERE turn_id = ? ORDER BY id LIMIT ?", (turn_id, MAX_ROUNDS)
+        for r in dialect.rows(
+            reader, "SELECT id FROM logs WHERE turn_id = ? ORDER BY id LIMIT ?", (turn_id, MAX_ROUNDS)
         )
     ]
     if not ids:
@@ -81,6 +81,8 @@ def _get(reader: Reader, row_id: int) -> dict[str, Any]:
     try:
         return reader.get(row_id)
     except AuditError as exc:
+        if str(exc).startswith("cannot read"):  # the database, not the row: 503 (routes.middleware)
+            raise
         raise Refused(404, str(exc)) from None
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..audit.query import Reader, percentile
 from ..audit.when import stamp
+from . import dialect
 from .signin import Refused
 
 # Range → (bucket width in seconds, bucket count).
@@ -40,9 +41,8 @@ RECHECK = 60.0  # seconds a kept bucket is trusted before its rows are counted a
 
 _COUNT = "SELECT count(*) FROM logs WHERE timestamp >= ? AND timestamp < ?"
 _ROWS = (
-    # Half a millisecond more: a row stamped on a boundary falls in the bucket it starts.
-    "SELECT CAST(((julianday(timestamp) - julianday(?)) * 86400.0 + 0.0005) / ? AS INTEGER), model, "
-    "latency_ms, ttft_ms, prompt_tokens, completion_tokens, "
+    # The bucket (dialect.bucket), then what the numbers are made of.
+    "SELECT {bucket}, model, latency_ms, ttft_ms, prompt_tokens, completion_tokens, "
     "(error IS NOT NULL OR status_code >= 400) FROM logs WHERE timestamp >= ? AND timestamp < ?"
 )
 
@@ -85,7 +85,10 @@ class Dashboards:
         # Buckets end at the next whole bucket after now, so they stay put as time passes.
         last = (int(now.timestamp()) // width + 1) * width
         starts = [last - width * (count - i) for i in range(count + 1)]
-        bounds = [stamp(datetime.fromtimestamp(s, UTC)) for s in starts]
+        points = [datetime.fromtimestamp(s, UTC) for s in starts]
+        bounds = [stamp(p) for p in points]
+        # As logs.timestamp compares with them: the same text on SQLite, times on PostgreSQL.
+        at = bounds if dialect.sqlite(reader) else [reader.dialect.time(p) for p in points]
         clock = time.monotonic()
         buckets: list[dict[str, Stats]] = []
         stale = []
@@ -95,7 +98,7 @@ class Dashboards:
             if kept is not None and i < count - 2 and clock - kept[2] < RECHECK:
                 buckets.append(kept[1])
                 continue
-            rows = reader.conn.execute(_COUNT, (bounds[i], bounds[i + 1])).fetchone()[0]
+            rows = dialect.value(reader, _COUNT, (at[i], at[i + 1]))
             if rows == 0:
                 buckets.append({})
             elif kept is not None and kept[0] == rows:
@@ -106,7 +109,7 @@ class Dashboards:
                 buckets.append({})
                 stale.append(i)
         for first, end in _runs(stale):
-            computed = _compute(reader, bounds[first], bounds[end], width, end - first)
+            computed = _compute(reader, at[first], at[end], width, end - first)
             with self._lock:
                 for i, (rows, stats) in enumerate(computed, start=first):
                     buckets[i] = stats
@@ -129,13 +132,14 @@ def _runs(indexes: list[int]) -> list[tuple[int, int]]:
 
 
 def _compute(
-    reader: Reader, since: str, until: str, width: int, count: int
+    reader: Reader, since: Any, until: Any, width: int, count: int
 ) -> list[tuple[int, dict[str, Stats]]]:
     """Read the rows of ``count`` buckets from ``since``: per bucket, its rows and each model's stats."""
     sums: list[dict[str, Stats]] = [{} for _ in range(count)]
     values: list[dict[str, tuple[list[int], list[int]]]] = [{} for _ in range(count)]
     totals = [0] * count
-    rows = reader.conn.execute(_ROWS, (since, width, since, until))
+    bucket, params = dialect.bucket(reader, since, width)
+    rows = dialect.rows(reader, _ROWS.format(bucket=bucket), (*params, since, until))
     for b, model, latency, ttft, p_tok, c_tok, failed in rows:
         if b is None or not 0 <= b < count:  # a timestamp written by hand in another shape
             continue

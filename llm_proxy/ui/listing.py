@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..audit.query import Reader, fts_query
-from ..audit.when import parse_when, stamp
-from ..errors import AuditError
+from ..audit.query import Reader
+from ..audit.when import parse_when
+from . import dialect
 from .signin import Refused
 
 SNIPPET = 200  # characters of prompt, answer and error in a list row
@@ -103,49 +103,44 @@ def exchanges(reader: Reader, query: Query) -> dict[str, Any]:
     """One page of summaries, newest first, and the ``before`` of the next page (or None)."""
     clauses: list[str] = []
     params: list[Any] = []
-    columns = reader.columns
+    columns, plus, time = reader.columns, dialect.plus(reader), reader.dialect.time
     if query.text:
-        if "logs_fts" not in reader.tables:
-            raise Refused(400, "this database has no search index yet: run 'llm-proxy migrate'")
-        source, key = "logs_fts JOIN logs ON logs.id = logs_fts.rowid", "logs_fts.rowid"
-        try:
-            clauses.append("logs_fts MATCH ?")
-            params.append(fts_query(query.text))
-        except AuditError as exc:
-            raise Refused(400, str(exc)) from None
+        source, key, clause, found = dialect.search(reader, query.text)
+        clauses.append(clause)
+        params += found
     else:
         source, key = "logs", "logs.id"
     if query.model:
-        clauses.append("(+logs.model IN (?, ?) OR logs.backend_model = ?)")
+        clauses.append(f"({plus}logs.model IN (?, ?) OR logs.backend_model = ?)")
         params += [query.model, f"{query.model}:latest", query.model]
     if query.endpoint:
-        clauses.append("+logs.endpoint = ?")
+        clauses.append(f"{plus}logs.endpoint = ?")
         params.append(query.endpoint)
     if query.api:
         clauses.append("logs.api = ?")
         params.append(query.api)
     if query.key:
-        clauses.append("logs.key_name = ?" if "key_name" in columns else "0")
+        clauses.append("logs.key_name = ?" if "key_name" in columns else "1 = 0")
         params += [query.key] if "key_name" in columns else []
     if query.status == "error":
         clauses.append("(logs.error IS NOT NULL OR logs.status_code >= 400)")
     elif query.status:
         low = int(query.status[0]) * 100 if query.status.endswith("xx") else int(query.status)
         high = low + 99 if query.status.endswith("xx") else low
-        clauses.append("+logs.status_code BETWEEN ? AND ?")
+        clauses.append(f"{plus}logs.status_code BETWEEN ? AND ?")
         params += [low, high]
     if query.since:
-        clauses.append("+logs.timestamp >= ?")
-        params.append(stamp(query.since))
+        clauses.append(f"{plus}logs.timestamp >= ?")
+        params.append(time(query.since))
     if query.until:
-        clauses.append("+logs.timestamp < ?")
-        params.append(stamp(query.until))
+        clauses.append(f"{plus}logs.timestamp < ?")
+        params.append(time(query.until))
     floor = 0
     if query.after is not None:
         clauses.append(f"{key} > ?")
         params.append(query.after)
     else:
-        top = query.before if query.before is not None else _top(reader) + 1
+        top = query.before if query.before is not None else newest(reader) + 1
         floor = _floor(reader, query.since) if query.since else 0
         low = max(floor, top - SCAN)
         clauses.append(f"{key} < ? AND {key} >= ?")
@@ -156,7 +151,7 @@ def exchanges(reader: Reader, query: Query) -> dict[str, Any]:
     # Newer than a known row (the live list catching up): oldest first, so none is skipped.
     order = "ASC" if query.after is not None else "DESC"
     sql = f"SELECT {', '.join(shown)} FROM {source} {where} ORDER BY {key} {order} LIMIT ?"
-    rows = reader.conn.execute(sql, [*params, query.limit + 1]).fetchall()
+    rows = list(dialect.rows(reader, sql, [*params, query.limit + 1]))
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     names = (*SUMMARY, *SNIPPETS)
@@ -174,13 +169,16 @@ def exchanges(reader: Reader, query: Query) -> dict[str, Any]:
     return {"exchanges": found, "next": following, "more": more}
 
 
-def _top(reader: Reader) -> int:
-    return int(reader.conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0])
+def newest(reader: Reader) -> int:
+    """The newest id (0: none yet)."""
+    return int(dialect.value(reader, "SELECT coalesce(max(id), 0) FROM logs"))
 
 
 def _floor(reader: Reader, since: datetime) -> int:
     """An id below every row whose request began at ``since`` or later."""
-    found = reader.conn.execute(
-        "SELECT id FROM logs WHERE timestamp >= ? ORDER BY timestamp LIMIT 1", (stamp(since - SLACK),)
-    ).fetchone()
-    return int(found[0]) if found else _top(reader) + 1
+    found = dialect.value(
+        reader,
+        "SELECT id FROM logs WHERE timestamp >= ? ORDER BY timestamp LIMIT 1",
+        (reader.dialect.time(since - SLACK),),
+    )
+    return int(found) if found is not None else newest(reader) + 1

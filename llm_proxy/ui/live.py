@@ -6,7 +6,9 @@ nothing else. With pages open it wakes one task, which reads the rows written
 since the last it saw with one query, whatever the number of pages, and offers
 them to every page's queue. A page's queue holds ``ui.viewer_queue`` rows; one
 that falls further behind gets a ``resync`` event instead and reloads its list.
-At most ``ui.max_viewers`` pages listen at once.
+At most ``ui.max_viewers`` pages listen at once. On a PostgreSQL trail other
+proxies may write too: while pages listen, the task also looks every
+:data:`POLL` seconds, with the same one query.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any
 from ..audit.exchange import Exchange
 from ..audit.query import Reader
 from . import listing
-from .reader import Database
+from .reader import Store
 from .signin import Refused
 
 CATCH_UP = 5.0  # seconds the feed waits for published exchanges to land in the database
 STEP = 0.05  # seconds between two looks while it waits
 BATCH = 100  # rows read per query
+POLL = 2.0  # seconds between looks for other proxies' rows (PostgreSQL)
 
 
 class Viewer:
@@ -67,8 +70,11 @@ class Viewer:
 class Feed:
     """The pages listening, and the one task that brings them new rows."""
 
-    def __init__(self, db: Database, max_viewers: int, queue: int) -> None:
+    def __init__(self, db: Store, max_viewers: int, queue: int, poll: float | None = None) -> None:
         self.db = db
+        # Seconds between looks for rows this proxy did not publish (other proxies writing the same
+        # PostgreSQL trail); None: only this proxy writes, its hook is enough.
+        self.poll = poll
         self.max_viewers = max_viewers
         self.queue = queue
         self.viewers: set[Viewer] = set()
@@ -121,7 +127,12 @@ class Feed:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self.viewers:
-            await self._wake.wait()
+            try:
+                async with asyncio.timeout(self.poll):
+                    await self._wake.wait()
+            except TimeoutError:
+                await self._look()  # one query for every page, whoever wrote the rows
+                continue
             self._wake.clear()
             deadline = loop.time() + CATCH_UP
             while self._pending > 0 and self.viewers:
@@ -139,6 +150,16 @@ class Feed:
                 elif loop.time() > deadline:
                     self._pending = 0  # not recorded after all (the writer is stopping), or read already
 
+    async def _look(self) -> None:
+        try:
+            rows = await self.db.run(lambda r: _since(r, self._last))
+        except Exception:  # the database is away: the next look tries again
+            return
+        if rows and self.viewers:
+            self._last = max(self._last, rows[-1]["id"])
+            for viewer in list(self.viewers):
+                viewer.offer(rows)
+
 
 def _since(reader: Reader, last: int) -> list[dict[str, Any]]:
     """Rows written after id ``last``, oldest first (the order they came in)."""
@@ -147,4 +168,4 @@ def _since(reader: Reader, last: int) -> list[dict[str, Any]]:
 
 
 def _last_id(reader: Reader) -> int:
-    return int(reader.conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0])
+    return listing.newest(reader)

@@ -2,8 +2,8 @@
 
 The API never lets one client read another's prompts. The UI shows every
 exchange, so it is on by default only where that exposes nothing new: a proxy
-that listens on loopback (only this machine reaches it, and ``sqlite3`` reads
-the same file), or one with ``auth.keys``, where only keys with ``admin: true``
+that listens on loopback (only this machine reaches it, and ``sqlite3`` or
+``psql`` read the same trail), or one with ``auth.keys``, where only keys with ``admin: true``
 may sign in. Listening further without keys, it stays off unless
 ``ui.enabled: true`` says otherwise.
 """
@@ -33,10 +33,6 @@ def decide(config: Config) -> Decision:
     ui, auth, host = config.ui, config.auth, config.server.host
     if ui.enabled is False:
         return Decision(False, "ui.enabled is false")
-    if config.database.url:
-        # The UI's reader opens the SQLite file read-only; it has no PostgreSQL reader yet.
-        why = "the audit trail is in PostgreSQL (database.url); the web UI reads SQLite only"
-        return Decision(False, why)
     if auth.keys:
         admins = [k.name for k in auth.keys if k.admin]
         if admins:

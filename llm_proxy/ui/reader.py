@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 from ..audit.query import Reader
@@ -23,6 +23,14 @@ from .signin import Refused
 
 T = TypeVar("T")
 THREADS = 2  # queries of the UI at once; more wait their turn
+
+
+class Store(Protocol):
+    """What the UI reads through: ``await store.run(fn)`` calls ``fn(reader)`` off the event loop."""
+
+    async def run(self, fn: Callable[[Reader], T]) -> T: ...
+
+    async def shut(self) -> None: ...
 
 
 class Database:
@@ -63,3 +71,7 @@ class Database:
     def close(self) -> None:
         """Stop the worker threads (their connections close with them)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def shut(self) -> None:
+        """:meth:`close`, as :class:`Store` has it."""
+        self.close()

@@ -22,11 +22,13 @@ from aiohttp.typedefs import Handler
 
 from ..backends.base import Call, Whole
 from ..config import Config
+from ..errors import AuditError
 from ..server import state
 from . import conversation, dashboard, listing
-from .live import Feed
+from .live import POLL, Feed
+from .pg_reader import PgDatabase
 from .policy import PREFIX
-from .reader import Database
+from .reader import Database, Store
 from .signin import COOKIE, Refused, Sessions
 
 log = logging.getLogger("llm_proxy.ui")
@@ -47,7 +49,7 @@ HEADERS = {
 PING = 15.0  # seconds between keep-alive comments on the live stream
 
 SESSIONS = web.AppKey("ui_sessions", Sessions)
-DATABASE = web.AppKey("ui_database", Database)
+DATABASE = web.AppKey("ui_database", Store)
 FEED = web.AppKey("ui_feed", Feed)
 FILES = web.AppKey("ui_files", dict)
 DASHBOARDS = web.AppKey("ui_dashboards", dashboard.Dashboards)
@@ -76,6 +78,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except sqlite3.Error as exc:  # locked past busy_timeout, a file being replaced, a damaged page
         log.warning("web UI: %s %s: the database could not be read: %s", request.method, request.path, exc)
         response = _error(f"the audit database could not be read: {exc}", 503)
+    except AuditError as exc:  # PostgreSQL's reader: the server went away mid-answer, a statement refused
+        log.warning("web UI: %s %s: %s", request.method, request.path, exc)
+        response = _error(str(exc), 503)
     except Exception as exc:
         log.exception("web UI: %s %s failed", request.method, request.path)
         response = _error(f"internal error: {type(exc).__name__}: {exc}", 500)
@@ -298,9 +303,10 @@ def add_routes(app: web.Application) -> None:
 def setup(app: web.Application, config: Config, sign_in_needed: bool) -> Feed:
     """Routes, sessions, the read-only database and the live feed; returns the feed to hook up."""
     app[SESSIONS] = Sessions(config.auth, config.ui, sign_in_needed)
-    db = Database(config.database.path)
+    db: Store = PgDatabase(config.database.url) if config.database.url else Database(config.database.path)
     app[DATABASE] = db
-    feed = Feed(db, config.ui.max_viewers, config.ui.viewer_queue)
+    poll = POLL if config.database.url else None  # several proxies may write a PostgreSQL trail
+    feed = Feed(db, config.ui.max_viewers, config.ui.viewer_queue, poll)
     app[FEED] = feed
     app[FILES] = load_files()
     app[DASHBOARDS] = dashboard.Dashboards()
@@ -310,7 +316,7 @@ def setup(app: web.Application, config: Config, sign_in_needed: bool) -> Feed:
         await feed.close()
 
     async def cleanup(app: web.Application) -> None:
-        db.close()
+        await db.shut()
 
     app.on_shutdown.append(stop)
     app.on_cleanup.append(cleanup)
