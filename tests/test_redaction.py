@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from llm_proxy import config as config_mod
+from llm_proxy.audit.detectors import iban_valid, luhn
 from llm_proxy.audit.exchange import Exchange
-from llm_proxy.audit.redact import build, iban_valid, luhn
+from llm_proxy.audit.redact import build
 from llm_proxy.audit.store import Store
 from llm_proxy.errors import ConfigError
 
