@@ -27,10 +27,9 @@ from ..audit.retention import prune
 from ..audit.when import parse_age, parse_when, stamp
 from ..config import Config
 from ..errors import AuditError
-from . import dataset_export, delete_command, replay
+from . import dataset_export, delete_command, formats, replay, stats_command
 
 COMMANDS = ("logs", "stats", "prune", "replay")
-BY = ("model", "endpoint", "key", "backend")  # the tables of ``stats --by``
 DEFAULT_COUNT = 20
 
 
@@ -115,11 +114,11 @@ def register(commands: Any, add_config: Callable[[argparse.ArgumentParser], None
     _filters(stats)
     stats.add_argument("--json", action="store_true", help="the numbers as one JSON object")
     stats.add_argument(
-        "--by", action="append", choices=BY, metavar="{" + ",".join(BY) + "}",
+        "--by", action="append", choices=stats_command.BY, metavar="{" + ",".join(stats_command.BY) + "}",
         help="the tables to print: per model, endpoint, API key or backend (repeatable; default model and "
         "endpoint; --json: all of them)",
     )  # fmt: skip
-    stats.set_defaults(run=_stats)
+    stats.set_defaults(run=lambda args, config: stats_command.run(args, config, _filters_from, _path))
 
     prune_cmd = commands.add_parser(
         "prune",
@@ -219,15 +218,15 @@ def _print_table(rows: Iterable[dict[str, Any]]) -> None:
     print(header + "PROMPT → RESPONSE")
     room = max(20, width - len(header))
     for r in rows:
-        text = f"{_flat(r['prompt'])} → {_flat(r['response'] or r['error'])}"
+        text = f"{formats.flat(r['prompt'])} → {formats.flat(r['response'] or r['error'])}"
         if r.get("tool_calls"):
             text += f" [tools: {', '.join(_tool_names(r['tool_calls']))}]"
         if len(text) > room:
             text = text[: room - 1] + "…"
         print(
-            f"{r['id']:>6}  {_time(r['timestamp']):19}  {_cut(r['model'] or '-', 16):16}  "
-            f"{_cut(r['endpoint'], 14):14}  {_or_dash(r['status_code']):>6}  "
-            f"{_or_dash(r['latency_ms']):>7}  {text}"
+            f"{r['id']:>6}  {formats.time(r['timestamp']):19}  {formats.cut(r['model'] or '-', 16):16}  "
+            f"{formats.cut(r['endpoint'], 14):14}  {formats.or_dash(r['status_code']):>6}  "
+            f"{formats.or_dash(r['latency_ms']):>7}  {text}"
         )
 
 
@@ -235,7 +234,7 @@ def _print_full(rows: Iterable[dict[str, Any]]) -> None:
     for r in rows:
         print(
             f"## {r['id']}  {r['timestamp']}  {r['method']} {r['endpoint']}  {r['model'] or '-'}  "
-            f"status {_or_dash(r['status_code'])}  {_or_dash(r['latency_ms'])} ms"
+            f"status {formats.or_dash(r['status_code'])}  {formats.or_dash(r['latency_ms'])} ms"
         )
         for label, column in (("prompt", "prompt"), ("response", "response"), ("error", "error")):
             if r.get(column):
@@ -267,13 +266,13 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         print(orjson.dumps(row).decode())
         return 0
     r = row
-    status = _or_dash(r["status_code"])
+    status = formats.or_dash(r["status_code"])
     print(f"exchange {r['id']}  {r['timestamp']}  {r['method']} {r['endpoint']}  status {status}")
     model = r["model"] or "-"
     if r.get("backend_model") and r["backend_model"] != r["model"]:
         model += f" → {r['backend_model']}"
     print(f"model:      {model}  ({r['backend_type']} backend, {r.get('api', 'ollama')} API, "
-          f"stream: {_yes(r['stream'])})")  # fmt: skip
+          f"stream: {formats.yes(r['stream'])})")  # fmt: skip
     if r.get("backend_name") or r.get("attempts"):
         print(f"backend:    {r.get('backend_name') or '-'}{_attempts(r.get('attempts'))}")
     client = f"{r['client_addr'] or '-'}  {r['user_agent'] or '-'}"
@@ -284,16 +283,16 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         print(f"trace:      {r['trace_id']}" + (f"  {link}" if link else ""))
     if r.get("turn_id") is not None:
         print(f"turn:       {r['turn_id']}  (llm-proxy logs --turn {r['turn_id']})")
-    print(f"timings:    latency {_ms(r['latency_ms'])}, first byte {_ms(r['ttfb_ms'])}, "
-          f"first token {_ms(r['ttft_ms'])}")  # fmt: skip
-    tokens = f"tokens:     prompt {_or_dash(r['prompt_tokens'])}, "
-    tokens += f"completion {_or_dash(r['completion_tokens'])}"
+    print(f"timings:    latency {formats.ms(r['latency_ms'])}, first byte {formats.ms(r['ttfb_ms'])}, "
+          f"first token {formats.ms(r['ttft_ms'])}")  # fmt: skip
+    tokens = f"tokens:     prompt {formats.or_dash(r['prompt_tokens'])}, "
+    tokens += f"completion {formats.or_dash(r['completion_tokens'])}"
     if r["completion_tokens"] and r["latency_ms"]:
         tokens += f", {r['completion_tokens'] * 1000 / r['latency_ms']:.1f} tokens/s"
     print(tokens)
     if r.get("cache_hit") == 1:
-        print(f"cache:      hit, sparing the backend {_ms(r.get('cache_saved_ms'))} and "
-              f"{_or_dash(r.get('cache_saved_tokens'))} tokens")  # fmt: skip
+        print(f"cache:      hit, sparing the backend {formats.ms(r.get('cache_saved_ms'))} and "
+              f"{formats.or_dash(r.get('cache_saved_tokens'))} tokens")  # fmt: skip
     elif r.get("cache_hit") == 0:
         print("cache:      miss (the backend answered)")
     if r["done_reason"]:
@@ -362,54 +361,6 @@ def _write_export(rows: Iterable[dict[str, Any]], columns: list[str], fmt: str, 
     return n
 
 
-# -- stats -----------------------------------------------------------------------
-
-
-def _stats(args: argparse.Namespace, config: Config) -> int:
-    reader = reading.connect(_path(args, config))
-    try:
-        f = _filters_from(args)
-        result = reader.stats(f)
-    finally:
-        reader.close()
-    window = {
-        "since": stamp(f.since) if f.since else None,
-        "until": stamp(f.until) if f.until else None,
-    }
-    if args.json:
-        tables = {f"by_{g}": result[f"by_{g}"] for g in dict.fromkeys(args.by or BY)}
-        print(orjson.dumps({**window, **tables, "cache": result["cache"]}).decode())
-        return 0
-    span = f"{window['since'] or 'the first exchange'} to {window['until'] or 'now'}"
-    print(f"from {span}")
-    cache = result["cache"]
-    if cache["qualified"]:
-        print(
-            f"answer cache: {cache['hits']} hits of {cache['qualified']} requests that qualified "
-            f"({cache['hit_rate'] * 100:.1f}%), sparing the backend {_ms(cache['saved_ms'])} and "
-            f"{cache['saved_tokens']} tokens"
-        )
-    for title in dict.fromkeys(args.by or ("model", "endpoint")):
-        rows = result[f"by_{title}"]
-        print(f"\nby {title}:")
-        print(
-            f"  {title.upper():24} {'REQ':>6} {'ERR':>5} {'P50 ms':>8} {'P95 ms':>8} {'P99 ms':>8} "
-            f"{'TTFT50':>7} {'TTFT95':>7} {'PROMPT TOK':>11} {'COMPL TOK':>10} {'TOK/S':>7} {'HIT%':>5}"
-        )
-        for s in rows:
-            rate = s["cache_hit_rate"]
-            print(
-                f"  {_cut(s[title], 24):24} {s['requests']:>6} {s['errors']:>5} "
-                f"{_or_dash(s['latency_ms_p50']):>8} {_or_dash(s['latency_ms_p95']):>8} "
-                f"{_or_dash(s['latency_ms_p99']):>8} {_or_dash(s['ttft_ms_p50']):>7} "
-                f"{_or_dash(s['ttft_ms_p95']):>7} {s['prompt_tokens']:>11} {s['completion_tokens']:>10} "
-                f"{_or_dash(s['tokens_per_s']):>7} {'-' if rate is None else f'{rate * 100:.0f}':>5}"
-            )
-        if not rows:
-            print("  (no exchanges)")
-    return 0
-
-
 # -- prune -----------------------------------------------------------------------
 
 
@@ -428,7 +379,7 @@ def _attempts(text: str | None) -> str:
         part = f"{t.get('backend')}{' (' + str(t['model']) + ')' if t.get('model') else ''} {t.get('status')}"
         part += f" {t.get('ms')}ms"
         if t.get("error"):
-            part += f" ({_cut(_flat(str(t['error'])), 80)})"
+            part += f" ({formats.cut(formats.flat(str(t['error'])), 80)})"
         shown.append(part)
     return "  (tried: " + ", ".join(shown) + ")"
 
@@ -456,7 +407,7 @@ def _prune(args: argparse.Namespace, config: Config) -> int:
     else:
         print(
             f"deleted {result.deleted} exchanges; {path}: "
-            f"{_mb(result.bytes_before)} → {_mb(result.bytes_after)}"
+            f"{formats.mb(result.bytes_before)} → {formats.mb(result.bytes_after)}"
         )
     return 0
 
@@ -474,40 +425,13 @@ def _prune_postgres(args: argparse.Namespace, url: str) -> int:
     else:
         print(
             f"deleted {result.deleted} exchanges; {masked(url)}: "
-            f"{_mb(result.bytes_before)} → {_mb(result.bytes_after)} (the space is reused, not returned)"
+            f"{formats.mb(result.bytes_before)} → {formats.mb(result.bytes_after)} "
+            "(the space is reused, not returned)"
         )
     return 0
 
 
 # -- formatting --------------------------------------------------------------------
-
-
-def _flat(text: str | None) -> str:
-    return " ".join(text.split()) if text else ""
-
-
-def _cut(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _time(ts: str) -> str:
-    return ts[:19].replace("T", " ")
-
-
-def _or_dash(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _ms(value: int | None) -> str:
-    return "-" if value is None else f"{value} ms"
-
-
-def _yes(value: Any) -> str:
-    return "-" if value is None else ("yes" if value else "no")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1024 / 1024:.2f} MB"
 
 
 def _pretty(text: str) -> str:

@@ -33,6 +33,7 @@ from .. import __version__
 from ..audit import datasets, query, reading
 from ..config import Config
 from ..errors import AuditError
+from .formats import ms, or_dash
 
 API_KEY_ENV = "LLM_PROXY_API_KEY"
 DEFAULT_COUNT = 20
@@ -265,9 +266,9 @@ def _print(report: dict[str, Any]) -> None:
         print(f"#{old['id']} → #{new['id']}  {entry['endpoint']}  {old['model']} → {new['model']}")
         rows = [
             ("", f"before (#{old['id']})", f"after (#{new['id']})", ""),
-            ("status", _or_dash(old["status_code"]), _or_dash(new["status_code"]), ""),
-            ("latency", _ms(old["latency_ms"]), _ms(new["latency_ms"]), ""),
-            ("first token", _ms(old["ttft_ms"]), _ms(new["ttft_ms"]), ""),
+            ("status", or_dash(old["status_code"]), or_dash(new["status_code"]), ""),
+            ("latency", ms(old["latency_ms"]), ms(new["latency_ms"]), ""),
+            ("first token", ms(old["ttft_ms"]), ms(new["ttft_ms"]), ""),
             ("tokens", _tokens(old), _tokens(new), ""),
             ("tool calls", _calls(old["tool_calls"]), _calls(new["tool_calls"]),
              "differ" if entry["tool_calls_differ"] else "same"),
@@ -294,16 +295,8 @@ def _print(report: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _or_dash(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _ms(value: int | None) -> str:
-    return "-" if value is None else f"{value} ms"
-
-
 def _tokens(side: dict[str, Any]) -> str:
-    return f"{_or_dash(side['prompt_tokens'])} in, {_or_dash(side['completion_tokens'])} out"
+    return f"{or_dash(side['prompt_tokens'])} in, {or_dash(side['completion_tokens'])} out"
 
 
 def _calls(calls: list[dict[str, Any]]) -> str:
