@@ -28,8 +28,8 @@ from ..errors import AuditError
 from . import pg_migrate
 from .compact import blob_names
 from .dburl import masked
+from .pg_errors import describe
 from .pg_query import Loop, connect
-from .pg_store import describe
 from .pg_values import COLUMN_TYPES, INSERT_BLOBS
 
 BATCH = 500  # rows per transaction

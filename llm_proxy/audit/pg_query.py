@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 from ..errors import AuditError
 from . import pg_migrate
 from .dburl import asyncpg, masked, remember_secret
-from .pg_store import DELETE_OLDER, describe
+from .pg_errors import describe
+from .pg_store import DELETE_OLDER
 from .pg_values import placeholders
 from .query import Dialect, Reader, _Where
 from .retention import BATCH, Pruned

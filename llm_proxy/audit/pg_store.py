@@ -41,8 +41,9 @@ import orjson
 from ..config import DatabaseConfig
 from ..errors import AuditError
 from . import pg_migrate
-from .dburl import asyncpg, masked, redact, remember_secret
+from .dburl import asyncpg, masked, remember_secret
 from .exchange import COLUMNS
+from .pg_errors import RETRY_AT_ONCE, Unavailable, describe, transient
 from .pg_values import COLUMN_TYPES, INSERT_BLOBS, Insert, placeholders, text
 from .redact import Policy, Redactor
 from .rows import STORED, Policies, cap, client_of, prepare, reduced_row
@@ -66,15 +67,6 @@ FORGET_EVERY = 3600.0  # seconds between deletions of what is kept that long (at
 INDEXED_TEXT = ("endpoint", "model")
 INDEXED_BYTES = 2048
 
-# SQLSTATE classes that are the server's trouble, not the rows': connection
-# exceptions, insufficient resources, operator intervention (shutdown), system
-# errors, transaction rollbacks (deadlock, serialization). Others (data
-# exceptions, constraint violations) are the rows' and make the writer split.
-# https://www.postgresql.org/docs/current/errcodes-appendix.html
-_TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58", "40"})
-_TRANSIENT_CODES = frozenset({"55P03", "55006"})  # lock not available, object in use
-_RETRY_AT_ONCE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
-
 _IDS = "SELECT nextval($1::regclass) FROM generate_series(1, $2)"
 _CLAIM_KEYS = "INSERT INTO _spooled (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING key"
 _LOCK_CLIENTS = (
@@ -97,29 +89,6 @@ _FORGET_CLIENTS = f"DELETE FROM turn_clients WHERE seen < now() - '{KEEP_TURN_CL
 DELETE_OLDER = (
     "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE timestamp < $1 ORDER BY timestamp LIMIT $2)"
 )
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether a failed write is the server's trouble (spool, retry) rather than its rows' (split them)."""
-    if isinstance(exc, (OSError, TimeoutError, MemoryError, Unavailable)):
-        return True
-    state = getattr(exc, "sqlstate", None)
-    if isinstance(state, str):
-        return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES
-    name = type(exc).__name__
-    if name in ("InterfaceError", "InternalClientError") and "closed" in str(exc):
-        return True  # asyncpg: the connection went away under the statement
-    return name in ("ConnectionDoesNotExistError", "ConnectionResetError")
-
-
-def describe(exc: BaseException) -> str:
-    """One line naming an error, with any password masked."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-class Unavailable(ConnectionError):
-    """No connection to the server now (it is being reopened)."""
 
 
 def _digest(client: tuple[Any, ...]) -> str:
@@ -282,7 +251,7 @@ class PostgresStore:
             except Exception as exc:
                 taken = getattr(exc, "constraint_name", None) == "logs_pkey"
                 if attempt == RETRY_IN_PLACE or not (
-                    taken or getattr(exc, "sqlstate", None) in _RETRY_AT_ONCE
+                    taken or getattr(exc, "sqlstate", None) in RETRY_AT_ONCE
                 ):
                     raise
                 if taken and self._conn is not None:

@@ -31,7 +31,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import DatabaseConfig
-from .pg_store import PostgresStore, describe
+from .pg_errors import describe
+from .pg_store import PostgresStore
 from .store import Store
 from .when import stamp
 

@@ -13,7 +13,7 @@ from ..api import events, health, ollama
 from ..api import openai as openai_api
 from ..audit import redact, stores
 from ..audit.exchange import Exchange
-from ..audit.pg_store import describe
+from ..audit.pg_errors import describe
 from ..audit.recorder import Recorder
 from ..audit.retention import Retention
 from ..cache.answers import AnswerCache

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..audit.dburl import asyncpg, masked, remember_secret
+from ..audit.pg_errors import describe
 from ..audit.pg_query import _COLUMNS, _NAMES, Loop, PgReader
-from ..audit.pg_store import describe
 from ..audit.query import Reader
 from ..errors import AuditError
 from .reader import THREADS
