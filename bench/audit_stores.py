@@ -19,16 +19,13 @@ Run from the repository root: ``PYTHONPATH=$PWD python bench/audit_stores.py``.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,24 +59,8 @@ async def writer_rate(store: Store | PostgresStore, n: int = ROWS) -> tuple[floa
 
 
 def start_proxy(folder: Path, name: str, backend: harness.Proc, database: dict[str, str]) -> harness.Proc:
-    port = harness.free_port()
-    config = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "backend": {"type": "ollama", "endpoint": backend.url},
-        "database": database,
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = folder / f"{name}.log"
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "llm_proxy", "serve", "--config", str(path)],
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
-    return harness.Proc(popen, f"http://127.0.0.1:{port}", log=log)
+    sections = {"backend": {"type": "ollama", "endpoint": backend.url}, "database": database}
+    return harness.serve(folder, name, sections, HERE.parent)
 
 
 async def added_p50(folder: Path, url: str) -> list[tuple[str, list[float]]]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import statistics
 import subprocess
@@ -36,8 +35,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
-from run import wait_up  # bench/ is this script's folder, first on sys.path
+from run import serve, wait_up  # bench/ is this script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNKS = 200
@@ -50,21 +48,9 @@ def free_port() -> int:
 
 
 def start_proxy(folder: Path, name: str, backend: str, cache: bool) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "backend": {"type": "openai", "endpoint": backend},
-        "database": {"path": str(folder / f"{name}.db")},
-        "cache": {"enabled": cache},
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_proxy", "serve", "--config", str(path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
+    sections = {"backend": {"type": "openai", "endpoint": backend}, "cache": {"enabled": cache}}
+    proxy = serve(folder, name, sections, ROOT)
+    return proxy.popen, proxy.url
 
 
 def body(path: str, prompt: str, stream: bool) -> bytes:

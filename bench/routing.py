@@ -19,45 +19,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Proc, free_port, machine, start_fake, table, wait_up  # noqa: E402
+from run import machine, start_fake, table, wait_up  # noqa: E402
+from run import serve as start  # noqa: E402
 
 ROOT = HERE.parent
 CHUNKS = 20
-
-
-def start(workdir: Path, name: str, sections: dict[str, Any], code: Path = ROOT) -> Proc:
-    """``llm-proxy serve`` with ``sections`` (full bodies logged to its own SQLite file)."""
-    port = free_port()
-    db = workdir / f"{name}.db"
-    config = {"server": {"host": "127.0.0.1", "port": port}, "database": {"path": str(db)}, **sections}
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log = workdir / f"{name}.log"
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "llm_proxy", "serve", "--config", str(path)],
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
-    return Proc(popen, f"http://127.0.0.1:{port}", db=db, log=log)
 
 
 async def once(http: aiohttp.ClientSession, url: str, path: str, body: bytes | None) -> float:

@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -79,18 +80,19 @@ def start_fake(kind: str, chunks: int, delay: float = 0.0) -> Proc:
     return Proc(subprocess.Popen(cmd), f"http://127.0.0.1:{port}")
 
 
-def start_proxy(workdir: Path, name: str, kind: str, backend: Proc) -> Proc:
+def serve(workdir: Path, name: str, sections: dict[str, Any], code: Path = ROOT) -> Proc:
+    """``llm-proxy serve`` (from the checkout ``code``) with ``sections`` on a free port.
+
+    Full bodies are logged to a SQLite file of its own unless ``sections``
+    names another ``database``; its output goes to ``NAME.log``.
+    """
     port = free_port()
     db = workdir / f"{name}.db"
-    config = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "backend": {"type": kind, "endpoint": backend.url},
-        "database": {"path": str(db)},
-    }
+    config = {"server": {"host": "127.0.0.1", "port": port}, "database": {"path": str(db)}, **sections}
     path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = workdir / f"{name}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(code)}
     with log.open("wb") as out:
         popen = subprocess.Popen(
             [sys.executable, "-m", "llm_proxy", "serve", "--config", str(path)],
@@ -99,6 +101,10 @@ def start_proxy(workdir: Path, name: str, kind: str, backend: Proc) -> Proc:
             env=env,
         )
     return Proc(popen, f"http://127.0.0.1:{port}", db=db, log=log)
+
+
+def start_proxy(workdir: Path, name: str, kind: str, backend: Proc) -> Proc:
+    return serve(workdir, name, {"backend": {"type": kind, "endpoint": backend.url}})
 
 
 def start_bare(workdir: Path, backend: Proc) -> Proc:

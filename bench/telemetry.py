@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import aiohttp
 import run  # bench/run.py: the fake backend, the load loop, percentiles
-import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -34,22 +32,8 @@ HEADER = "| request | concurrency | p50 off (ms) | p50 on (ms) | added p50 | p99
 
 
 def start_proxy(workdir: Path, name: str, backend: run.Proc, telemetry: dict[str, object]) -> run.Proc:
-    port = run.free_port()
-    db = workdir / f"{name}.db"
-    config = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "backend": {"type": "openai", "endpoint": backend.url},
-        "database": {"path": str(db)},
-        "telemetry": telemetry,
-    }
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = workdir / f"{name}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "llm_proxy", "serve", "--config", str(path)]
-    with log.open("wb") as out:
-        popen = subprocess.Popen(command, stdout=out, stderr=out, env=env)
-    return run.Proc(popen, f"http://127.0.0.1:{port}", db=db, log=log)
+    sections = {"backend": {"type": "openai", "endpoint": backend.url}, "telemetry": telemetry}
+    return run.serve(workdir, name, sections, ROOT)
 
 
 def start_sink() -> run.Proc:
