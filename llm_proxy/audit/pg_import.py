@@ -22,10 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from ..errors import AuditError
-from . import pg_migrate
+from . import pg_migrate, query
 from .compact import blob_names
 from .dburl import masked
 from .pg_errors import describe
@@ -73,17 +72,10 @@ def copy(path: str, url: str, progress: Progress | None = None) -> Copied:
 
 
 def _open_source(path: str) -> sqlite3.Connection:
+    """The SQLite trail to copy, read-only, checked as every audit command checks it."""
     if not os.path.exists(path):
         raise AuditError(f"no database at {path} to copy (use --db PATH or --config)")
-    try:
-        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError as exc:
-        raise AuditError(f"cannot read {path}: {exc}") from None
-    if "logs" not in names:
-        conn.close()
-        raise AuditError(f"{path} has no logs table: is it an llm-proxy database?")
-    return conn
+    return query.connect(path).conn
 
 
 @dataclass
