@@ -88,3 +88,14 @@ def test_a_body_cut_anywhere_is_stored_whole() -> None:
     text = json.dumps(body({"role": "user", "content": 'turn on the light, "please" ✓'}))
     for end in range(len(text)):
         assert pack(text[:end]) is None, end
+
+
+def test_a_message_nested_deeper_than_the_scanner_goes_is_stored_whole() -> None:
+    """orjson takes 1,024 levels; the C scanner that finds a value's end stops near 1,000: whole, not lost."""
+    deep = "[" * 1020 + "]" * 1020
+    text = '{"model": "m", "messages": [' + deep + ', {"role": "user", "content": "' + "y" * 2000 + '"}]}'
+    orjson.loads(text)  # a body the edge accepts
+    assert pack(text) is None
+    shallow = text.replace(deep, "[" * 900 + "]" * 900)
+    packed = pack(shallow)
+    assert packed is not None and join(packed.recipe, packed.blobs) == shallow
