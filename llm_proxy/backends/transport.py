@@ -38,7 +38,7 @@ from yarl import URL
 
 from .. import __version__
 from ..config import BackendConfig
-from ..errors import BackendError, BackendTimeout, BackendUnavailable
+from ..errors import BackendError, BackendTimeout, BackendUnavailable, ProxyError
 from ..telemetry import outgoing
 from ..translate import TooLong
 from .base import Chunks, Whole
@@ -227,6 +227,15 @@ async def relayed(resp: Response, backend: str, hold: int, sent: Any = None) -> 
     answer comes back as :class:`~.base.Chunks` that pass each read on to the client.
     """
     content_type = resp.headers.get("Content-Type", "application/json")
+    length = resp.content_length
+    if length is not None and length <= hold and not _encoded(resp):
+        # Its length says it fits: read in one go (an async generator per answer
+        # cost 4 % of the proxy's CPU on small answers).
+        try:
+            body = await _read_all(resp, backend)
+        finally:
+            resp.release()
+        return Whole(resp.status, content_type, body, sent=sent)
     pieces: list[bytes] = []
     size = 0
     reads = _read(resp, backend, stream=False)
@@ -265,12 +274,25 @@ async def _read(resp: Response, backend: str, *, stream: bool) -> AsyncGenerator
     try:
         async for data in resp.content.iter_chunked(READ_SIZE):
             yield data
-    except TimeoutError:
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _broke_off(exc, backend, stream) from None
+
+
+async def _read_all(resp: Response, backend: str) -> bytes:
+    """A body whose Content-Length the caller checked, read at once; failures as :func:`_read`'s."""
+    try:
+        return await resp.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _broke_off(exc, backend, stream=False) from None
+
+
+def _broke_off(exc: BaseException, backend: str, stream: bool) -> ProxyError:
+    """The error for a body that failed part-way: the backend fell silent, or its answer broke."""
+    if isinstance(exc, TimeoutError):
         where = " mid-stream" if stream else ""
-        raise BackendTimeout(f"backend {backend} stopped answering{where}") from None
-    except aiohttp.ClientError as exc:
-        what = "the stream" if stream else "its answer"
-        raise BackendError(f"backend {backend} broke off {what}: {_reason(exc)}") from None
+        return BackendTimeout(f"backend {backend} stopped answering{where}")
+    what = "the stream" if stream else "its answer"
+    return BackendError(f"backend {backend} broke off {what}: {_reason(exc)}")
 
 
 def too_long(exc: TooLong) -> BackendError:

@@ -136,9 +136,18 @@ class Metrics:
         self.in_flight = Gauge("llm_proxy_requests_in_flight", "Requests being answered now.", registry=r)
         for kind in ("unreachable", "timeout", "error"):
             self.backend_errors.labels(kind)  # present at zero, so rate() works from the start
-        # Each request's series, by (endpoint, model, status): ``labels()`` takes a
-        # lock and builds a key every call. Grows exactly as the series do.
+        # Each request's series, by (endpoint, model, status), and every other
+        # labelled child: ``labels()`` takes a lock and builds a key every call
+        # (15 us of the 9 per request). Grows exactly as the series do.
         self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(
         self,
@@ -169,16 +178,15 @@ class Metrics:
             if exchange.ttft_ms is not None:
                 ttft.observe(exchange.ttft_ms / 1000)
             if prompt_tokens := token_count(exchange.prompt_tokens):
-                self.tokens.labels(model, "in").inc(prompt_tokens)
+                self._child(self.tokens, model, "in").inc(prompt_tokens)
             if completion_tokens := token_count(exchange.completion_tokens):
-                self.tokens.labels(model, "out").inc(completion_tokens)
+                self._child(self.tokens, model, "out").inc(completion_tokens)
             for attempt in exchange.attempts or ():
-                self.attempts.labels(attempt["backend"], str(attempt["status"] or "error")).inc()
+                self._child(self.attempts, attempt["backend"], str(attempt["status"] or "error")).inc()
             if exchange.backend_name is not None and "+" not in exchange.backend_name:
-                self.answered.labels(exchange.backend_name).inc()
-        kind = backend_error_kind(failure)
-        if kind is not None:
-            self.backend_errors.labels(kind).inc()
+                self._child(self.answered, exchange.backend_name).inc()
+        if failure is not None and (kind := backend_error_kind(failure)) is not None:
+            self._child(self.backend_errors, kind).inc()
 
     def render(self) -> bytes:
         """The text exposition format."""
