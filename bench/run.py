@@ -103,8 +103,8 @@ def serve(workdir: Path, name: str, sections: dict[str, Any], code: Path = ROOT)
     return Proc(popen, f"http://127.0.0.1:{port}", db=db, log=log)
 
 
-def start_proxy(workdir: Path, name: str, kind: str, backend: Proc) -> Proc:
-    return serve(workdir, name, {"backend": {"type": kind, "endpoint": backend.url}})
+def start_proxy(workdir: Path, name: str, kind: str, backend: Proc, code: Path = ROOT) -> Proc:
+    return serve(workdir, name, {"backend": {"type": kind, "endpoint": backend.url}}, code)
 
 
 def start_bare(workdir: Path, backend: Proc) -> Proc:
@@ -352,22 +352,23 @@ def machine() -> str:
     )
 
 
-async def main(quick: bool) -> str:
+async def main(quick: bool, code: Path = ROOT) -> str:
     scale = 0.25 if quick else 1.0
     counts = {1: int(2000 * scale), 20: int(4000 * scale), 100: int(6000 * scale)}
     workdir = Path(tempfile.mkdtemp(prefix="llm-proxy-bench-"))
     fakes = {"sse": start_fake("sse", CHUNKS), "ndjson": start_fake("ndjson", CHUNKS)}
     slow = start_fake("sse", 40, delay=0.05)
     proxies = {
-        "openai": start_proxy(workdir, "openai", "openai", fakes["sse"]),
-        "ollama": start_proxy(workdir, "ollama", "ollama", fakes["ndjson"]),
-        "memory": start_proxy(workdir, "memory", "openai", slow),
+        "openai": start_proxy(workdir, "openai", "openai", fakes["sse"], code),
+        "ollama": start_proxy(workdir, "ollama", "ollama", fakes["ndjson"], code),
+        "memory": start_proxy(workdir, "memory", "openai", slow, code),
     }
     bare = start_bare(workdir, fakes["ndjson"])
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out: list[str] = [
         f"# llm-proxy benchmark\n\nMachine: {machine()}\n",
-        f"Run: `python bench/run.py{' --quick' if quick else ''}`, {stamp}. "
+        f"Run: `python bench/run.py{' --quick' if quick else ''}{f' --code {code}' * (code != ROOT)}`, "
+        f"{stamp}. "
         "Every proxy logs full bodies to its own SQLite file.\n",
     ]
     connector = aiohttp.TCPConnector(limit=0)
@@ -568,8 +569,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Measure what llm-proxy adds over a direct backend.")
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests, for a fast look")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    parser.add_argument(
+        "--code", type=Path, default=ROOT, help="measure the llm-proxy of this checkout (a before/after run)"
+    )
     args = parser.parse_args()
-    report = asyncio.run(main(args.quick))
+    report = asyncio.run(main(args.quick, args.code.resolve()))
     print("\n" + report)
     if not args.no_write:
         (HERE / "RESULTS.md").write_text(report)
