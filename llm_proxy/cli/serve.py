@@ -33,10 +33,6 @@ def event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-# Allocations between young-generation collections (CPython's default: 700).
-GC_YOUNG = 10_000
-
-
 def serve(config: Config, banner: str | None = None) -> int:
     """Run the proxy for ``config`` until SIGTERM or Ctrl-C; ``banner`` is printed once it listens.
 
@@ -57,12 +53,6 @@ def serve(config: Config, banner: str | None = None) -> int:
         # in flight would have waited out.
         gc.collect()
         gc.freeze()
-        # A young-generation collection walks every tracked object still alive since
-        # the last one: with fifty requests in flight, some 10,000 of them, 0.3 ms
-        # each time, every 700 allocations (about one request): 37 us per request,
-        # a tenth of the proxy's own CPU (bench/run.py). Collected every
-        # GC_YOUNG allocations instead; the garbage is the same, found later.
-        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         # Called once the port is bound (and migrations ran, at startup): the
         # moment systemd may send traffic.
         print(
