@@ -22,7 +22,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
@@ -31,10 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as harness  # bench/run.py: the fake backend, the one-request client, percentiles
-from audit_writer import exchange
+from audit_writer import writer_rate
 
 from llm_proxy.audit.pg_store import PostgresStore
-from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
 from tests.postgres import running
 
@@ -42,20 +40,6 @@ HERE = Path(__file__).resolve().parent
 ROWS = 20_000
 ROUNDS = 10
 PER_ROUND = 100  # requests per target per round
-
-
-async def writer_rate(store: Store | PostgresStore, n: int = ROWS) -> tuple[float, float]:
-    """Rows/s and this process's CPU microseconds per row."""
-    await store.open()
-    recorder = Recorder(store, limit=n + 1)
-    recorder.start()
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(n):
-        recorder.submit(exchange())
-    await recorder.close()
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    await store.close()
-    return n / elapsed, cpu / n * 1e6
 
 
 def start_proxy(folder: Path, name: str, backend: harness.Proc, database: dict[str, str]) -> harness.Proc:
@@ -96,9 +80,9 @@ async def main() -> None:
         folder = Path(tmp)
         rates: dict[str, list[tuple[float, float]]] = {"SQLite": [], "PostgreSQL": []}
         for i in range(3):
-            rates["SQLite"].append(await writer_rate(Store(str(folder / f"rate{i}.db"))))
+            rates["SQLite"].append(await writer_rate(Store(str(folder / f"rate{i}.db")), ROWS))
             rates["PostgreSQL"].append(
-                await writer_rate(PostgresStore(pg.database(), str(folder / "spool.db")))
+                await writer_rate(PostgresStore(pg.database(), str(folder / "spool.db")), ROWS)
             )
         latencies = await added_p50(folder, pg.database())
     print(f"writer alone, {ROWS:,} rows of 2 KB prompt + 1 KB answer + body (median of 3 runs):")

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llm_proxy.audit.exchange import Exchange
 from llm_proxy.audit.recorder import Recorder
 from llm_proxy.audit.store import Store
+from llm_proxy.audit.stores import AuditStore
 
 BODY = orjson.dumps({"model": "bench", "messages": [{"role": "user", "content": "x" * 2000}]})
 
@@ -44,7 +45,11 @@ def exchange() -> Exchange:
 
 async def rows_per_second(folder: Path, n: int = 20_000) -> tuple[float, float]:
     """Rows/s, and CPU microseconds per row (all threads; steadier on a busy machine)."""
-    store = Store(str(folder / "rate.db"))
+    return await writer_rate(Store(str(folder / "rate.db")), n)
+
+
+async def writer_rate(store: AuditStore, n: int) -> tuple[float, float]:
+    """``n`` rows submitted at once and drained into ``store`` (either kind): rows/s, CPU us per row."""
     await store.open()
     recorder = Recorder(store, limit=n + 1)
     recorder.start()
